@@ -1,0 +1,169 @@
+"""Safe checkpoint I/O.
+
+- safetensors is the native format; every write is atomic (temporary file in the
+  same folder, then ``os.replace``), so a crash never leaves a half-written file
+  under the final name.
+- ``.pt``/``.pth``/``.bin`` files load with ``torch.load(weights_only=True)``. A
+  pickle that needs code execution is refused unless the caller trusts it.
+- Writes never go over a file the caller read from (``inputs``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError, MemlocError, UnsafePickleError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, inputs: Iterable = ()) -> Path:
+    """Call ``write(tmp)`` and move the temporary file onto ``path`` atomically."""
+    path = Path(path)
+    guard_not_input(path, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, inputs: Iterable = ()) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text), inputs=inputs)
+
+
+def guard_not_input(path: str | Path, inputs: Iterable) -> None:
+    """Refuse to write over a file that was given as an input."""
+    target = Path(path).resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise MemlocError(f"refusing to write over the input file {source}; choose another output")
+
+
+def save_tensors(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    inputs: Iterable = (),
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save tensors as safetensors, atomically (contiguous CPU copies; shared storage is split)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return atomic_write(
+        path, lambda tmp: save_file(flat, str(tmp), metadata=dict(metadata or {})), inputs=inputs
+    )
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path} is not readable (check its permissions)")
+
+
+def _state_from_object(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict in what a .pt file held: a dict, a wrapped dict, or a module."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, (Mapping, nn.Module)):
+                return _state_from_object(inner, path)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{path} holds no tensors memloc can use (found {type(obj).__name__})")
+
+
+def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch pickle, on the CPU."""
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from exc
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"unknown checkpoint format {path.suffix!r} for {path}; "
+            f"use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafePickleError(
+                f"{path} is a pickle that runs code when loaded; memloc refused it. "
+                "Convert it to safetensors, or pass --trust-pickle if you trust its source"
+            ) from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as inner:
+            raise CheckpointError(f"cannot load {path}: {inner}") from inner
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    return _state_from_object(obj, path)
+
+
+def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """Copy tensors into the model in place, refusing any mismatch of names or shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"shape of {k} is {tuple(tensors[k].shape)}, model has {tuple(expected[k].shape)}"
+                + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+            )
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(dict(tensors), strict=True)
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
+
+
+def state_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 over names, dtypes, shapes and bytes, independent of dict order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

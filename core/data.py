@@ -1,0 +1,241 @@
+"""Classifier data sets and label noise.
+
+Sources (``spec`` of `load_dataset`):
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), split 80/20 by a
+  fixed stratified split so the test set never depends on the run's seed.
+- ``fashion-mnist``: the IDX gzip files of Debian's ``dataset-fashion-mnist`` under
+  /usr/share/datasets/fashion-mnist (or ``$MEMLOC_FASHION_MNIST``).
+- a folder with the four IDX files (``train-images-idx3-ubyte[.gz]`` ...), or a
+  folder of ``.npz`` files (or one ``.npz`` file) holding ``x_train, y_train,
+  x_test, y_test``.
+
+Label noise follows Maini et al. 2023: exactly round(p*N) training examples, chosen
+with a seeded RNG, each relabelled uniformly among the other C-1 classes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+NPZ_KEYS = tuple(IDX_STEMS)
+BUILTIN = ("digits", "fashion-mnist")
+
+# Independent RNG streams derived from the run's seed.
+_STREAM_LIMIT, _STREAM_NOISE = 0x4C494D, 0x4E4F49
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as float32 (N, C, H, W) in [0, 1] (or (N, D) for flat data), int64 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    train_index: np.ndarray  # rows of the full training set kept by --limit
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class NoisyLabels:
+    """Given (possibly corrupted) labels, the original labels, and which were changed."""
+
+    given: np.ndarray
+    original: np.ndarray
+    mask: np.ndarray
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        return {"given": self.given, "original": self.original, "mask": self.mask}
+
+
+# --- readers -----------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (LeCun's MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: header says {dims}, found {len(raw) - header} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    found = {k: _find_idx(folder, stem) for k, stem in IDX_STEMS.items()}
+    missing = [IDX_STEMS[k] for k, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"{folder} lacks IDX files: {', '.join(missing)}")
+    return {k: _read_idx(p) for k, p in found.items()}
+
+
+def _load_npz(paths: list[Path]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for path in paths:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for key in z.files:
+                    if key in NPZ_KEYS:
+                        if key in arrays:
+                            raise DataError(f"{key} appears in more than one .npz file under {path.parent}")
+                        arrays[key] = z[key]
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"the .npz data lacks arrays {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
+    return arrays
+
+
+def _to_images(x: np.ndarray, name: str) -> np.ndarray:
+    """float32 in [0, 1] for bytes; (N, H, W) -> (N, 1, H, W); NHWC -> NCHW."""
+    if x.ndim < 2:
+        raise DataError(f"{name} must have a sample axis and features, got shape {x.shape}")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32) / scale
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def _to_labels(y: np.ndarray, name: str) -> np.ndarray:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise DataError(f"{name} must be a 1-D array of non-negative integer class ids")
+    return y.astype(np.int64)
+
+
+def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
+    if spec == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = (digits.images / 16.0).astype(np.float32)
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            images, digits.target, test_size=0.2, stratify=digits.target, random_state=0
+        )
+        return "digits", {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+    if spec == "fashion-mnist":
+        folder = Path(os.environ.get("MEMLOC_FASHION_MNIST", FASHION_MNIST_DIR))
+        if not folder.is_dir():
+            raise DataError(
+                f"Fashion-MNIST not found at {folder}; install it with "
+                "'apt-get install dataset-fashion-mnist' or pass a folder holding its four IDX files"
+            )
+        return "fashion-mnist", _load_idx_folder(folder)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(
+            f"unknown data set {spec!r}: use {' or '.join(BUILTIN)}, "
+            "or a path to a folder of IDX or .npz files"
+        )
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path} is not readable (check its permissions)")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{path} is not a .npz file or a folder of IDX/.npz files")
+        return path.stem, _load_npz([path])
+    if any(_find_idx(path, stem) for stem in IDX_STEMS.values()):
+        return path.name, _load_idx_folder(path)
+    npz = sorted(path.glob("*.npz"))
+    if not npz:
+        raise DataError(f"{path} holds neither the four IDX files nor .npz files")
+    return path.name, _load_npz(npz)
+
+
+def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset of ``limit`` examples."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    if limit >= n:
+        return np.arange(n)
+    classes = len(np.unique(labels))
+    if limit < classes:
+        raise DataError(f"--limit {limit} is smaller than the number of classes ({classes})")
+    keep, _ = train_test_split(
+        np.arange(n),
+        train_size=limit,
+        stratify=labels,
+        random_state=np.random.RandomState(np.random.SeedSequence([seed, _STREAM_LIMIT]).generate_state(1)),
+    )
+    return np.sort(keep)
+
+
+def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0) -> Dataset:
+    """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train."""
+    if limit is not None and limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    name, raw = _raw_arrays(spec)
+    x_train, x_test = _to_images(raw["x_train"], "x_train"), _to_images(raw["x_test"], "x_test")
+    y_train, y_test = _to_labels(raw["y_train"], "y_train"), _to_labels(raw["y_test"], "y_test")
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise DataError(
+            f"{name}: images and labels differ in count "
+            f"(train {len(x_train)} vs {len(y_train)}, test {len(x_test)} vs {len(y_test)})"
+        )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{name}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ")
+    if len(y_train) == 0 or len(y_test) == 0:
+        raise DataError(f"{name}: the train and test sets must both be non-empty")
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes < 2:
+        raise DataError(f"{name}: needs at least two classes")
+    index = stratified_subset(y_train, limit, seed) if limit else np.arange(len(y_train))
+    return Dataset(name, x_train[index], y_train[index], x_test, y_test, num_classes, index)
+
+
+def inject_noise(labels: np.ndarray, p: float, num_classes: int, seed: int) -> NoisyLabels:
+    """Relabel exactly round(p*N) examples, each uniformly among the other C-1 classes.
+
+    Unlike the reference code, no class offset is excluded: the offset is drawn from
+    {1, ..., C-1}, so every wrong class is equally likely. Rounding is half-up.
+    """
+    if not 0.0 <= p < 1.0:
+        raise DataError(f"noise must be in [0, 1), got {p}")
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    k = int(np.floor(p * n + 0.5))
+    rng = np.random.default_rng([seed, _STREAM_NOISE])
+    chosen = rng.choice(n, size=k, replace=False)
+    given = labels.copy()
+    given[chosen] = (labels[chosen] + rng.integers(1, num_classes, size=k)) % num_classes
+    mask = np.zeros(n, dtype=bool)
+    mask[chosen] = True
+    return NoisyLabels(given=given, original=labels.copy(), mask=mask)

@@ -1,0 +1,110 @@
+"""Read and write activations at Sites: the `trace` and `patch` context managers.
+
+In the spirit of baukit's TraceDict: hooks are registered on enter and always
+removed in ``finally``, so an exception in the body never leaves a hook behind.
+This is the only file that registers forward hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .adapters import HookPoint, resolve_module
+from .sites import Site
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SiteAdapter(Protocol):
+    def hook_point(self, site: Site) -> HookPoint: ...
+
+
+def _first(value: Any) -> torch.Tensor:
+    # HF blocks return tuples whose first element is the hidden state.
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _replace_first(value: Any, new: torch.Tensor) -> Any:
+    return (new, *value[1:]) if isinstance(value, tuple) else new
+
+
+def _register(module: nn.Module, point: HookPoint, fn: Transform | None, store: Callable) -> Any:
+    """Register one hook that stores the activation and optionally rewrites it."""
+    if point.io == "output":
+
+        def on_output(_mod: nn.Module, _args: Any, output: Any) -> Any:
+            act = _first(output)
+            if fn is not None:
+                act = fn(act)
+                output = _replace_first(output, act)
+            store(act)
+            return output
+
+        return module.register_forward_hook(on_output)
+
+    def on_input(_mod: nn.Module, args: tuple) -> Any:
+        act = args[0]
+        if fn is not None:
+            act = fn(act)
+            args = (act, *args[1:])
+        store(act)
+        return args
+
+    return module.register_forward_pre_hook(on_input)
+
+
+@contextmanager
+def _hooked(
+    model: nn.Module,
+    adapter: SiteAdapter,
+    fns: Mapping[Site, Transform | None],
+    detach: bool,
+) -> Iterator[dict[Site, torch.Tensor]]:
+    seen: dict[Site, torch.Tensor] = {}
+    handles = []
+    try:
+        for site, fn in fns.items():
+            point = adapter.hook_point(site)
+
+            def store(act: torch.Tensor, site: Site = site) -> None:
+                seen[site] = act.detach() if detach else act
+
+            handles.append(_register(resolve_module(model, point.module), point, fn, store))
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def trace(
+    model: nn.Module, adapter: SiteAdapter, sites: Iterable[Site], *, detach: bool = True
+) -> Iterator[dict[Site, torch.Tensor]]:
+    """Record the activation at each site during forward passes in the body.
+
+    Yields a dict filled by each forward pass (the last pass wins). With
+    ``detach=False`` the recorded tensors stay in the autograd graph.
+    """
+    with _hooked(model, adapter, dict.fromkeys(sites), detach) as seen:
+        yield seen
+
+
+@contextmanager
+def patch(
+    model: nn.Module,
+    adapter: SiteAdapter,
+    fns: Mapping[Site, Transform],
+    *,
+    detach: bool = True,
+) -> Iterator[dict[Site, torch.Tensor]]:
+    """Replace the activation at each site by ``fn(activation)`` during the body.
+
+    Also yields the patched activations, like `trace`.
+    """
+    with _hooked(model, adapter, dict(fns), detach) as seen:
+        yield seen

@@ -1,0 +1,329 @@
+"""The run folder: one training run's config, labels, checkpoints and dynamics.
+
+Layout (documented in the README):
+
+    RUN_DIR/config.json        {"train": TrainConfig, "model": ModelSpec}
+    RUN_DIR/noise.npz          given, original, mask, train_index
+    RUN_DIR/checkpoints/epoch_000.safetensors   the initialization; one file per epoch
+    RUN_DIR/checkpoints/train_state.pt          optimizer state and history (for resuming)
+    RUN_DIR/dynamics.npz       per-example loss/pred/correct per epoch; gradient accounting
+    RUN_DIR/metrics.json       a Report: per-epoch history and the final summary
+
+Every file is written atomically, and metrics.json says ``"complete": false`` until
+the last epoch is saved, so an interrupted run never looks finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import ClassifierAdapter
+from .checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
+from .data import NoisyLabels
+from .errors import RunFolderError
+from .gradients import GroupGradientStats
+from .report import Report, provenance, to_jsonable
+from .zoo import ModelSpec, build_model
+
+_EPOCH_RE = re.compile(r"^epoch_(\d{3,})\.safetensors$")
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Row e describes checkpoint e: loss, prediction and correctness on the given label.
+
+    Gradient arrays have one row per trained epoch (row e-1 for epoch e) and one
+    column per layer group.
+    """
+
+    loss: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray
+    grad_clean: np.ndarray
+    grad_noisy: np.ndarray
+    grad_cosine: np.ndarray
+    groups: tuple[str, ...]
+
+    @classmethod
+    def first(cls, loss: np.ndarray, pred: np.ndarray, given: np.ndarray, groups: Sequence[str]) -> Dynamics:
+        empty = np.zeros((0, len(groups)))
+        return cls(
+            loss[None].astype(np.float32),
+            pred[None].astype(np.int16),
+            (pred == given)[None],
+            empty,
+            empty,
+            empty,
+            tuple(groups),
+        )
+
+    def append(
+        self,
+        loss: np.ndarray,
+        pred: np.ndarray,
+        given: np.ndarray,
+        steps: Sequence[GroupGradientStats],
+        n_groups: int,
+    ) -> Dynamics:
+        if steps:
+            clean = np.mean([s.clean_norm for s in steps], axis=0)
+            noisy = np.mean([s.noisy_norm for s in steps], axis=0)
+            cos = np.array([s.cosine for s in steps], dtype=float)
+            with np.errstate(all="ignore"):
+                valid = ~np.isnan(cos)
+                cosine = np.where(valid.any(0), np.nansum(cos, 0) / np.maximum(valid.sum(0), 1), np.nan)
+        else:
+            clean = noisy = cosine = np.full(n_groups, np.nan)
+        return Dynamics(
+            np.concatenate([self.loss, loss[None].astype(np.float32)]),
+            np.concatenate([self.pred, pred[None].astype(np.int16)]),
+            np.concatenate([self.correct, (pred == given)[None]]),
+            np.concatenate([self.grad_clean, clean[None]]),
+            np.concatenate([self.grad_noisy, noisy[None]]),
+            np.concatenate([self.grad_cosine, cosine[None]]),
+            self.groups,
+        )
+
+    def truncate(self, epoch: int) -> Dynamics:
+        return Dynamics(
+            self.loss[: epoch + 1],
+            self.pred[: epoch + 1],
+            self.correct[: epoch + 1],
+            self.grad_clean[:epoch],
+            self.grad_noisy[:epoch],
+            self.grad_cosine[:epoch],
+            self.groups,
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "loss": self.loss,
+            "pred": self.pred,
+            "correct": self.correct,
+            "grad_clean_norm": self.grad_clean,
+            "grad_noisy_norm": self.grad_noisy,
+            "grad_cosine": self.grad_cosine,
+            "groups": np.array(self.groups),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> Dynamics:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                z["loss"],
+                z["pred"],
+                z["correct"],
+                z["grad_clean_norm"],
+                z["grad_noisy_norm"],
+                z["grad_cosine"],
+                tuple(str(g) for g in z["groups"]),
+            )
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """What a resumed run needs: the last finished epoch, optimizer state, history."""
+
+    epoch: int
+    optimizer: dict
+    dynamics: Dynamics
+    history: list[dict]
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+class RunFolder:
+    """Paths and I/O of one run folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config_path = self.root / "config.json"
+        self.noise_path = self.root / "noise.npz"
+        self.checkpoints = self.root / "checkpoints"
+        self.state_path = self.checkpoints / "train_state.pt"
+        self.dynamics_path = self.root / "dynamics.npz"
+        self.metrics_path = self.root / "metrics.json"
+
+    # --- opening an existing run -----------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | Path) -> RunFolder:
+        """An existing run folder with a config and at least one checkpoint."""
+        run = cls(root)
+        if not run.root.is_dir():
+            raise RunFolderError(
+                f"run folder {run.root} does not exist; create one with 'memloc train --out'"
+            )
+        if not run.config_path.is_file():
+            raise RunFolderError(f"{run.root} is not a memloc run folder (no config.json)")
+        if not run.epochs():
+            raise RunFolderError(
+                f"{run.root} has no checkpoints; train it first with 'memloc train --out {run.root}'"
+            )
+        return run
+
+    def config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"cannot read {self.config_path}: {exc}") from exc
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.config()["model"])
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:03d}.safetensors"
+
+    def epochs(self) -> list[int]:
+        if not self.checkpoints.is_dir():
+            return []
+        found = (_EPOCH_RE.match(p.name) for p in self.checkpoints.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def load_checkpoint(self, epoch: int) -> dict[str, torch.Tensor]:
+        if epoch not in self.epochs():
+            raise RunFolderError(
+                f"epoch {epoch} is not in {self.root}; available epochs: {_ranges(self.epochs())}"
+            )
+        return load_tensors(self.checkpoint(epoch))
+
+    def load_model(self, epoch: int | None = None) -> tuple[nn.Module, ClassifierAdapter]:
+        """The zoo model at ``epoch`` (default: the last), on the CPU, in eval mode."""
+        epoch = self.epochs()[-1] if epoch is None else epoch
+        model = build_model(self.spec())
+        load_into(model, self.load_checkpoint(epoch), source=str(self.checkpoint(epoch)))
+        return model.eval(), ClassifierAdapter.for_model(model)
+
+    def load_noise(self) -> tuple[NoisyLabels, np.ndarray]:
+        with np.load(self.noise_path, allow_pickle=False) as z:
+            return NoisyLabels(z["given"], z["original"], z["mask"]), z["train_index"]
+
+    def load_dynamics(self) -> Dynamics:
+        if not self.dynamics_path.is_file():
+            raise RunFolderError(f"{self.root} has no dynamics.npz; the run did not finish an epoch")
+        return Dynamics.load(self.dynamics_path)
+
+    # --- writing a run -------------------------------------------------------------
+
+    def start(
+        self,
+        config: dict,
+        spec: ModelSpec,
+        labels: NoisyLabels,
+        train_index: np.ndarray,
+        inputs: Iterable[str] = (),
+    ) -> TrainState | None:
+        """Create the folder, or check it holds this same run; return its saved state."""
+        wanted = to_jsonable({"train": config, "model": spec.to_dict()})
+        for source in inputs:
+            if Path(source).resolve().is_relative_to(self.root.resolve()):
+                raise RunFolderError(f"the input {source} lies inside the output folder {self.root}")
+        if self.config_path.is_file():
+            found = self.config()
+            if found != wanted:
+                keys = _diff_keys(found, wanted)
+                raise RunFolderError(
+                    f"{self.root} holds a different run (differs in: {', '.join(keys)}); "
+                    "choose another --out or remove that folder"
+                )
+            return self.load_state()
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise RunFolderError(f"{self.root} exists and is not a memloc run folder; choose another --out")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        _save_npz(self.noise_path, {**labels.to_npz(), "train_index": train_index})
+        atomic_write_text(self.config_path, json.dumps(wanted, indent=2) + "\n")
+        return None
+
+    def load_state(self) -> TrainState | None:
+        if not self.state_path.is_file():
+            return None
+        raw = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        epoch = int(raw["epoch"])
+        return TrainState(
+            epoch, raw["optimizer"], self.load_dynamics().truncate(epoch), raw["history"][: epoch + 1]
+        )
+
+    def save_epoch(
+        self,
+        epoch: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dynamics: Dynamics,
+        history: list[dict],
+    ) -> None:
+        # Order matters for resuming: the checkpoint and dynamics first, the state last,
+        # so the state never names an epoch whose files are missing.
+        save_tensors(self.checkpoint(epoch), model.state_dict())
+        _save_npz(self.dynamics_path, dynamics.arrays())
+        buffer = io.BytesIO()
+        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "history": history}, buffer)
+        atomic_write(self.state_path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        self._write_metrics(history, complete=False)
+
+    def finish(self, config: dict, history: list[dict]) -> dict:
+        return self._write_metrics(history, complete=True)
+
+    def _write_metrics(self, history: list[dict], complete: bool) -> dict:
+        config = self.config()
+        labels, _ = self.load_noise()
+        final = history[-1]
+        summary = {
+            "clean_train_acc": final["clean_train_acc"],
+            "noisy_train_acc": final["noisy_train_acc"],
+            "noisy_orig_acc": final["noisy_orig_acc"],
+            "test_acc": final["test_acc"],
+            "epochs": final["epoch"],
+            "seconds": round(sum(h["seconds"] for h in history), 3),
+            "train_examples": len(labels.given),
+            "noisy_examples": int(labels.mask.sum()),
+            "complete": complete,
+            "run_dir": str(self.root),
+        }
+        train = config["train"]
+        report = Report(
+            method="train",
+            model_id=f"{train['arch']}@{train['data']}",
+            config=config,
+            results={"history": history},
+            metrics=summary,
+            provenance=provenance(train["seed"], {"init": train["init"]} if train.get("init") else {}),
+        )
+        report.save(self.metrics_path)
+        return summary
+
+    def summary(self) -> dict:
+        if not self.metrics_path.is_file():
+            raise RunFolderError(f"{self.root} has no metrics.json; the run has not finished an epoch")
+        return Report.load(self.metrics_path).metrics
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    return f"{values[0]}-{values[-1]}" if values == list(range(values[0], values[-1] + 1)) else str(values)
