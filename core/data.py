@@ -160,6 +160,8 @@ def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
             )
         return "fashion-mnist", _load_idx_folder(folder)
     path = Path(spec)
+    if not path.exists() and (os.sep in spec or path.suffix):
+        raise DataError(f"data path {spec} does not exist")
     if not path.exists():
         raise DataError(
             f"unknown data set {spec!r}: use {' or '.join(BUILTIN)}, "

@@ -1,0 +1,71 @@
+"""The `memloc` command: a thin Typer app over the library.
+
+Errors a user can fix print one line on stderr and exit 1 (usage errors exit 2);
+``--debug`` anywhere on the command line shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+from memloc.core.errors import MemlocError
+
+from . import models
+from .demo import demo_command
+from .train import train_command
+
+# Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+app = typer.Typer(
+    name="memloc",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Locate where neural networks memorize, and edit what they memorized.",
+)
+app.command("train")(train_command)
+app.command("demo")(demo_command)
+app.add_typer(models.app, name="models")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (accepted anywhere on the line)."),
+) -> None:
+    """memloc: locate memorization in classifiers and language models, and edit it."""
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"memloc: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MEMLOC_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="memloc", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except _UsageError as exc:
+        if debug:
+            raise
+        _fail(exc.format_message(), exc.exit_code)
+    except MemlocError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last finished epoch", 130)
+
+
+if __name__ == "__main__":
+    main()
