@@ -22,7 +22,7 @@ DEMO_LIMIT = 4000
 def _demo_config(seed: int) -> TrainConfig:
     try:
         load_dataset("fashion-mnist", limit=10, seed=seed)
-        data, arch, extra = "fashion-mnist", "cnn", {"limit": DEMO_LIMIT, "batch_size": 64}
+        data, arch, extra = "fashion-mnist", "cnn", {"limit": DEMO_LIMIT, "batch_size": 64, "epochs": 30}
     except DataError:
         stderr.print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); using digits")
         data, arch, extra = "digits", "mlp", {}

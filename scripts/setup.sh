@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up memloc here: the CPU build of torch when torch is missing, Debian's
+# Fashion-MNIST for the demo, and memloc itself (editable) with optional extras.
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh test     # plus pytest, hypothesis, ruff
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${1:-}
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  # Pinned on purpose: this release is the CPU build on local disk; an unpinned
+  # torch pulls a CUDA build of several GB.
+  "$PY" -m pip install --quiet torch==2.13.0
+fi
+
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+  if command -v apt-get >/dev/null; then
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+      || echo "setup: could not install dataset-fashion-mnist; the demo falls back to digits" >&2
+  else
+    echo "setup: no apt-get here; put Fashion-MNIST's IDX files in a folder and set MEMLOC_FASHION_MNIST" >&2
+  fi
+fi
+
+if [ -n "$EXTRAS" ]; then
+  "$PY" -m pip install --quiet -e ".[$EXTRAS]"
+else
+  "$PY" -m pip install --quiet -e .
+fi
+echo "setup: memloc $("$PY" -c 'from importlib.metadata import version; print(version("memloc"))') installed" >&2

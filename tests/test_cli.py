@@ -1,0 +1,123 @@
+"""The CLI end to end: outputs, and one clear line for each kind of bad input."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from memloc.cli.app import main
+from memloc.core.checkpoints import load_tensors, save_tensors
+from torch import nn
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code not in (0, None)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("memloc: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+TRAIN = ("train", "--data", "digits", "--arch", "mlp", "--limit", "200", "--epochs", "2")
+
+
+def test_train_json_summary_and_inspect(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, *TRAIN, "--out", tmp_path / "r", "--format", "json", "--noise", "0.2")
+    assert code == 0
+    summary = json.loads(out)
+    for key in ("clean_train_acc", "noisy_train_acc", "test_acc", "epochs", "seconds"):
+        assert key in summary
+    assert summary["epochs"] == 2 and summary["noisy_examples"] == 40
+    code, out, _ = run_cli(capsys, "models", "inspect", tmp_path / "r", "--format", "json")
+    info = json.loads(out)
+    assert [(x["name"], x["units"]) for x in info["layers"]] == [("fc1", 256), ("fc2", 256), ("head", 10)]
+    assert info["epochs"] == [0, 1, 2]
+    code, out, _ = run_cli(capsys, "models", "inspect", tmp_path / "r")
+    assert code == 0 and "blocks.1.out" in out and "fc2" in out
+    # rerunning the same command resumes a finished run: nothing is retrained
+    before = (tmp_path / "r/checkpoints/epoch_002.safetensors").stat().st_mtime_ns
+    code, out, _ = run_cli(capsys, *TRAIN, "--out", tmp_path / "r", "--format", "json", "--noise", "0.2")
+    assert code == 0 and json.loads(out)["epochs"] == 2
+    assert (tmp_path / "r/checkpoints/epoch_002.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("train", "--data", "cifar11"), ["unknown data set 'cifar11'", "digits"]),
+        (("train", "--data", "digits", "--arch", "vgg"), ["'vgg'", "resnet9"]),
+        (("train", "--data", "digits", "--noise", "1.0"), ["--noise", "[0, 1)"]),
+        (("train", "--data", "digits", "--noise", "-0.1"), ["--noise"]),
+        (("train", "--data", "/no/such/folder"), ["/no/such/folder", "does not exist"]),
+        (("train", "--data", "digits", "--init", "/no/such.safetensors"), ["does not exist"]),
+        (("train", "--data", "digits", "--device", "tpu"), ["unknown device 'tpu'"]),
+    ],
+)
+def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path, capsys, args, needles):
+    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "r")
+    assert_one_line_error(code, err, *needles)
+    assert out == "" and not (tmp_path / "r").exists()
+
+
+def test_checkpoint_that_does_not_match_the_model(tmp_path, capsys):
+    save_tensors(tmp_path / "other.safetensors", nn.Linear(3, 2).state_dict())
+    code, _, err = run_cli(capsys, *TRAIN, "--init", tmp_path / "other.safetensors", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "does not match the model", "missing")
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)
+    code, _, err = run_cli(capsys, *TRAIN, "--init", tmp_path / "broken.safetensors", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "not a valid safetensors file")
+
+
+def test_pickle_needing_code_is_refused_unless_trusted(tmp_path, capsys, digits_run):
+    from test_checkpoints import RunsCode
+
+    weights = load_tensors(digits_run.checkpoint(0))
+    marker = tmp_path / "marker"
+    torch.save({**weights, "note": RunsCode(marker)}, tmp_path / "init.pt")
+    args = ("train", "--data", "digits", "--arch", "mlp", "--limit", "300", "--epochs", "1", "--noise", "0.2")
+    code, _, err = run_cli(capsys, *args, "--init", tmp_path / "init.pt", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "--trust-pickle")
+    assert not marker.exists() and not (tmp_path / "r").exists()
+    code, _, _ = run_cli(
+        capsys, *args, "--init", tmp_path / "init.pt", "--trust-pickle", "--out", tmp_path / "r"
+    )
+    assert code == 0 and marker.exists()
+
+
+def test_output_folder_of_a_different_run(tmp_path, capsys, digits_run):
+    out = tmp_path / "copy"
+    shutil.copytree(digits_run.root, out)
+    config_before = (out / "config.json").read_bytes()
+    code, _, err = run_cli(capsys, *TRAIN, "--noise", "0.3", "--out", out)
+    assert_one_line_error(code, err, "holds a different run", "train.noise")
+    assert (out / "config.json").read_bytes() == config_before
+
+
+def test_inspect_bad_folders(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "models", "inspect", tmp_path / "none")
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_cli(capsys, "models", "inspect", tmp_path)
+    assert_one_line_error(code, err, "no config.json")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    from memloc.core.errors import DataError
+
+    with pytest.raises(DataError):
+        main(["train", "--data", "cifar11", "--out", str(tmp_path / "r"), "--debug"])
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["memloc", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout and "models" in result.stdout
