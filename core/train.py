@@ -24,9 +24,9 @@ from .adapters import ClassifierAdapter
 from .checkpoints import load_into, load_tensors
 from .data import inject_noise, load_dataset
 from .errors import MemlocError
-from .evaluation import masked_accuracy, per_example
 from .gradients import group_stats, split_gradients
 from .runs import Dynamics, RunFolder
+from .splits import RunData
 from .zoo import ModelSpec, build_model, check_arch, default_width
 
 # Settings under which each architecture memorizes its noisy labels (noisy-train
@@ -97,18 +97,16 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _record(model, x, given, labels, x_test, y_test) -> tuple[dict, np.ndarray, np.ndarray]:
-    loss, pred = per_example(model, x, given)
-    loss, pred = loss.cpu().numpy(), pred.cpu().numpy()
-    _, test_pred = per_example(model, x_test, y_test)
-    accs = {
-        "clean_train_acc": masked_accuracy(pred, labels.given, ~labels.mask),
-        "noisy_train_acc": masked_accuracy(pred, labels.given, labels.mask),
-        "noisy_orig_acc": masked_accuracy(pred, labels.original, labels.mask),
-        "test_acc": masked_accuracy(test_pred.cpu().numpy(), y_test.cpu().numpy()),
+def _record(model: torch.nn.Module, data: RunData) -> tuple[dict, np.ndarray, np.ndarray]:
+    accs, loss, pred = data.evaluate(model)
+    named = {
+        "clean_train_acc": accs["clean_acc"],
+        "noisy_train_acc": accs["noisy_acc"],
+        "noisy_orig_acc": accs["noisy_orig_acc"],
+        "test_acc": accs["test_acc"],
         "train_loss": float(loss.mean()),
     }
-    return accs, loss, pred
+    return named, loss, pred
 
 
 def train_run(
@@ -134,14 +132,12 @@ def train_run(
     adapter = ClassifierAdapter.for_model(model)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    x = torch.from_numpy(data.x_train).to(device)
-    given = torch.from_numpy(labels.given).to(device)
-    noisy = torch.from_numpy(labels.mask).to(device)
-    x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
+    on_device = RunData.build(data, labels, device)
+    x, given, noisy = on_device.x_train, on_device.given, on_device.noisy
 
     dynamics: Dynamics
     if state is None:  # fresh run: epoch 0 is the initialization
-        accs, loss, pred = _record(model, x, given, labels, x_test, y_test)
+        accs, loss, pred = _record(model, on_device)
         dynamics = Dynamics.first(loss, pred, labels.given, adapter.names)
         history = [{"epoch": 0, **accs, "seconds": 0.0}]
         run.save_epoch(0, model, optimizer, dynamics, history)
@@ -186,7 +182,7 @@ def train_run(
             optimizer.zero_grad(set_to_none=True)
             if progress:
                 progress(step + 1, total, f"epoch {epoch}/{config.epochs}")
-        accs, loss, pred = _record(model, x, given, labels, x_test, y_test)
+        accs, loss, pred = _record(model, on_device)
         dynamics = dynamics.append(loss, pred, labels.given, step_stats, len(adapter.groups))
         history = [*history, {"epoch": epoch, **accs, "seconds": time.perf_counter() - began}]
         run.save_epoch(epoch, model, optimizer, dynamics, history)

@@ -1,0 +1,77 @@
+"""A run's data on a device, split the way every noisy-label analysis reports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Dataset, NoisyLabels, load_dataset
+from .errors import RunFolderError
+from .evaluation import masked_accuracy, per_example
+from .runs import RunFolder
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Training images with given/original labels and the noise mask, plus the test set."""
+
+    x_train: torch.Tensor
+    given: torch.Tensor
+    original: torch.Tensor
+    noisy: torch.Tensor  # bool mask over training examples
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    labels: NoisyLabels
+
+    @classmethod
+    def load(cls, run: RunFolder, device: torch.device) -> RunData:
+        """Reload the run's data exactly as it was trained (same source, subset and noise)."""
+        train = run.config()["train"]
+        data = load_dataset(train["data"], limit=train["limit"], seed=train["seed"])
+        labels, index = run.load_noise()
+        if not np.array_equal(index, data.train_index):
+            raise RunFolderError(
+                f"the data set {train['data']!r} changed since {run.root} was trained (its subset differs)"
+            )
+        return cls.build(data, labels, device)
+
+    @classmethod
+    def build(cls, data: Dataset, labels: NoisyLabels, device: torch.device) -> RunData:
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device)
+
+        return cls(
+            put(data.x_train),
+            put(labels.given),
+            put(labels.original),
+            put(labels.mask),
+            put(data.x_test),
+            put(data.y_test),
+            labels,
+        )
+
+    def evaluate(
+        self, model: nn.Module, batch_size: int = 1024
+    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Accuracies, and per-example training loss and prediction, in one pass per set.
+
+        Accuracies: clean-train and noisy-train on the given labels, noisy-train on the
+        original labels, and test.
+        """
+        loss, pred = per_example(model, self.x_train, self.given, batch_size=batch_size)
+        _, test_pred = per_example(model, self.x_test, self.y_test, batch_size=batch_size)
+        loss, pred = loss.cpu().numpy(), pred.cpu().numpy()
+        mask = self.labels.mask
+        accs = {
+            "clean_acc": masked_accuracy(pred, self.labels.given, ~mask),
+            "noisy_acc": masked_accuracy(pred, self.labels.given, mask),
+            "noisy_orig_acc": masked_accuracy(pred, self.labels.original, mask),
+            "test_acc": masked_accuracy(test_pred.cpu().numpy(), self.y_test.cpu().numpy()),
+        }
+        return accs, loss, pred
+
+    def accuracies(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:
+        return self.evaluate(model, batch_size)[0]

@@ -1,0 +1,195 @@
+"""Layer rewinding and layer retraining (Maini et al. 2023, "Can Neural Network
+Memorization Be Localized?", ICML, Sec. 3).
+
+Rewinding: replace one layer group of the final model with its weights from an
+early epoch and measure clean, noisy and test accuracy. If memorization lived in
+one layer, rewinding that layer would erase the noisy examples' fit while the
+clean ones stay. BatchNorm buffers follow the parameters by default (the
+reference code leaves them at their final values).
+
+Retraining: reset one group to its initialization, freeze every other parameter
+for real (``requires_grad=False`` on the module's own parameters, and other
+BatchNorm layers in eval mode so their buffers stay put), and train that group on
+the CLEAN examples only. The reference code freezes copies and trains on the
+noisy examples; neither is copied here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from memloc.core.adapters import ClassifierAdapter
+from memloc.core.splits import RunData
+from torch import nn
+
+Progress = Callable[[int, int, str], None]
+Cell = dict  # one row of a result table
+
+
+@dataclass(frozen=True)
+class RewindConfig:
+    """Which epochs to rewind to, and whether BatchNorm buffers follow the parameters."""
+
+    epochs: tuple[int, ...]
+    bn_buffers: bool = True
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining one group on clean examples: at most ``epochs``, early stop after
+    ``patience`` epochs at 100% clean-train accuracy."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    patience: int = 3
+    seed: int = 0
+    eval_batch_size: int = 1024
+
+
+def default_rewind_epochs(final_epoch: int, count: int = 5) -> tuple[int, ...]:
+    """Epoch 0 plus about ``count`` epochs spread over the first half of training."""
+    half = final_epoch // 2
+    picks = {0} | {max(1, round(half * (i + 1) / count)) for i in range(count)} if half else {0}
+    return tuple(sorted(e for e in picks if e <= final_epoch))
+
+
+def group_tensors(
+    adapter: ClassifierAdapter,
+    group: str,
+    state: dict[str, torch.Tensor],
+    bn_buffers: bool,
+    parameter_names: Iterable[str],
+) -> list[str]:
+    """The state keys rewound for a group: its parameters, plus its buffers if asked."""
+    names = set(parameter_names)
+    return [k for k in adapter.group_keys(group, state) if bn_buffers or k in names]
+
+
+def rewind_cells(
+    model: nn.Module,
+    adapter: ClassifierAdapter,
+    data: RunData,
+    checkpoints: Callable[[int], dict[str, torch.Tensor]],
+    config: RewindConfig,
+    *,
+    skip: Callable[[str, int], bool] = lambda layer, epoch: False,
+    on_cell: Callable[[Cell], None] | None = None,
+    progress: Progress | None = None,
+) -> list[Cell]:
+    """Rewind each (group, epoch) cell in place, evaluate, and restore the group.
+
+    ``model`` holds the final weights and stays on its device; only the group's
+    tensors are copied per cell, so a cell costs one evaluation pass. The model is
+    bit-identical to its input afterwards.
+    """
+    state = model.state_dict()  # references to the live tensors
+    params = [n for n, _ in model.named_parameters()]
+    # Load each epoch's group tensors once, onto the model's device.
+    cells: list[Cell] = []
+    todo = [(g.name, e) for g in adapter.groups for e in config.epochs if not skip(g.name, e)]
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+    for done, (layer, epoch) in enumerate(todo):
+        if epoch not in cache:
+            cache[epoch] = {k: v.to(state[k].device) for k, v in checkpoints(epoch).items()}
+        keys = group_tensors(adapter, layer, state, config.bn_buffers, params)
+        saved = {k: state[k].clone() for k in keys}
+        try:
+            with torch.no_grad():
+                for k in keys:
+                    state[k].copy_(cache[epoch][k])
+            cell = {"layer": layer, "epoch": epoch, **data.accuracies(model, config.batch_size)}
+        finally:
+            with torch.no_grad():
+                for k in keys:
+                    state[k].copy_(saved[k])
+        cells.append(cell)
+        if on_cell:
+            on_cell(cell)
+        if progress:
+            progress(done + 1, len(todo), f"rewind {layer} to epoch {epoch}")
+    return cells
+
+
+def _set_trainable(model: nn.Module, adapter: ClassifierAdapter, layer: str) -> list[nn.Parameter]:
+    """Freeze every parameter outside the group; only the group's modules train."""
+    group = adapter.group(layer)
+    model.eval()
+    for module_name, module in model.named_modules():
+        if any(module_name == p or module_name.startswith(p + ".") for p in group.prefixes):
+            module.train()
+    trainable = adapter.group_parameters(model, layer)
+    ids = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return trainable
+
+
+def retrain_group(
+    model: nn.Module,
+    adapter: ClassifierAdapter,
+    data: RunData,
+    init: dict[str, torch.Tensor],
+    layer: str,
+    config: RetrainConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[Cell]:
+    """Reset ``layer`` to ``init`` and train it alone on the clean examples.
+
+    Works on ``model`` in place (pass a copy). Returns one row per epoch, epoch 0
+    being the reset model before any training.
+    """
+    state = model.state_dict()
+    keys = adapter.group_keys(layer, state)
+    with torch.no_grad():
+        for k in keys:
+            state[k].copy_(init[k].to(state[k].device))
+    trainable = _set_trainable(model, adapter, layer)
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    clean = torch.nonzero(~data.noisy).squeeze(1)
+    rows = [{"layer": layer, "epoch": 0, **data.accuracies(model, config.eval_batch_size)}]
+    perfect = 0
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = math.ceil(len(clean) / config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        _set_trainable(model, adapter, layer)
+        order = clean[torch.randperm(len(clean), generator=generator).to(clean.device)]
+        for idx in torch.tensor_split(order, steps):
+            loss = F.cross_entropy(model(data.x_train[idx]).float(), data.given[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        rows.append({"layer": layer, "epoch": epoch, **data.accuracies(model, config.eval_batch_size)})
+        if progress:
+            progress(epoch)
+        perfect = perfect + 1 if rows[-1]["clean_acc"] == 1.0 else 0
+        if perfect >= config.patience:
+            break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return rows
+
+
+def gradient_rows(groups: Sequence[str], clean, noisy, cosine) -> list[Cell]:
+    """Gradient accounting from a run's dynamics as rows {layer, epoch, clean_norm, noisy_norm, cosine}."""
+    rows = []
+    for e in range(len(clean)):
+        for g, name in enumerate(groups):
+            cos = float(cosine[e, g])
+            rows.append(
+                {
+                    "layer": name,
+                    "epoch": e + 1,
+                    "clean_norm": float(clean[e, g]),
+                    "noisy_norm": float(noisy[e, g]),
+                    "cosine": None if math.isnan(cos) else cos,
+                }
+            )
+    return rows

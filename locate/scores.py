@@ -1,0 +1,149 @@
+"""Example-level memorization scores from recorded learning dynamics.
+
+- Cumulative sample loss (CSL): the sum of an example's loss over the training
+  epochs (Ravikumar et al. 2025, "Towards Memorization Estimation: Fast, Formal
+  and Free"; mislabel-detection AUROC 0.987 on CIFAR-10 with 10% noise).
+- Forgetting events: correct -> incorrect transitions between consecutive epochs
+  (Toneva et al. 2019, "An Empirical Study of Example Forgetting").
+- Learning time: the first epoch after which the example stays correct (Maini et
+  al. 2022, "Characterizing Datapoints via Second-Split Forgetting"); never-learned
+  examples get E + 1.
+- Loss curvature (optional): mean over Rademacher v of ||grad_x L(x + h v) -
+  grad_x L(x)||, h = 1e-3, n = 10 (Garg et al. 2023, "Memorization Through the Lens
+  of Curvature of Loss Function Around Samples").
+
+Epochs are the trained epochs 1..E: row 0 of the dynamics is the untrained
+initialization, which says nothing about an example. Every score is oriented so
+that larger means "more likely memorized", and its AUROC at separating noisy from
+clean examples comes from scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
+
+from memloc.core.errors import MemlocError
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    h: float = 1e-3
+    samples: int = 10
+    batch_size: int = 256
+    seed: int = 0
+
+
+def cumulative_sample_loss(loss: np.ndarray) -> np.ndarray:
+    """Sum over trained epochs (rows 1..E of an (E+1, N) loss array)."""
+    return loss[1:].astype(np.float64).sum(axis=0)
+
+
+def forgetting_events(correct: np.ndarray) -> np.ndarray:
+    """Number of correct -> incorrect transitions over epochs 1..E."""
+    c = correct[1:].astype(bool)
+    return (c[:-1] & ~c[1:]).sum(axis=0)
+
+
+def learning_time(correct: np.ndarray) -> np.ndarray:
+    """First epoch t in 1..E from which the example is correct at every later epoch; E+1 if none."""
+    c = correct[1:].astype(bool)
+    epochs = c.shape[0]
+    # stays[t] is True when rows t..E-1 are all correct: a reversed cumulative AND.
+    stays = np.flip(np.logical_and.accumulate(np.flip(c, 0), 0), 0)
+    first = np.where(stays.any(0), stays.argmax(0) + 1, epochs + 1)
+    return first
+
+
+def loss_curvature(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CurvatureConfig,
+    *, progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Garg et al.'s input-space curvature proxy, per example, on the model's device."""
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def input_grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        xb = xb.detach().requires_grad_(True)
+        # Summed losses: examples are independent in eval mode, so each row's gradient is its own.
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
+        return grad
+
+    out = []
+    for start in range(0, len(x), config.batch_size):
+        xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
+        base = input_grad(xb, yb)
+        total = torch.zeros(len(xb), device=x.device, dtype=torch.float64)
+        for _ in range(config.samples):
+            v = (torch.randint(0, 2, xb.shape, generator=generator) * 2 - 1).to(xb.device, xb.dtype)
+            diff = input_grad(xb + config.h * v, yb) - base
+            total += diff.flatten(1).norm(dim=1).double()
+        out.append((total / config.samples).cpu())
+        if progress:
+            progress(min(start + config.batch_size, len(x)), len(x))
+    return torch.cat(out).numpy()
+
+
+def auroc(scores: np.ndarray, noisy: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` at flagging the noisy examples."""
+    if noisy.all() or not noisy.any():
+        raise MemlocError("AUROC needs both noisy and clean examples; this run has only one kind")
+    return float(roc_auc_score(noisy.astype(int), scores))
+
+
+def roc(scores: np.ndarray, noisy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fpr, tpr, _ = roc_curve(noisy.astype(int), scores)
+    return fpr, tpr
+
+
+def dynamics_scores(loss: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
+    if loss.shape[0] < 2:
+        raise MemlocError("scores need at least one trained epoch in the dynamics")
+    return {
+        "csl": cumulative_sample_loss(loss),
+        "forgetting": forgetting_events(correct).astype(np.float64),
+        "learning_time": learning_time(correct).astype(np.float64),
+    }
+
+
+def locate_scores(
+    run, device: torch.device, *, curvature: CurvatureConfig | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+):
+    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report."""
+    from memloc.core.checkpoints import atomic_write
+    from memloc.core.report import Report, provenance
+    from memloc.core.splits import RunData
+
+    dyn = run.load_dynamics()
+    labels, _ = run.load_noise()
+    scores = dynamics_scores(dyn.loss, dyn.correct)
+    if curvature is not None:
+        model, _ = run.load_model()
+        data = RunData.load(run, device)
+        scores["curvature"] = loss_curvature(
+            model.to(device), data.x_train, data.given, curvature,
+            progress=(lambda d, t: progress(d, t, "curvature")) if progress else None,
+        )
+    aurocs = {name: auroc(values, labels.mask) for name, values in scores.items()}
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, noisy=labels.mask, **scores)
+
+    path = atomic_write(run.root / "locate" / "scores.npz", write)
+    train = run.config()["train"]
+    return Report(
+        method="locate.scores",
+        model_id=f"{train['arch']}@{train['data']}",
+        config={"epochs": int(dyn.loss.shape[0] - 1), "curvature": curvature},
+        results={"scores_file": str(path), "examples": len(labels.mask), "noisy": int(labels.mask.sum())},
+        metrics={"auroc": aurocs},
+        provenance=provenance(train["seed"], {"dynamics": run.dynamics_path}),
+    )
