@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import typer
 from memloc.core.errors import MemlocError
 
-from . import models
+from . import locate, models
 from .demo import demo_command
+from .report import report_command
 from .train import train_command
 
 # Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
@@ -29,6 +30,8 @@ app = typer.Typer(
 )
 app.command("train")(train_command)
 app.command("demo")(demo_command)
+app.command("report")(report_command)
+app.add_typer(locate.app, name="locate")
 app.add_typer(models.app, name="models")
 
 

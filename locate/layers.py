@@ -28,6 +28,7 @@ from .rewinding import (
 )
 
 Progress = Callable[[int, int, str], None]
+REPORT_PATH = "locate/layers_report.json"  # inside the run folder
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,11 @@ def locate_layers(
     retrain = RetrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr, seed=config.seed)
     retrain_section = "retraining-" + config_key(asdict(retrain) | {"final": final})
     total = len(layers) * len(epochs) + (len(layers) * retrain.epochs if config.retrain else 0)
-    done = 0
 
     def cell_key(layer: str, epoch: int) -> str:
         return f"{layer}@{epoch}"
 
-    wanted = {cell_key(g, e) for g in layers for e in epochs}
-    finished = sum(1 for k in wanted if store.get(rewind_section, k) is not None)
-    done += finished
+    finished = sum(1 for g in layers for e in epochs if store.get(rewind_section, cell_key(g, e)) is not None)
 
     def rewind_progress(n: int, _total: int, text: str) -> None:
         if progress:
@@ -130,7 +128,7 @@ def locate_layers(
     ]
     final_accs = data.accuracies(model)
     train = run.config()["train"]
-    return Report(
+    report = Report(
         method="locate.layers",
         model_id=f"{train['arch']}@{train['data']}",
         config={
@@ -142,6 +140,8 @@ def locate_layers(
         metrics={"final": final_accs, "final_epoch": final, "seconds": round(time.perf_counter() - began, 3)},
         provenance=provenance(train["seed"], {"final_checkpoint": run.checkpoint(final)}),
     )
+    report.save(run.root / REPORT_PATH)
+    return report
 
 
 def headline(report: Report) -> dict:

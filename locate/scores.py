@@ -26,10 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from memloc.core.errors import MemlocError
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from memloc.core.errors import MemlocError
+REPORT_PATH = "locate/scores_report.json"  # inside the run folder
+SCORES_PATH = "locate/scores.npz"
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,12 @@ def learning_time(correct: np.ndarray) -> np.ndarray:
 
 
 def loss_curvature(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CurvatureConfig,
-    *, progress: Callable[[int, int], None] | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: CurvatureConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Garg et al.'s input-space curvature proxy, per example, on the model's device."""
     model.eval()
@@ -113,7 +119,10 @@ def dynamics_scores(loss: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarr
 
 
 def locate_scores(
-    run, device: torch.device, *, curvature: CurvatureConfig | None = None,
+    run,
+    device: torch.device,
+    *,
+    curvature: CurvatureConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ):
     """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report."""
@@ -128,7 +137,10 @@ def locate_scores(
         model, _ = run.load_model()
         data = RunData.load(run, device)
         scores["curvature"] = loss_curvature(
-            model.to(device), data.x_train, data.given, curvature,
+            model.to(device),
+            data.x_train,
+            data.given,
+            curvature,
             progress=(lambda d, t: progress(d, t, "curvature")) if progress else None,
         )
     aurocs = {name: auroc(values, labels.mask) for name, values in scores.items()}
@@ -137,9 +149,9 @@ def locate_scores(
         with open(tmp, "wb") as f:
             np.savez(f, noisy=labels.mask, **scores)
 
-    path = atomic_write(run.root / "locate" / "scores.npz", write)
+    path = atomic_write(run.root / SCORES_PATH, write)
     train = run.config()["train"]
-    return Report(
+    report = Report(
         method="locate.scores",
         model_id=f"{train['arch']}@{train['data']}",
         config={"epochs": int(dyn.loss.shape[0] - 1), "curvature": curvature},
@@ -147,3 +159,5 @@ def locate_scores(
         metrics={"auroc": aurocs},
         provenance=provenance(train["seed"], {"dynamics": run.dynamics_path}),
     )
+    report.save(run.root / REPORT_PATH)
+    return report

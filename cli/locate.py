@@ -1,0 +1,91 @@
+"""`memloc locate`: where is it memorized?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from memloc.core.devices import resolve_device
+from memloc.core.runs import RunFolder
+from memloc.locate.layers import LayersConfig, headline, locate_layers, retrain_summary
+from memloc.locate.scores import CurvatureConfig, locate_scores
+
+from .console import emit_json, emit_table, progress_bar, stderr
+from .options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
+
+app = typer.Typer(no_args_is_help=True, help="Locate memorization: layers, examples.")
+
+
+@app.command("layers")
+def layers_command(
+    run_dir: RunDirArg,
+    epochs: Annotated[
+        list[int] | None,
+        typer.Option("--epoch", help="Rewind to this epoch (repeatable). Default: 0 and ~5 early epochs."),
+    ] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layer", help="Only this layer group (repeatable).")
+    ] = None,
+    bn_buffers: Annotated[
+        bool,
+        typer.Option(
+            "--bn-buffers/--no-bn-buffers", help="Rewind BatchNorm running statistics with the weights."
+        ),
+    ] = True,
+    retrain: Annotated[
+        bool, typer.Option("--retrain/--no-retrain", help="Also retrain each layer on clean data.")
+    ] = True,
+    retrain_epochs: Annotated[
+        int, typer.Option("--retrain-epochs", help="Most epochs of retraining per layer.")
+    ] = 10,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Rewind and retrain each layer group; summarize gradient accounting. Resumable."""
+    run = RunFolder.open(run_dir)
+    config = LayersConfig(
+        rewind_epochs=tuple(epochs) if epochs else None,
+        layers=tuple(layers) if layers else None,
+        bn_buffers=bn_buffers,
+        retrain=retrain,
+        retrain_epochs=retrain_epochs,
+        seed=seed,
+    )
+    target = resolve_device(device)
+    with progress_bar("layers") as update:
+        report = locate_layers(run, target, config, progress=update)
+    if fmt is Format.json:
+        emit_json({**report.results, "final": report.metrics["final"], "config": report.config})
+        return
+    emit_table("rewinding (accuracy after rewinding one layer)", report.results["rewinding"])
+    if report.results["retraining"]:
+        emit_table("retraining (last epoch per layer)", retrain_summary(report.results["retraining"]))
+    best = headline(report)["largest_noisy_drop"]
+    stderr.print(
+        f"largest noisy-accuracy drop: {best['layer']} at epoch {best['epoch']} -> {best['noisy_acc']:.3f}"
+    )
+
+
+@app.command("scores")
+def scores_command(
+    run_dir: RunDirArg,
+    curvature: Annotated[
+        bool, typer.Option("--curvature", help="Also compute input loss curvature (slower).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Per-example memorization scores and their AUROC at flagging mislabeled examples."""
+    run = RunFolder.open(run_dir)
+    target = resolve_device(device)
+    with progress_bar("scores") as update:
+        report = locate_scores(
+            run, target, curvature=CurvatureConfig(seed=seed) if curvature else None, progress=update
+        )
+    if fmt is Format.json:
+        emit_json({"auroc": report.metrics["auroc"], **report.results})
+        return
+    emit_table("AUROC at flagging mislabeled examples", [report.metrics["auroc"]])
+    stderr.print(f"per-example scores: {report.results['scores_file']}")

@@ -1,0 +1,28 @@
+"""`memloc report`: a readable per-layer memorization report of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from memloc.core.runs import RunFolder
+from memloc.locate.classifier_report import build_report
+
+from .console import emit_json, stdout
+from .options import Format, FormatOpt, RunDirArg
+
+
+def report_command(
+    run_dir: RunDirArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for report.md/html (default RUN_DIR/report).")
+    ] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Write report.md (with figures/) and a self-contained report.html for a run."""
+    md, page = build_report(RunFolder.open(run_dir), out)
+    if fmt is Format.json:
+        emit_json({"markdown": md, "html": page})
+        return
+    stdout.print(f"report: {page}\nmarkdown: {md}")

@@ -1,0 +1,288 @@
+"""The per-layer memorization report of a noisy-label run: figures, tables, findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from memloc.core.errors import RunFolderError
+from memloc.core.render import Section, write_report
+from memloc.core.report import Report
+from memloc.core.runs import RunFolder
+
+from .layers import REPORT_PATH as LAYERS_REPORT
+from .layers import headline, retrain_summary
+from .scores import REPORT_PATH as SCORES_REPORT
+from .scores import SCORES_PATH as SCORES_FILE
+from .scores import roc
+
+
+def _grid(rows: list[dict], value: str) -> tuple[list[str], list[int], np.ndarray]:
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    epochs = sorted({r["epoch"] for r in rows})
+    grid = np.full((len(layers), len(epochs)), np.nan)
+    for r in rows:
+        grid[layers.index(r["layer"]), epochs.index(r["epoch"])] = r[value]
+    return layers, epochs, grid
+
+
+def rewinding_figure(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=(11, 0.45 * len({r["layer"] for r in rows}) + 2.2))
+    for ax, (value, title) in zip(
+        fig.subplots(1, 2),
+        [("noisy_acc", "noisy examples, given labels"), ("clean_acc", "clean examples")],
+        strict=True,
+    ):
+        layers, epochs, grid = _grid(rows, value)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
+        ax.set_yticks(range(len(layers)), layers)
+        ax.set_xlabel("rewound to epoch")
+        ax.set_title(f"accuracy after rewinding one layer: {title}", fontsize=9)
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def retraining_figure(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 3, sharey=True)
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        curve = [r for r in rows if r["layer"] == layer]
+        epochs = [r["epoch"] for r in curve]
+        for ax, key in zip(axes, ("clean_acc", "noisy_acc", "test_acc"), strict=True):
+            ax.plot(epochs, [r[key] for r in curve], marker="o", ms=3, label=layer)
+    for ax, title in zip(axes, ("clean train", "noisy train (given labels)", "test"), strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("retraining epoch")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("accuracy")
+    axes[2].legend(fontsize=7, title="retrained layer", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gradients_figure(rows: list[dict]) -> Figure:
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    cols = min(4, len(layers)) or 1
+    n_rows = -(-len(layers) // cols) + 1
+    fig = Figure(figsize=(11, 2.4 * n_rows))
+    grid = fig.add_gridspec(n_rows, cols)
+    for i, layer in enumerate(layers):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        curve = [r for r in rows if r["layer"] == layer]
+        epochs = [r["epoch"] for r in curve]
+        ax.plot(epochs, [r["clean_norm"] for r in curve], label="clean")
+        ax.plot(epochs, [r["noisy_norm"] for r in curve], label="noisy")
+        ax.set_yscale("log")
+        ax.set_title(layer, fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[n_rows - 1, :])
+    for layer in layers:
+        curve = [r for r in rows if r["layer"] == layer]
+        ax.plot(
+            [r["epoch"] for r in curve],
+            [np.nan if r["cosine"] is None else r["cosine"] for r in curve],
+            label=layer,
+        )
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("cosine between clean and noisy gradients", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7, ncol=min(5, len(layers)))
+    fig.suptitle("per-layer gradient norm (scaled by 1/sqrt(numel)), clean vs noisy part", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(history: list[dict]) -> Figure:
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
+    epochs = [h["epoch"] for h in history]
+    for key, label in [
+        ("clean_train_acc", "clean train"),
+        ("noisy_train_acc", "noisy train (given labels)"),
+        ("noisy_orig_acc", "noisy train (true labels)"),
+        ("test_acc", "test"),
+    ]:
+        ax.plot(epochs, [h[key] for h in history], label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def scores_figures(
+    scores: dict[str, np.ndarray], noisy: np.ndarray, aurocs: dict[str, float]
+) -> tuple[Figure, Figure]:
+    names = list(scores)
+    hist = Figure(figsize=(3.2 * len(names), 3))
+    for ax, name in zip(np.atleast_1d(hist.subplots(1, len(names))), names, strict=True):
+        values = scores[name]
+        bins = np.histogram_bin_edges(values, bins=30)
+        ax.hist(values[~noisy], bins=bins, alpha=0.6, density=True, label="clean")
+        ax.hist(values[noisy], bins=bins, alpha=0.6, density=True, label="noisy")
+        ax.set_title(name, fontsize=9)
+    hist.axes[0].legend(fontsize=8)
+    hist.tight_layout()
+    curves = Figure(figsize=(4.5, 4.2))
+    ax = curves.subplots()
+    for name in names:
+        fpr, tpr = roc(scores[name], noisy)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {aurocs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("false positive rate (clean flagged)")
+    ax.set_ylabel("true positive rate (noisy found)")
+    ax.legend(fontsize=8)
+    curves.tight_layout()
+    return hist, curves
+
+
+def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None) -> list[str]:
+    """Sentences computed from the numbers."""
+    out = [
+        f"The model fits {train['noisy_train_acc']:.1%} of the {train['noisy_examples']} mislabeled training "
+        f"examples on their wrong labels (clean train {train['clean_train_acc']:.1%}, test {train['test_acc']:.1%})."
+    ]
+    if layers is not None and layers.results["rewinding"]:
+        h = headline(layers)
+        best = h["largest_noisy_drop"]
+        out.append(
+            f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to "
+            f"{best['noisy_acc']:.1%}, with clean accuracy {best['clean_acc']:.1%} and test accuracy {best['test_acc']:.1%}."
+        )
+        if h["single_layer_removers"]:
+            names = sorted({r["layer"] for r in h["single_layer_removers"]})
+            out.append(
+                "Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
+                f"clean accuracy) for: {', '.join(names)}."
+            )
+        else:
+            out.append(
+                "No single layer removes memorization: no rewinding cell brings noisy accuracy to 10% or below "
+                "while keeping 90% of clean accuracy, in line with Maini et al. (2023)."
+            )
+        high = [r for r in layers.results["rewinding"] if r["epoch"] > 0 and r["noisy_acc"] >= 0.5]
+        cells = [r for r in layers.results["rewinding"] if r["epoch"] > 0]
+        if cells:
+            out.append(
+                f"In {len(high)} of {len(cells)} rewinding cells after epoch 0, noisy accuracy stays at 50% or more."
+            )
+    if layers is not None and layers.results["retraining"]:
+        finals = retrain_summary(layers.results["retraining"])
+        clean_only = [r["layer"] for r in finals if r["clean_acc"] >= 0.99 and r["noisy_acc"] <= 0.10]
+        lowest = min(finals, key=lambda r: r["noisy_acc"])
+        out.append(
+            f"Retraining one layer from its initialization on clean examples: {lowest['layer']} ends with the lowest "
+            f"noisy accuracy ({lowest['noisy_acc']:.1%}, clean {lowest['clean_acc']:.1%}); "
+            + (
+                f"layers that fit the clean data without re-memorizing: {', '.join(clean_only)}."
+                if clean_only
+                else "no layer reaches 99% clean accuracy with noisy accuracy at most 10%."
+            )
+        )
+    if layers is not None and layers.results["gradients"]:
+        rows = layers.results["gradients"]
+        last = max(r["epoch"] for r in rows)
+        late = [r for r in rows if r["epoch"] > last / 2 and r["clean_norm"] > 0]
+        if late:
+            ratio: dict[str, list[float]] = {}
+            for r in late:
+                ratio.setdefault(r["layer"], []).append(r["noisy_norm"] / r["clean_norm"])
+            top = max(ratio, key=lambda k: np.mean(ratio[k]))
+            out.append(
+                f"In the second half of training the noisy examples' gradient outweighs the clean one most in "
+                f"{top} (mean noisy/clean norm ratio {np.mean(ratio[top]):.2f})."
+            )
+    if aurocs:
+        best = max(aurocs, key=aurocs.get)
+        out.append(
+            "Mislabeled examples are told apart by "
+            + ", ".join(f"{k} (AUROC {v:.3f})" for k, v in aurocs.items())
+            + f"; {best} separates them best."
+        )
+    return out
+
+
+def load_if_present(path: Path) -> Report | None:
+    return Report.load(path) if path.is_file() else None
+
+
+def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html for a run from whatever analyses it holds."""
+    if not run.metrics_path.is_file():
+        raise RunFolderError(f"{run.root} has no metrics.json; train it first")
+    train_report = Report.load(run.metrics_path)
+    layers = load_if_present(run.root / LAYERS_REPORT)
+    scores_report = load_if_present(run.root / SCORES_REPORT)
+    aurocs = scores_report.metrics["auroc"] if scores_report else None
+    sections = [Section("Findings", findings(train_report.metrics, layers, aurocs))]
+    summary = {
+        k: train_report.metrics[k]
+        for k in ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs")
+    }
+    sections.append(
+        Section(
+            "Training",
+            [f"{train_report.model_id}, config: {train_report.config['train']}"],
+            [("final epoch", [summary])],
+            [("training", training_figure(train_report.results["history"]))],
+        )
+    )
+    missing = []
+    if layers is None:
+        missing.append(f"memloc locate layers {run.root}")
+    else:
+        sections.append(
+            Section(
+                "Layer rewinding",
+                [
+                    "Each cell: one layer group of the final model replaced by its weights at an earlier epoch "
+                    f"(BatchNorm buffers {'included' if layers.config['rewind']['bn_buffers'] else 'not included'})."
+                ],
+                [("rewinding", layers.results["rewinding"])],
+                [("rewinding_heatmaps", rewinding_figure(layers.results["rewinding"]))],
+            )
+        )
+        if layers.results["retraining"]:
+            sections.append(
+                Section(
+                    "Layer retraining",
+                    [
+                        "Each curve: one layer reset to its initialization and retrained alone on the clean examples; "
+                        "every other parameter frozen."
+                    ],
+                    [("last epoch of each retraining", retrain_summary(layers.results["retraining"]))],
+                    [("retraining_curves", retraining_figure(layers.results["retraining"]))],
+                )
+            )
+        sections.append(
+            Section(
+                "Gradient accounting",
+                ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
+                [],
+                [("gradients", gradients_figure(layers.results["gradients"]))],
+            )
+        )
+    if scores_report is None:
+        missing.append(f"memloc locate scores {run.root}")
+    else:
+        with np.load(run.root / SCORES_FILE) as z:
+            noisy = z["noisy"]
+            scores = {k: z[k] for k in aurocs}
+        hist, curves = scores_figures(scores, noisy, aurocs)
+        sections.append(
+            Section(
+                "Example scores",
+                ["Larger scores mean more likely memorized; AUROC at flagging the mislabeled examples."],
+                [("AUROC", [aurocs])],
+                [("score_histograms", hist), ("score_roc", curves)],
+            )
+        )
+    if missing:
+        sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
+    return write_report(out or run.root / "report", f"memloc report: {run.root.name}", sections)
