@@ -17,7 +17,8 @@ noisy examples; neither is copied here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,33 @@ def group_tensors(
     return [k for k in adapter.group_keys(group, state) if bn_buffers or k in names]
 
 
+@contextmanager
+def rewound(
+    model: nn.Module,
+    adapter: ClassifierAdapter,
+    layers: Iterable[str],
+    source: dict[str, torch.Tensor],
+    bn_buffers: bool = True,
+) -> Iterator[nn.Module]:
+    """Within the block, ``layers`` of ``model`` hold their tensors from ``source``.
+
+    Only those tensors are copied in place, and they are restored exactly on exit.
+    """
+    state = model.state_dict()  # references to the live tensors
+    params = [n for n, _ in model.named_parameters()]
+    keys = [k for layer in layers for k in group_tensors(adapter, layer, state, bn_buffers, params)]
+    saved = {k: state[k].clone() for k in keys}
+    try:
+        with torch.no_grad():
+            for k in keys:
+                state[k].copy_(source[k])
+        yield model
+    finally:
+        with torch.no_grad():
+            for k in keys:
+                state[k].copy_(saved[k])
+
+
 def rewind_cells(
     model: nn.Module,
     adapter: ClassifierAdapter,
@@ -84,30 +112,19 @@ def rewind_cells(
 ) -> list[Cell]:
     """Rewind each (group, epoch) cell in place, evaluate, and restore the group.
 
-    ``model`` holds the final weights and stays on its device; only the group's
-    tensors are copied per cell, so a cell costs one evaluation pass. The model is
-    bit-identical to its input afterwards.
+    ``model`` holds the final weights and stays on its device; each epoch's
+    checkpoint is read once, and only the group's tensors are copied per cell, so a
+    cell costs one evaluation pass. The model is bit-identical afterwards.
     """
-    state = model.state_dict()  # references to the live tensors
-    params = [n for n, _ in model.named_parameters()]
-    # Load each epoch's group tensors once, onto the model's device.
+    device = next(model.parameters()).device
+    todo = [(g.name, e) for e in config.epochs for g in adapter.groups if not skip(g.name, e)]
     cells: list[Cell] = []
-    todo = [(g.name, e) for g in adapter.groups for e in config.epochs if not skip(g.name, e)]
-    cache: dict[int, dict[str, torch.Tensor]] = {}
+    loaded: tuple[int, dict[str, torch.Tensor]] | None = None
     for done, (layer, epoch) in enumerate(todo):
-        if epoch not in cache:
-            cache[epoch] = {k: v.to(state[k].device) for k, v in checkpoints(epoch).items()}
-        keys = group_tensors(adapter, layer, state, config.bn_buffers, params)
-        saved = {k: state[k].clone() for k in keys}
-        try:
-            with torch.no_grad():
-                for k in keys:
-                    state[k].copy_(cache[epoch][k])
+        if loaded is None or loaded[0] != epoch:  # epoch-major order: one checkpoint in memory
+            loaded = (epoch, {k: v.to(device) for k, v in checkpoints(epoch).items()})
+        with rewound(model, adapter, [layer], loaded[1], config.bn_buffers):
             cell = {"layer": layer, "epoch": epoch, **data.accuracies(model, config.batch_size)}
-        finally:
-            with torch.no_grad():
-                for k in keys:
-                    state[k].copy_(saved[k])
         cells.append(cell)
         if on_cell:
             on_cell(cell)

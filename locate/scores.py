@@ -71,9 +71,13 @@ def loss_curvature(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Garg et al.'s input-space curvature proxy, per example, on the model's device."""
+    """Garg et al.'s input-space curvature proxy, per example, on the model's device.
+
+    Sample s draws its Rademacher directions for the whole set from a generator
+    seeded by (seed, s), so results do not depend on the batch size.
+    """
     model.eval()
-    generator = torch.Generator().manual_seed(config.seed)
+    batches = [slice(i, i + config.batch_size) for i in range(0, len(x), config.batch_size)]
 
     def input_grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         xb = xb.detach().requires_grad_(True)
@@ -81,19 +85,18 @@ def loss_curvature(
         (grad,) = torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
         return grad
 
-    out = []
-    for start in range(0, len(x), config.batch_size):
-        xb, yb = x[start : start + config.batch_size], y[start : start + config.batch_size]
-        base = input_grad(xb, yb)
-        total = torch.zeros(len(xb), device=x.device, dtype=torch.float64)
-        for _ in range(config.samples):
-            v = (torch.randint(0, 2, xb.shape, generator=generator) * 2 - 1).to(xb.device, xb.dtype)
-            diff = input_grad(xb + config.h * v, yb) - base
-            total += diff.flatten(1).norm(dim=1).double()
-        out.append((total / config.samples).cpu())
+    base = torch.cat([input_grad(x[b], y[b]) for b in batches])
+    total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    for sample in range(config.samples):
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + sample)
+        signs = torch.randint(0, 2, x.shape, generator=generator, dtype=torch.int8)
+        for b in batches:
+            v = signs[b].to(x.device, x.dtype) * 2 - 1
+            diff = input_grad(x[b] + config.h * v, y[b]) - base[b]
+            total[b] += diff.flatten(1).norm(dim=1).double()
         if progress:
-            progress(min(start + config.batch_size, len(x)), len(x))
-    return torch.cat(out).numpy()
+            progress(sample + 1, config.samples)
+    return (total / config.samples).cpu().numpy()
 
 
 def auroc(scores: np.ndarray, noisy: np.ndarray) -> float:

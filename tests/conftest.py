@@ -27,3 +27,11 @@ def digits_run(tmp_path_factory) -> RunFolder:
     run = RunFolder(tmp_path_factory.mktemp("runs") / "digits-mlp")
     train_run(run, tiny_config(), torch.device("cpu"))
     return run
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory) -> RunFolder:
+    """A finished 4-epoch CNN run (with BatchNorm) on 300 digits with 20% noise."""
+    run = RunFolder(tmp_path_factory.mktemp("runs") / "digits-cnn")
+    train_run(run, tiny_config(arch="cnn", epochs=4), torch.device("cpu"))
+    return run
