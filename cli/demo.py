@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,44 +11,72 @@ from memloc.core.data import DataError, load_dataset
 from memloc.core.devices import resolve_device
 from memloc.core.runs import RunFolder
 from memloc.core.train import TrainConfig, train_run
+from memloc.locate.classifier_report import build_report
+from memloc.locate.layers import LayersConfig, headline, locate_layers
+from memloc.locate.scores import locate_scores
 
 from .console import emit_json, progress_bar, stderr, stdout
 from .options import DeviceOpt, Format, FormatOpt, SeedOpt
 from .train import show_summary
 
+
+class DemoData(str, Enum):
+    fashion = "fashion-mnist"
+    digits = "digits"
+
+
 # Small enough for two CPU cores in a few minutes, large enough to memorize visibly.
 DEMO_LIMIT = 4000
 
 
-def _demo_config(seed: int) -> TrainConfig:
-    try:
-        load_dataset("fashion-mnist", limit=10, seed=seed)
-        data, arch, extra = "fashion-mnist", "cnn", {"limit": DEMO_LIMIT, "batch_size": 64, "epochs": 30}
-    except DataError:
-        stderr.print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); using digits")
-        data, arch, extra = "digits", "mlp", {}
-    return TrainConfig.for_arch(data, arch, noise=0.1, seed=seed, **extra)
+def _demo_config(data: str, seed: int) -> TrainConfig:
+    if data == "fashion-mnist":
+        try:
+            load_dataset("fashion-mnist", limit=10, seed=seed)
+            extra = {"limit": DEMO_LIMIT, "batch_size": 64, "epochs": 30}
+            return TrainConfig.for_arch("fashion-mnist", "cnn", noise=0.1, seed=seed, **extra)
+        except DataError:
+            stderr.print(
+                "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); using digits"
+            )
+    return TrainConfig.for_arch("digits", "mlp", noise=0.1, seed=seed)
 
 
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("memloc-demo"),
+    data: Annotated[DemoData, typer.Option("--data", help="Bundled data set to use.")] = DemoData.fashion,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Train a CNN on Fashion-MNIST with 10% noisy labels and show where everything is."""
-    config = _demo_config(seed)
+    """Train a CNN on Fashion-MNIST with 10% noisy labels, locate the memorization, write the report."""
+    config = _demo_config(data.value, seed)
     run = RunFolder(out / "run")
     stderr.print(
         f"[bold]memloc demo[/]: {config.arch} on {config.data} ({config.limit or 'all'} images), "
         f"{config.noise:.0%} of labels corrupted, {config.epochs} epochs -> {run.root}"
     )
+    target = resolve_device(device)
     with progress_bar("train") as update:
-        summary = train_run(run, config, resolve_device(device), progress=update)
+        summary = train_run(run, config, target, progress=update)
+    with progress_bar("locate layers") as update:
+        layers = locate_layers(run, target, LayersConfig(seed=seed), progress=update)
+    scores = locate_scores(run, target)
+    md, page = build_report(run, out / "report")
     if fmt is Format.json:
-        emit_json({"train": summary, "run_dir": str(run.root)})
+        emit_json(
+            {
+                "train": summary,
+                "run_dir": str(run.root),
+                "auroc": scores.metrics["auroc"],
+                "rewinding": layers.results["rewinding"],
+                "report": str(page),
+            }
+        )
         return
     show_summary(summary, fmt)
+    best = headline(layers)["largest_noisy_drop"]
+    aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.metrics["auroc"].items())
     stdout.print(
         f"\nThe model memorized {summary['noisy_train_acc']:.1%} of the {summary['noisy_examples']} "
         f"mislabeled examples (on their wrong labels) while reaching {summary['test_acc']:.1%} test accuracy.\n"
@@ -55,5 +84,9 @@ def demo_command(
         f"  checkpoints       : {run.checkpoints}/epoch_000..{summary['epochs']:03d}.safetensors\n"
         f"  dynamics          : {run.dynamics_path} (per-example loss/prediction per epoch, gradient accounting)\n"
         f"  metrics           : {run.metrics_path}\n"
+        f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to {best['noisy_acc']:.1%}.\n"
+        f"AUROC at flagging the mislabeled examples: {aurocs}.\n"
+        f"  layer analyses    : {run.root / 'locate'}\n"
+        f"  report            : {page}  (Markdown: {md})\n"
         f"Next: memloc models inspect {run.root}"
     )

@@ -121,3 +121,42 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run(["memloc", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "train" in result.stdout and "models" in result.stdout
+
+
+def test_demo_end_to_end_on_digits(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "demo", "--data", "digits", "--out", tmp_path, "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["train"]["noisy_train_acc"] >= 0.99
+    assert set(result["auroc"]) == {"csl", "forgetting", "learning_time"}
+    assert (tmp_path / "report/report.html").stat().st_size > 50_000
+    assert (tmp_path / "run/locate/layers_report.json").is_file()
+
+
+def test_locate_bad_input(tmp_path, capsys, digits_run):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/config.json").write_text("{}")
+    code, _, err = run_cli(capsys, "locate", "layers", tmp_path / "empty")
+    assert_one_line_error(code, err, "has no checkpoints")
+    code, _, err = run_cli(capsys, "locate", "layers", digits_run.root, "--epoch", "0", "--epoch", "12")
+    assert_one_line_error(code, err, "epoch 12 is not in", "0-3")
+    code, _, err = run_cli(capsys, "locate", "layers", digits_run.root, "--layer", "conv9")
+    assert_one_line_error(code, err, "'conv9' is not in the model", "valid layers: fc1, fc2, head")
+    code, _, err = run_cli(capsys, "locate", "scores", tmp_path / "missing")
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_cli(capsys, "report", tmp_path / "empty")
+    assert_one_line_error(code, err, "has no checkpoints")
+
+
+def test_locate_json_outputs(capsys, digits_run):
+    code, out, _ = run_cli(capsys, "locate", "scores", digits_run.root, "--format", "json")
+    assert code == 0 and set(json.loads(out)["auroc"]) == {"csl", "forgetting", "learning_time"}
+    args = ("locate", "layers", digits_run.root, "--epoch", "0", "--epoch", "1", "--retrain-epochs", "1")
+    code, out, _ = run_cli(capsys, *args, "--format", "json")
+    result = json.loads(out)
+    assert {"rewinding", "retraining", "gradients"} <= set(result)
+    assert {"layer", "epoch", "clean_acc", "noisy_acc", "noisy_orig_acc", "test_acc"} == set(result["rewinding"][0])
+    assert {"layer", "epoch", "clean_acc", "noisy_acc", "test_acc"} <= set(result["retraining"][0])
+    assert {"layer", "epoch", "clean_norm", "noisy_norm", "cosine"} == set(result["gradients"][0])
+    code, out, _ = run_cli(capsys, "report", digits_run.root, "--format", "json")
+    assert code == 0 and json.loads(out)["html"].endswith("report.html")
