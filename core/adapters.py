@@ -45,6 +45,7 @@ class LayerGroup:
     units: int
     unit_kind: Literal["channel", "feature"]
     prefixes: tuple[str, ...]
+    unit_module: str = ""  # the conv/linear layer whose output channels are the units
 
 
 class LayerNotFoundError(MemlocError):
@@ -55,17 +56,19 @@ def _owns(prefix: str, key: str) -> bool:
     return prefix == "" or key == prefix or key.startswith(prefix + ".")
 
 
-def _unit_count(module: nn.Module) -> tuple[int, Literal["channel", "feature"]]:
-    """Units of a module: its last conv's channels or its last linear's features."""
-    last: nn.Module | None = None
-    for sub in module.modules():
+def _unit_layer(path: str, module: nn.Module) -> tuple[str, int, Literal["channel", "feature"]]:
+    """The module's last conv or linear layer: its path, and its output channels or features."""
+    last: tuple[str, nn.Module] | None = None
+    for name, sub in module.named_modules():
         if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            last = sub
-    if isinstance(last, nn.Linear):
-        return last.out_features, "feature"
-    if last is not None:
-        return last.out_channels, "channel"
-    raise MemlocError(f"module {type(module).__name__} has no conv or linear layer to count units")
+            last = (name, sub)
+    if last is None:
+        raise MemlocError(f"module {type(module).__name__} has no conv or linear layer to count units")
+    name, layer = last
+    full = f"{path}.{name}" if name else path
+    if isinstance(layer, nn.Linear):
+        return full, layer.out_features, "feature"
+    return full, layer.out_channels, "channel"
 
 
 class ClassifierAdapter:
@@ -96,8 +99,8 @@ class ClassifierAdapter:
             extra = tuple(entry[2]) if len(entry) > 2 else ()
             if path not in modules:
                 raise LayerNotFoundError(f"module path {path!r} is not in the model")
-            units, kind = _unit_count(modules[path])
-            built.append(LayerGroup(name, path, units, kind, (path, *extra)))
+            unit_module, units, kind = _unit_layer(path, modules[path])
+            built.append(LayerGroup(name, path, units, kind, (path, *extra), unit_module))
         return cls(built)
 
     @classmethod
@@ -134,9 +137,20 @@ class ClassifierAdapter:
         return Site(self.groups.index(self.group(key)), "out")
 
     def hook_point(self, site: Site) -> HookPoint:
-        if site.kind != "out":
-            raise LayerNotFoundError(f"classifiers only have 'out' sites, got {site}")
-        return HookPoint(self.group(site.layer).module, "output")
+        group = self.group(site.layer)
+        if site.kind == "out":
+            return HookPoint(group.module, "output")
+        if site.kind == "pre":
+            return HookPoint(group.unit_module, "output")
+        raise LayerNotFoundError(f"classifiers have 'out' and 'pre' sites, got {site}")
+
+    def unit_weights(self, model: nn.Module, group: str | int) -> list[tuple[torch.Tensor, int]]:
+        """The tensors whose slices along ``dim`` are a unit's own weights (weight, bias)."""
+        layer = resolve_module(model, self.group(group).unit_module)
+        tensors = [(layer.weight, 0)]
+        if getattr(layer, "bias", None) is not None:
+            tensors.append((layer.bias, 0))
+        return tensors
 
     # --- tensors of a group -------------------------------------------------------
 

@@ -14,6 +14,9 @@ C = channels or features of a classifier block):
 - ``resid.post`` (B, T, D)  residual stream leaving block i
 - ``out``        (B, C, ...) output of classifier block i; a unit is one channel
   (conv) or feature (linear)
+- ``pre``        (B, C, ...) output of block i's conv or linear layer itself, before
+  normalization and activation: masking unit c here equals zeroing that unit's
+  weights (and bias)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from .errors import MemlocError
 
 TRANSFORMER_KINDS = ("resid.pre", "attn.out", "mlp.post", "mlp.out", "resid.post")
-CLASSIFIER_KINDS = ("out",)
+CLASSIFIER_KINDS = ("out", "pre")
 KINDS = TRANSFORMER_KINDS + CLASSIFIER_KINDS
 
 _SITE_RE = re.compile(r"^blocks\.(0|[1-9][0-9]*)\.([a-z]+(?:\.[a-z]+)?)$")

@@ -155,7 +155,9 @@ def test_locate_json_outputs(capsys, digits_run):
     code, out, _ = run_cli(capsys, *args, "--format", "json")
     result = json.loads(out)
     assert {"rewinding", "retraining", "gradients"} <= set(result)
-    assert {"layer", "epoch", "clean_acc", "noisy_acc", "noisy_orig_acc", "test_acc"} == set(result["rewinding"][0])
+    assert {"layer", "epoch", "clean_acc", "noisy_acc", "noisy_orig_acc", "test_acc"} == set(
+        result["rewinding"][0]
+    )
     assert {"layer", "epoch", "clean_acc", "noisy_acc", "test_acc"} <= set(result["retraining"][0])
     assert {"layer", "epoch", "clean_norm", "noisy_norm", "cosine"} == set(result["gradients"][0])
     code, out, _ = run_cli(capsys, "report", digits_run.root, "--format", "json")
