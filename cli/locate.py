@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from memloc.core.devices import resolve_device
 from memloc.core.runs import RunFolder
 from memloc.locate.layers import LayersConfig, headline, locate_layers, retrain_summary
+from memloc.locate.neuron_runs import locate_neurons
+from memloc.locate.neurons import FlipConfig
 from memloc.locate.scores import CurvatureConfig, locate_scores
 
 from .console import emit_json, emit_table, progress_bar, stderr
 from .options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
 
-app = typer.Typer(no_args_is_help=True, help="Locate memorization: layers, examples.")
+app = typer.Typer(no_args_is_help=True, help="Locate memorization: layers, units, examples.")
 
 
 @app.command("layers")
@@ -89,3 +93,61 @@ def scores_command(
         return
     emit_table("AUROC at flagging mislabeled examples", [report.metrics["auroc"]])
     stderr.print(f"per-example scores: {report.results['scores_file']}")
+
+
+class FlipMode(str, Enum):
+    mask = "mask"
+    weights = "weights"
+
+
+@app.command("neurons")
+def neurons_command(
+    run_dir: RunDirArg,
+    examples: Annotated[
+        str, typer.Option("--examples", help="noisy, clean, both, or comma-separated example ids.")
+    ] = "both",
+    n: Annotated[
+        int, typer.Option("--n", help="Examples per group (noisy/clean), chosen with the seed.")
+    ] = 100,
+    max_units: Annotated[int, typer.Option("--max-units", help="Most units to zero per example.")] = 500,
+    collateral: Annotated[
+        float, typer.Option("--collateral", help="Most accuracy points the held-out clean set may lose.")
+    ] = 5.0,
+    mode: Annotated[
+        FlipMode, typer.Option("--mode", help="mask activations, or zero the units' weights.")
+    ] = FlipMode.mask,
+    batch: Annotated[int, typer.Option("--batch", help="Target examples per forward pass.")] = 32,
+    include_head: Annotated[
+        bool, typer.Option("--include-head", help="Also consider the classifier head's units.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results file (default RUN_DIR/locate/neurons.jsonl).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Find the fewest units whose removal flips each example away from its given label. Resumable."""
+    run = RunFolder.open(run_dir)
+    config = FlipConfig(
+        max_units=max_units,
+        collateral=collateral,
+        mode=mode.value,
+        batch_size=batch,
+        include_head=include_head,
+        seed=seed,
+    )
+    config.validate()
+    target = resolve_device(device)
+    with progress_bar("neurons") as update:
+        report = locate_neurons(run, target, config, examples=examples, n=n, out=out, progress=update)
+    if fmt is Format.json:
+        emit_json({**report.metrics, "sharing": report.results["sharing"], "jsonl": report.results["jsonl"]})
+        return
+    rows = [
+        {"group": g, **{k: v for k, v in s.items() if k != "layer_share"}} for g, s in report.metrics.items()
+    ]
+    emit_table("units to flip an example", rows)
+    shares = [{"group": g, **s["layer_share"]} for g, s in report.metrics.items()]
+    emit_table("share of units per layer", shares)
+    stderr.print(f"per-example results: {report.results['jsonl']}; graph: {report.results['graphml']}")

@@ -13,6 +13,7 @@ from memloc.core.runs import RunFolder
 
 from .layers import REPORT_PATH as LAYERS_REPORT
 from .layers import headline, retrain_summary
+from .neuron_runs import REPORT_PATH as NEURONS_REPORT
 from .scores import REPORT_PATH as SCORES_REPORT
 from .scores import SCORES_PATH as SCORES_FILE
 from .scores import roc
@@ -142,6 +143,43 @@ def scores_figures(
     return hist, curves
 
 
+def units_figures(records: list[dict]) -> tuple[Figure, Figure]:
+    """Histogram of units-to-flip per group, and a stacked bar of units per layer."""
+    flipped = [r for r in records if r["flipped"]]
+    hist = Figure(figsize=(6, 3.4))
+    ax = hist.subplots()
+    top = max([r["n_units"] for r in flipped], default=1)
+    bins = (
+        np.arange(0.5, min(top, 60) + 1.5)
+        if top <= 60
+        else np.histogram_bin_edges([r["n_units"] for r in flipped], 40)
+    )
+    for group in ("clean", "noisy"):
+        counts = [r["n_units"] for r in flipped if r["group"] == group]
+        if counts:
+            ax.hist(counts, bins=bins, alpha=0.6, label=f"{group} (median {np.median(counts):g})")
+    ax.set_xlabel("units zeroed to flip the prediction")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    hist.tight_layout()
+    layers = list(dict.fromkeys(layer for r in flipped for layer, _ in r["units"]))
+    bars = Figure(figsize=(6, 3.4))
+    ax = bars.subplots()
+    groups = [g for g in ("noisy", "clean") if any(r["group"] == g for r in flipped)]
+    bottom = np.zeros(len(groups))
+    for layer in layers:
+        share = []
+        for g in groups:
+            units = [u for r in flipped if r["group"] == g for u in r["units"]]
+            share.append(sum(1 for name, _ in units if name == layer) / max(1, len(units)))
+        ax.bar(groups, share, bottom=bottom, label=layer)
+        bottom += np.array(share)
+    ax.set_ylabel("share of units")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    bars.tight_layout()
+    return hist, bars
+
+
 def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None) -> list[str]:
     """Sentences computed from the numbers."""
     out = [
@@ -266,6 +304,51 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
                 ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
                 [],
                 [("gradients", gradients_figure(layers.results["gradients"]))],
+            )
+        )
+    neurons = load_if_present(run.root / NEURONS_REPORT)
+    if neurons is None:
+        missing.append(f"memloc locate neurons {run.root}")
+    else:
+        summary = neurons.metrics
+        lines = []
+        for group, stats in summary.items():
+            lines.append(
+                f"{group}: {stats['flip_rate']:.0%} of {stats['examples']} examples flip, with a median of "
+                f"{stats['median_units']} units (mean {stats['mean_units']:.2f})"
+                if stats["median_units"] is not None
+                else f"{group}: none of {stats['examples']} examples flip"
+            )
+        if "noisy" in summary and "clean" in summary and summary["noisy"]["median_units"] is not None:
+            fewer = (summary["noisy"]["mean_units"] or 0) < (summary["clean"]["mean_units"] or 0)
+            lines.append(
+                "Mislabeled (memorized) examples need "
+                + ("fewer" if fewer else "no fewer")
+                + " units than clean ones, "
+                + ("as Maini et al. (2023) found." if fewer else "unlike Maini et al. (2023).")
+            )
+        sharing = neurons.results["sharing"]
+        share_rows = [
+            {"group": g, **{k: v for k, v in s.items() if k != "layer_share"}} for g, s in summary.items()
+        ]
+        sharing_row = {
+            "units": sharing["units"],
+            "shared_units": sharing["shared_units"],
+            "largest_component_examples": sharing["largest_component"]["examples"],
+            "noisy_pairs_sharing": sharing["noisy"]["share_any"],
+            "clean_pairs_sharing": sharing["clean"]["share_any"],
+        }
+        hist, bars = units_figures(neurons.results["records"])
+        sections.append(
+            Section(
+                "Units that flip an example",
+                [
+                    *lines,
+                    f"Mode {neurons.config['flip']['mode']}, cap {neurons.config['flip']['max_units']} units, "
+                    f"collateral budget {neurons.config['flip']['collateral']} points on a held-out clean set.",
+                ],
+                [("per group", share_rows), ("sharing between examples", [sharing_row])],
+                [("units_to_flip", hist), ("units_per_layer", bars)],
             )
         )
     if scores_report is None:

@@ -16,7 +16,7 @@ Beyond the paper and its code, memloc adds:
   seeded subset of the test set) may drop by at most ``collateral`` points; a unit
   that breaks the budget is put back and banned for that example;
 - a prune pass that makes the final set minimal: restoring any single unit
-  un-flips the example;
+  un-flips the example (or, rarely, would break the collateral budget);
 - a distinct, seeded reference batch per example (the reference code reuses one);
 - many targets per forward pass, each with its own mask row.
 
@@ -176,20 +176,45 @@ def _predict(model: nn.Module, space: UnitSpace, x: torch.Tensor, masks: torch.T
         return model(x).argmax(1)
 
 
-def _prune(model: nn.Module, space: UnitSpace, x: torch.Tensor, y: int, units: list[int]) -> list[int]:
-    """Drop units until restoring any single one un-flips the example."""
+def _drop(model: nn.Module, space: UnitSpace, data: FlipData, units: list[int], base_hold: float) -> float:
+    """Hold-out accuracy points lost with ``units`` zeroed."""
+    mask = torch.ones(1, space.total, device=data.x.device)
+    mask[0, units] = 0
+    return 100 * (base_hold - float(_holdout_accuracy(model, space, data, mask)[0]))
+
+
+def _prune(
+    model: nn.Module,
+    space: UnitSpace,
+    data: FlipData,
+    target: int,
+    units: list[int],
+    drop: float,
+    config: FlipConfig,
+    base_hold: float,
+) -> tuple[list[int], float]:
+    """Restore units while the example stays flipped and within the collateral budget.
+
+    On return, restoring any single remaining unit either un-flips the example or
+    breaks the budget: the set is minimal.
+    """
     units = list(units)
+    x, y = data.x[target : target + 1], int(data.y[target])
     while len(units) > 1:
         k = len(units)
         masks = torch.ones(k, space.total, device=x.device)
         for row in range(k):
             masks[row, [u for j, u in enumerate(units) if j != row]] = 0
         pred = _predict(model, space, x.expand(k, *x.shape[1:]), masks)
-        keeps_flip = (pred != y).nonzero().flatten().tolist()
-        if not keeps_flip:
+        for row in (pred != y).nonzero().flatten().tolist():
+            rest = units[:row] + units[row + 1 :]
+            rest_drop = _drop(model, space, data, rest, base_hold)
+            if rest_drop <= config.collateral:
+                units, drop = rest, rest_drop
+                break
+        else:
             break
-        units.pop(keeps_flip[0])
-    return units
+    return units, drop
 
 
 def flip_search(
@@ -227,7 +252,6 @@ def flip_search(
 def _search_chunk(
     model: nn.Module, space: UnitSpace, data: FlipData, chunk: list[int], config: FlipConfig, base_hold: float
 ) -> list[FlipResult]:
-    began = time.perf_counter()
     device = data.x.device
     b, r = len(chunk), config.reference_size
     idx = torch.tensor(chunk, device=device)
@@ -241,7 +265,9 @@ def _search_chunk(
     order: list[list[int]] = [[] for _ in range(b)]
     outcome: dict[int, FlipResult] = {}
     steps = [0] * b
+    spent = [0.0] * b  # each pass's time is split among the targets it served
     while len(outcome) < b:
+        tick = time.perf_counter()
         active = [i for i in range(b) if i not in outcome]
         act = torch.tensor(active, device=device)
         # examples of the active targets: their own rows first, then their reference batches
@@ -292,10 +318,12 @@ def _search_chunk(
             zeroed[i, best] = True
             order[i].append(best)
             steps[i] += 1
-    seconds = (time.perf_counter() - began) / b
+        share = (time.perf_counter() - tick) / len(active)
+        for i in active:
+            spent[i] += share
     results = [outcome[i] for i in range(b)]
-    for result in results:
-        result.seconds = seconds
+    for i, result in enumerate(results):
+        result.seconds = spent[i]
     return results
 
 
@@ -311,13 +339,7 @@ def _finish(
     base_hold: float,
 ) -> FlipResult:
     if config.prune and len(units) > 1:
-        pruned = _prune(model, space, data.x[target : target + 1], int(data.y[target]), units)
-        if len(pruned) < len(units):
-            mask = torch.ones(1, space.total, device=data.x.device)
-            mask[0, pruned] = 0
-            new_drop = 100 * (base_hold - float(_holdout_accuracy(model, space, data, mask)[0]))
-            if new_drop <= config.collateral:
-                units, drop = pruned, new_drop
+        units, drop = _prune(model, space, data, target, units, drop, config, base_hold)
     if not units:
         return FlipResult(target, False, [], 0.0, steps, "already mispredicted")
     return FlipResult(target, True, sorted(space.unit(u) for u in units), drop, steps, "flipped")

@@ -1,0 +1,183 @@
+"""`memloc locate neurons` over a run folder: choose examples, search resumably, summarize.
+
+Results go to RUN_DIR/locate/neurons.jsonl, one line per example; its config sits
+beside it in neurons.config.json, so a rerun with the same options skips finished
+examples and a rerun with other options is refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from memloc.core.checkpoints import atomic_write_text
+from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.report import Report, provenance
+from memloc.core.runs import RunFolder
+from memloc.core.splits import RunData
+
+from .graph import example_unit_graph, sharing_stats, write_graphml
+from .neurons import FlipConfig, FlipData, FlipResult, flip_search
+
+RESULTS = "locate/neurons.jsonl"
+REPORT_PATH = "locate/neurons_report.json"
+GRAPH_PATH = "locate/neurons.graphml"
+SELECTIONS = ("noisy", "clean", "both")
+
+
+def final_checkpoint(run: RunFolder) -> int:
+    """The run's last planned epoch, which must have its checkpoint."""
+    planned = int(run.config()["train"]["epochs"])
+    if planned not in run.epochs():
+        raise RunFolderError(
+            f"{run.root} has no final checkpoint (epoch {planned}; last saved {run.epochs()[-1]}); "
+            f"finish it by rerunning its 'memloc train' command"
+        )
+    return planned
+
+
+def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int]:
+    """``n`` seeded noisy and/or clean examples, or explicit comma-separated ids."""
+    if which in SELECTIONS:
+        if n < 1:
+            raise MemlocError(f"--n must be at least 1, got {n}")
+        rng = np.random.default_rng([seed, 0x4E45])
+        picked = []
+        for group in ("noisy", "clean"):
+            if which in (group, "both"):
+                pool = np.flatnonzero(mask if group == "noisy" else ~mask)
+                picked += sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
+        return picked
+    try:
+        ids = [int(part) for part in which.split(",") if part.strip()]
+    except ValueError:
+        raise MemlocError(
+            f"--examples must be noisy, clean, both or comma-separated example ids, got {which!r}"
+        ) from None
+    bad = [i for i in ids if not 0 <= i < len(mask)]
+    if bad or not ids:
+        raise MemlocError(f"example ids must be in 0..{len(mask) - 1}; out of range: {bad or which!r}")
+    return list(dict.fromkeys(ids))
+
+
+def _record(result: FlipResult, noisy: bool) -> dict:
+    return {
+        "id": result.index,
+        "group": "noisy" if noisy else "clean",
+        "flipped": result.flipped,
+        "units": [[layer, int(i)] for layer, i in result.units],
+        "n_units": len(result.units),
+        "collateral_drop": None
+        if result.collateral_drop != result.collateral_drop
+        else result.collateral_drop,
+        "seconds": result.seconds,
+        "reason": result.reason,
+        "steps": result.steps,
+        **result.extra,
+    }
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Per group: flip rate, mean/median units, per-layer share of units, mean collateral drop."""
+    out = {}
+    for group in ("noisy", "clean"):
+        recs = [r for r in records if r["group"] == group]
+        if not recs:
+            continue
+        flipped = [r for r in recs if r["flipped"]]
+        counts = [r["n_units"] for r in flipped]
+        layers = Counter(layer for r in flipped for layer, _ in r["units"])
+        total = sum(layers.values())
+        out[group] = {
+            "examples": len(recs),
+            "flip_rate": len(flipped) / len(recs),
+            "mean_units": statistics.mean(counts) if counts else None,
+            "median_units": statistics.median(counts) if counts else None,
+            "layer_share": {k: v / total for k, v in sorted(layers.items())} if total else {},
+            "mean_collateral_drop": statistics.mean(r["collateral_drop"] for r in flipped)
+            if flipped
+            else None,
+            "seconds_per_example": statistics.mean(r["seconds"] for r in recs),
+        }
+    return out
+
+
+def locate_neurons(
+    run: RunFolder,
+    device: torch.device,
+    config: FlipConfig,
+    *,
+    examples: str = "both",
+    n: int = 100,
+    out: Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Report:
+    config.validate()
+    final = final_checkpoint(run)
+    labels, _ = run.load_noise()
+    targets = choose_examples(labels.mask, examples, n, config.seed)
+    path = Path(out) if out else run.root / RESULTS
+    config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
+    wanted = {"flip": asdict(config), "final_epoch": final}
+    if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
+        raise RunFolderError(
+            f"{path} holds results of other options; pass --out to write elsewhere or remove it"
+        )
+    done: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+    todo = [t for t in targets if t not in done]
+    model, adapter = run.load_model(final)
+    model.to(device)
+    data = RunData.load(run, device)
+    hold = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(config.seed))
+    hold = hold[: config.holdout_size].to(device)
+    flip_data = FlipData(
+        data.x_train, data.given, torch.nonzero(~data.noisy).flatten(), data.x_test[hold], data.y_test[hold]
+    )
+    atomic_write_text(config_path, json.dumps(wanted, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finished = len(targets) - len(todo)
+    if progress:
+        progress(finished, len(targets), "flip search")
+    with open(path, "a") as sink:
+
+        def keep(result: FlipResult) -> None:
+            nonlocal finished
+            rec = _record(result, bool(labels.mask[result.index]))
+            done[result.index] = rec
+            sink.write(json.dumps(rec) + "\n")
+            sink.flush()
+            finished += 1
+            if progress:
+                progress(finished, len(targets), "flip search")
+
+        flip_search(model, adapter, flip_data, todo, config, on_result=keep)
+    records = [done[t] for t in targets]
+    graph = example_unit_graph(records)
+    graph_path = write_graphml(graph, run.root / GRAPH_PATH)
+    train = run.config()["train"]
+    report = Report(
+        method="locate.neurons",
+        model_id=f"{train['arch']}@{train['data']}",
+        config={"flip": asdict(config), "examples": examples, "n": n},
+        results={
+            "records": records,
+            "sharing": sharing_stats(graph),
+            "graphml": str(graph_path),
+            "jsonl": str(path),
+        },
+        metrics=summarize(records),
+        provenance=provenance(config.seed, {"final_checkpoint": run.checkpoint(final)}),
+    )
+    report.save(run.root / REPORT_PATH)
+    return report
