@@ -206,6 +206,8 @@ def _prune(
         for row in range(k):
             masks[row, [u for j, u in enumerate(units) if j != row]] = 0
         pred = _predict(model, space, x.expand(k, *x.shape[1:]), masks)
+        # restorations that keep the flip, tried in order; the first within budget wins
+        # (usually the first one tried, so one hold-out pass per round)
         for row in (pred != y).nonzero().flatten().tolist():
             rest = units[:row] + units[row + 1 :]
             rest_drop = _drop(model, space, data, rest, base_hold)
