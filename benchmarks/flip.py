@@ -37,15 +37,15 @@ def reference_search(model, adapter, data: FlipData, target: int, config: FlipCo
     y = torch.cat([data.y[target : target + 1], data.y[refs]])
     params = dict(model.named_parameters())
 
-    def hold_acc() -> float:
+    def hold_correct() -> int:
         with torch.no_grad():
-            return float((model(data.x_hold).argmax(1) == data.y_hold).float().mean())
+            return int((model(data.x_hold).argmax(1) == data.y_hold).sum())
 
-    base = hold_acc()
+    base = hold_correct()
 
     def drop(units) -> float:
         with zeroed_weights(model, adapter, units):
-            return 100 * (base - hold_acc())
+            return 100 * (base - hold_correct()) / len(data.x_hold)
 
     def flipped(units) -> bool:
         with zeroed_weights(model, adapter, units), torch.no_grad():

@@ -159,28 +159,81 @@ def zeroed_weights(
                 row.copy_(value)
 
 
-def _holdout_accuracy(
-    model: nn.Module, space: UnitSpace, data: FlipData, masks: torch.Tensor
-) -> torch.Tensor:
-    """Hold-out accuracy under each row of ``masks`` (K, total): K x |hold| examples, one pass."""
-    k, n = masks.shape[0], len(data.x_hold)
-    x = data.x_hold.repeat(k, *([1] * (data.x_hold.dim() - 1)))
-    rows = torch.arange(k, device=masks.device).repeat_interleave(n)
-    with torch.no_grad(), space.masked(model, masks[rows]):
-        pred = model(x).argmax(1).view(k, n)
-    return (pred == data.y_hold).float().mean(1)
-
-
 def _predict(model: nn.Module, space: UnitSpace, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), space.masked(model, masks):
         return model(x).argmax(1)
 
 
-def _drop(model: nn.Module, space: UnitSpace, data: FlipData, units: list[int], base_hold: float) -> float:
-    """Hold-out accuracy points lost with ``units`` zeroed."""
+HOLDOUT_CHUNK = 100
+
+
+def _drop(
+    model: nn.Module,
+    space: UnitSpace,
+    data: FlipData,
+    units: list[int],
+    base_hold: int,
+    budget: float = float("inf"),
+) -> float:
+    """Hold-out accuracy points lost with ``units`` zeroed; +inf once it surely exceeds ``budget``.
+
+    The hold-out set is scored in chunks, and scoring stops as soon as the errors
+    so far already break the budget: rejected units (the common case while a hard
+    example searches) then cost a fraction of a pass. Accepted sets get the exact
+    drop, so the decision is the same as scoring everything.
+    """
+    n = len(data.x_hold)
     mask = torch.ones(1, space.total, device=data.x.device)
     mask[0, units] = 0
-    return 100 * (base_hold - float(_holdout_accuracy(model, space, data, mask)[0]))
+    # base_hold counts the unmasked model's correct hold-out predictions; the most
+    # errors that keep the drop, 100 * (base_hold - correct) / n, within the budget:
+    allowed = max((w for w in range(n + 1) if 100 * (base_hold - (n - w)) / n <= budget), default=-1)
+    wrong = 0
+    with torch.no_grad(), space.masked(model, mask.expand(min(n, HOLDOUT_CHUNK), -1)):
+        for start in range(0, n, HOLDOUT_CHUNK):
+            x = data.x_hold[start : start + HOLDOUT_CHUNK]
+            pred = model(x).argmax(1) if len(x) == HOLDOUT_CHUNK else None
+            if pred is None:  # the last, shorter chunk needs a mask of its own length
+                break
+            wrong += int((pred != data.y_hold[start : start + HOLDOUT_CHUNK]).sum())
+            if wrong > allowed:
+                return float("inf")
+        else:
+            start = n
+    if start < n:
+        with torch.no_grad(), space.masked(model, mask.expand(n - start, -1)):
+            wrong += int((model(data.x_hold[start:]).argmax(1) != data.y_hold[start:]).sum())
+        if wrong > allowed:
+            return float("inf")
+    return 100 * (base_hold - (n - wrong)) / n
+
+
+def _drops(
+    model: nn.Module, space: UnitSpace, data: FlipData, sets: list[list[int]], base_hold: int, budget: float,
+    batched: bool | None = None,
+) -> list[float]:
+    """`_drop` for several unit sets. On a GPU they share batched passes over the
+    hold-out set; on a CPU, which is bound by arithmetic, each stops early instead."""
+    if batched is None:
+        batched = data.x.device.type != "cpu"
+    if not batched or len(sets) < 2:
+        return [_drop(model, space, data, units, base_hold, budget) for units in sets]
+    n = len(data.x_hold)
+    masks = torch.ones(len(sets), space.total, device=data.x.device)
+    for row, units in enumerate(sets):
+        masks[row, units] = 0
+    per_pass = max(1, 8192 // n)
+    correct = []
+    with torch.no_grad():
+        for start in range(0, len(sets), per_pass):
+            block = masks[start : start + per_pass]
+            k = len(block)
+            x = data.x_hold.repeat(k, *([1] * (data.x_hold.dim() - 1)))
+            with space.masked(model, block.repeat_interleave(n, 0)):
+                hit = model(x).argmax(1).view(k, n) == data.y_hold
+            correct += hit.sum(1).tolist()
+    drops = [100 * (base_hold - c) / n for c in correct]
+    return [d if d <= budget else float("inf") for d in drops]
 
 
 def _prune(
@@ -191,7 +244,7 @@ def _prune(
     units: list[int],
     drop: float,
     config: FlipConfig,
-    base_hold: float,
+    base_hold: int,
 ) -> tuple[list[int], float]:
     """Restore units while the example stays flipped and within the collateral budget.
 
@@ -210,7 +263,7 @@ def _prune(
         # (usually the first one tried, so one hold-out pass per round)
         for row in (pred != y).nonzero().flatten().tolist():
             rest = units[:row] + units[row + 1 :]
-            rest_drop = _drop(model, space, data, rest, base_hold)
+            rest_drop = _drop(model, space, data, rest, base_hold, config.collateral)
             if rest_drop <= config.collateral:
                 units, drop = rest, rest_drop
                 break
@@ -237,8 +290,34 @@ def flip_search(
     if model.training:
         raise MemlocError("flip search needs the model in eval mode (BatchNorm must use running statistics)")
     space = UnitSpace(adapter, config.mode, config.include_head)
-    device = data.x.device
-    base_hold = float(_holdout_accuracy(model, space, data, torch.ones(1, space.total, device=device))[0])
+    with _frozen(model):
+        return _flip_search(model, adapter, space, data, targets, config, on_result)
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients during the search: only the masks' gradients are needed."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _flip_search(
+    model: nn.Module,
+    adapter: ClassifierAdapter,
+    space: UnitSpace,
+    data: FlipData,
+    targets: Sequence[int],
+    config: FlipConfig,
+    on_result: Callable[[FlipResult], None] | None,
+) -> list[FlipResult]:
+    with torch.no_grad():
+        base_hold = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
     results: list[FlipResult] = []
     for start in range(0, len(targets), config.batch_size):
         chunk = list(targets[start : start + config.batch_size])
@@ -252,75 +331,84 @@ def flip_search(
 
 
 def _search_chunk(
-    model: nn.Module, space: UnitSpace, data: FlipData, chunk: list[int], config: FlipConfig, base_hold: float
+    model: nn.Module, space: UnitSpace, data: FlipData, chunk: list[int], config: FlipConfig, base_hold: int
 ) -> list[FlipResult]:
     device = data.x.device
-    b, r = len(chunk), config.reference_size
-    idx = torch.tensor(chunk, device=device)
-    refs = torch.stack([data.reference(t, r, config.seed) for t in chunk])  # (b, r')
+    b = len(chunk)
+    refs = torch.stack([data.reference(t, config.reference_size, config.seed) for t in chunk])
     r = refs.shape[1]
-    x_all = torch.cat([data.x[idx], data.x[refs.flatten()]])
-    y_all = torch.cat([data.y[idx], data.y[refs.flatten()]])
-    row_of = torch.cat([torch.arange(b, device=device), torch.arange(b, device=device).repeat_interleave(r)])
-    zeroed = torch.zeros(b, space.total, dtype=torch.bool, device=device)
-    banned = torch.zeros_like(zeroed)
+    # rows: the b targets first, then each target's reference batch
+    x_all = torch.cat([data.x[chunk], data.x[refs.flatten()]])
+    y_all = torch.cat([data.y[chunk], data.y[refs.flatten()]])
+    owner = np.concatenate([np.arange(b), np.repeat(np.arange(b), r)])
+    targets_y = data.y[chunk].cpu().numpy()
+    # Search state lives on the CPU, so each step syncs with the device once.
+    zeroed = np.zeros((b, space.total), dtype=bool)
+    banned = np.zeros_like(zeroed)
     order: list[list[int]] = [[] for _ in range(b)]
     outcome: dict[int, FlipResult] = {}
     steps = [0] * b
     spent = [0.0] * b  # each pass's time is split among the targets it served
+    previous: dict[int, np.ndarray] = {}  # gains at the state before each target's last zeroing
+
+    def stop(i: int, reason: str) -> FlipResult:
+        return FlipResult(chunk[i], False, [space.unit(u) for u in order[i]], float("nan"), steps[i], reason)
+
     while len(outcome) < b:
         tick = time.perf_counter()
-        active = [i for i in range(b) if i not in outcome]
-        act = torch.tensor(active, device=device)
-        # examples of the active targets: their own rows first, then their reference batches
-        keep = torch.isin(row_of, act)
-        masks = (~zeroed[active]).float().requires_grad_(True)
-        remap = torch.full((b,), -1, dtype=torch.long, device=device)
-        remap[act] = torch.arange(len(active), device=device)
-        rows = remap[row_of[keep]]
-        with space.masked(model, masks[rows]):
-            logits = model(x_all[keep])
-        ce = F.cross_entropy(logits.float(), y_all[keep], reduction="none")
+        active = np.array([i for i in range(b) if i not in outcome])
         n = len(active)
+        position = np.full(b, -1)
+        position[active] = np.arange(n)
+        keep = np.flatnonzero(position[owner] >= 0)  # targets first, in order, then references
+        rows = torch.from_numpy(position[owner[keep]]).to(device)
+        keep_t = torch.from_numpy(keep).to(device)
+        masks = torch.from_numpy(~zeroed[active]).to(device, torch.float32).requires_grad_(True)
+        allowed = torch.from_numpy(~(zeroed[active] | banned[active])).to(device)
+        with space.masked(model, masks[rows]):
+            logits = model(x_all[keep_t])
+        ce = F.cross_entropy(logits.float(), y_all[keep_t], reduction="none")
         objective = ce[n:].view(n, r).mean(1) - ce[:n]
         (gain,) = torch.autograd.grad(objective.sum(), masks)
-        pred = logits[:n].argmax(1)
+        gains = gain.masked_fill(~allowed, float("-inf")).cpu().numpy()
+        preds = logits[:n].argmax(1).cpu().numpy()
+        flipped_now = [i for j, i in enumerate(active) if preds[j] != targets_y[i]]
+        drop_of = dict(
+            zip(
+                flipped_now,
+                _drops(model, space, data, [order[i] for i in flipped_now], base_hold, config.collateral),
+                strict=True,
+            )
+        )
         for j, i in enumerate(active):
-            if pred[j] != y_all[i]:
-                drop = 100 * (
-                    base_hold - float(_holdout_accuracy(model, space, data, (~zeroed[i]).float()[None])[0])
-                )
+            if i in drop_of:
+                drop = drop_of[i]
                 if drop <= config.collateral:
                     outcome[i] = _finish(
                         model, space, data, chunk[i], order[i], drop, steps[i], config, base_hold
                     )
                     continue
-                # over budget: put the last unit back and never try it again for this example
+                # Over budget: put the last unit back and never try it again for this
+                # example. The state is then the one whose gains were computed last
+                # step, so the next unit comes from those gains without a new pass.
                 last = order[i].pop()
                 zeroed[i, last] = False
                 banned[i, last] = True
+                g = np.where(zeroed[i] | banned[i], -np.inf, previous[i])
+            elif len(order[i]) >= config.max_units:
+                outcome[i] = stop(i, "cap")
                 continue
-            if len(order[i]) >= config.max_units:
-                outcome[i] = FlipResult(
-                    chunk[i], False, [space.unit(u) for u in order[i]], float("nan"), steps[i], "cap"
-                )
+            else:
+                g = gains[j]
+                previous[i] = g
+            unit = int(np.argmax(g))
+            if not g[unit] > 0:
+                outcome[i] = stop(i, "no unit lowers J")
                 continue
-            g = gain[j].masked_fill(zeroed[i] | banned[i], float("-inf"))
-            best = int(g.argmax())
-            if not g[best] > 0:
-                outcome[i] = FlipResult(
-                    chunk[i],
-                    False,
-                    [space.unit(u) for u in order[i]],
-                    float("nan"),
-                    steps[i],
-                    "no unit lowers J",
-                )
-                continue
-            zeroed[i, best] = True
-            order[i].append(best)
+            zeroed[i, unit] = True
+            order[i].append(unit)
             steps[i] += 1
-        share = (time.perf_counter() - tick) / len(active)
+        share = (time.perf_counter() - tick) / n
         for i in active:
             spent[i] += share
     results = [outcome[i] for i in range(b)]
@@ -338,7 +426,7 @@ def _finish(
     drop: float,
     steps: int,
     config: FlipConfig,
-    base_hold: float,
+    base_hold: int,
 ) -> FlipResult:
     if config.prune and len(units) > 1:
         units, drop = _prune(model, space, data, target, units, drop, config, base_hold)
@@ -348,15 +436,15 @@ def _finish(
 
 
 def _check_with_weights(
-    model: nn.Module, adapter: ClassifierAdapter, data: FlipData, result: FlipResult, base_hold: float
+    model: nn.Module, adapter: ClassifierAdapter, data: FlipData, result: FlipResult, base_hold: int
 ) -> None:
     """Weight mode: confirm the flip and measure collateral with the weights really zeroed."""
     if not result.flipped or not result.units:
         return
     with zeroed_weights(model, adapter, result.units), torch.no_grad():
         pred = int(model(data.x[result.index : result.index + 1]).argmax(1))
-        hold = float((model(data.x_hold).argmax(1) == data.y_hold).float().mean())
-    result.extra["weights_collateral_drop"] = 100 * (base_hold - hold)
+        correct = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
+    result.extra["weights_collateral_drop"] = 100 * (base_hold - correct) / len(data.x_hold)
     if pred == int(data.y[result.index]):
         result.flipped = False
         result.reason = "weight check failed"

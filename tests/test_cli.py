@@ -133,14 +133,20 @@ def test_demo_end_to_end_on_digits(tmp_path, capsys):
     assert (tmp_path / "run/locate/layers_report.json").is_file()
 
 
-def test_locate_bad_input(tmp_path, capsys, digits_run):
+@pytest.fixture
+def run_copy(tmp_path, digits_run):
+    """A private copy of the shared run, for commands that write into it."""
+    return shutil.copytree(digits_run.root, tmp_path / "run-copy")
+
+
+def test_locate_bad_input(tmp_path, capsys, run_copy):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/config.json").write_text("{}")
     code, _, err = run_cli(capsys, "locate", "layers", tmp_path / "empty")
     assert_one_line_error(code, err, "has no checkpoints")
-    code, _, err = run_cli(capsys, "locate", "layers", digits_run.root, "--epoch", "0", "--epoch", "12")
+    code, _, err = run_cli(capsys, "locate", "layers", run_copy, "--epoch", "0", "--epoch", "12")
     assert_one_line_error(code, err, "epoch 12 is not in", "0-3")
-    code, _, err = run_cli(capsys, "locate", "layers", digits_run.root, "--layer", "conv9")
+    code, _, err = run_cli(capsys, "locate", "layers", run_copy, "--layer", "conv9")
     assert_one_line_error(code, err, "'conv9' is not in the model", "valid layers: fc1, fc2, head")
     code, _, err = run_cli(capsys, "locate", "scores", tmp_path / "missing")
     assert_one_line_error(code, err, "does not exist")
@@ -148,10 +154,10 @@ def test_locate_bad_input(tmp_path, capsys, digits_run):
     assert_one_line_error(code, err, "has no checkpoints")
 
 
-def test_locate_json_outputs(capsys, digits_run):
-    code, out, _ = run_cli(capsys, "locate", "scores", digits_run.root, "--format", "json")
+def test_locate_json_outputs(capsys, run_copy):
+    code, out, _ = run_cli(capsys, "locate", "scores", run_copy, "--format", "json")
     assert code == 0 and set(json.loads(out)["auroc"]) == {"csl", "forgetting", "learning_time"}
-    args = ("locate", "layers", digits_run.root, "--epoch", "0", "--epoch", "1", "--retrain-epochs", "1")
+    args = ("locate", "layers", run_copy, "--epoch", "0", "--epoch", "1", "--retrain-epochs", "1")
     code, out, _ = run_cli(capsys, *args, "--format", "json")
     result = json.loads(out)
     assert {"rewinding", "retraining", "gradients"} <= set(result)
@@ -160,5 +166,5 @@ def test_locate_json_outputs(capsys, digits_run):
     )
     assert {"layer", "epoch", "clean_acc", "noisy_acc", "test_acc"} <= set(result["retraining"][0])
     assert {"layer", "epoch", "clean_norm", "noisy_norm", "cosine"} == set(result["gradients"][0])
-    code, out, _ = run_cli(capsys, "report", digits_run.root, "--format", "json")
+    code, out, _ = run_cli(capsys, "report", run_copy, "--format", "json")
     assert code == 0 and json.loads(out)["html"].endswith("report.html")

@@ -67,12 +67,12 @@ def cnn_setup(cnn_run):
 def hold_drop(model, adapter, data, units, mode):
     space = UnitSpace(adapter, mode, include_head=False)
     with torch.no_grad():
-        base = (model(data.x_hold).argmax(1) == data.y_hold).float().mean()
+        base = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
         mask = torch.ones(1, space.total)
         mask[0, [space.flat(layer, i) for layer, i in units]] = 0
         with space.masked(model, mask.expand(len(data.x_hold), -1)):
-            acc = (model(data.x_hold).argmax(1) == data.y_hold).float().mean()
-    return float(100 * (base - acc))
+            correct = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
+    return 100 * (base - correct) / len(data.x_hold)
 
 
 @pytest.mark.parametrize("mode", ["mask", "weights"])
@@ -178,3 +178,18 @@ def test_cli_neurons_and_bad_input(tmp_path, capsys, cnn_run):
     (run / "checkpoints/epoch_004.safetensors").unlink()
     code, _, err = run_cli(capsys, *args)
     assert_one_line_error(code, err, "no final checkpoint")
+
+
+def test_batched_hold_out_drops_equal_early_exit_drops(cnn_setup):
+    from memloc.locate.neurons import _drops
+
+    model, adapter, data, _ = cnn_setup
+    space = UnitSpace(adapter, "mask", include_head=False)
+    with torch.no_grad():
+        base = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
+    sets = [[], [0, 1, 2], list(range(0, 60, 3)), list(range(32)), [40, 41]]
+    for budget in (0.0, 2.0, 5.0, 100.0):
+        one_by_one = _drops(model, space, data, sets, base, budget, batched=False)
+        together = _drops(model, space, data, sets, base, budget, batched=True)
+        assert one_by_one == together
+    assert one_by_one[0] == 0.0 and max(one_by_one) > 5.0
