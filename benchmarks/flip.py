@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from memloc.core.runs import RunFolder
+from _runs import run_or_train
 from memloc.core.splits import RunData
-from memloc.core.train import TrainConfig, train_run
 from memloc.locate.neurons import FlipConfig, FlipData, flip_search, zeroed_weights
 
 
@@ -99,18 +96,11 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.run:
-        run = RunFolder.open(args.run)
-    else:
-        run = RunFolder(Path(tempfile.mkdtemp()) / "run")
-        train_run(run, TrainConfig.for_arch("digits", "cnn", epochs=15, noise=0.1), torch.device("cpu"))
+    run = run_or_train(args.run, epochs=15)
     model, adapter = run.load_model()
     model.to(device)
     data = RunData.load(run, device)
-    hold = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(0))[:500].to(device)
-    flip_data = FlipData(
-        data.x_train, data.given, torch.nonzero(~data.noisy).flatten(), data.x_test[hold], data.y_test[hold]
-    )
+    flip_data = FlipData.from_run(data, 500, 0)
     targets = (
         torch.nonzero(data.noisy).flatten()[: args.n].tolist()
         + torch.nonzero(~data.noisy).flatten()[: args.n].tolist()

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _runs import run_or_train
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
 from memloc.core.runs import RunFolder
 from memloc.core.splits import RunData
-from memloc.core.train import TrainConfig, train_run
 from memloc.core.zoo import build_model
 from memloc.locate.rewinding import RewindConfig, default_rewind_epochs, group_tensors, rewind_cells
 
@@ -69,11 +67,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.run:
-        run = RunFolder.open(args.run)
-    else:
-        run = RunFolder(Path(tempfile.mkdtemp()) / "run")
-        train_run(run, TrainConfig.for_arch("digits", "cnn", epochs=8, noise=0.1), torch.device("cpu"))
+    run = run_or_train(args.run, epochs=8)
     data = RunData.load(run, device)
     model, adapter = run.load_model()
     model.to(device)

@@ -145,7 +145,8 @@ def neurons_command(
         emit_json({**report.metrics, "sharing": report.results["sharing"], "jsonl": report.results["jsonl"]})
         return
     rows = [
-        {"group": g, **{k: v for k, v in s.items() if k != "layer_share"}} for g, s in report.metrics.items()
+        {"group": g, **{k: v for k, v in s.items() if k not in ("layer_share", "outcomes")}}
+        for g, s in report.metrics.items()
     ]
     emit_table("units to flip an example", rows)
     shares = [{"group": g, **s["layer_share"]} for g, s in report.metrics.items()]

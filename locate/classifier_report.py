@@ -329,7 +329,8 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
             )
         sharing = neurons.results["sharing"]
         share_rows = [
-            {"group": g, **{k: v for k, v in s.items() if k != "layer_share"}} for g, s in summary.items()
+            {"group": g, **{k: v for k, v in s.items() if k not in ("layer_share", "outcomes")}}
+            for g, s in summary.items()
         ]
         sharing_row = {
             "units": sharing["units"],

@@ -97,6 +97,7 @@ def summarize(records: Sequence[dict]) -> dict:
         out[group] = {
             "examples": len(recs),
             "flip_rate": len(flipped) / len(recs),
+            "outcomes": dict(Counter(r["reason"] for r in recs)),
             "mean_units": statistics.mean(counts) if counts else None,
             "median_units": statistics.median(counts) if counts else None,
             "layer_share": {k: v / total for k, v in sorted(layers.items())} if total else {},
@@ -139,11 +140,7 @@ def locate_neurons(
     model, adapter = run.load_model(final)
     model.to(device)
     data = RunData.load(run, device)
-    hold = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(config.seed))
-    hold = hold[: config.holdout_size].to(device)
-    flip_data = FlipData(
-        data.x_train, data.given, torch.nonzero(~data.noisy).flatten(), data.x_test[hold], data.y_test[hold]
-    )
+    flip_data = FlipData.from_run(data, config.holdout_size, config.seed)
     atomic_write_text(config_path, json.dumps(wanted, indent=2) + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = len(targets) - len(todo)

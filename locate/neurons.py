@@ -41,6 +41,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch
 from memloc.core.sites import Site
+from memloc.core.splits import RunData
 from torch import nn
 
 MODES = ("mask", "weights")
@@ -90,6 +91,14 @@ class FlipData:
     clean: torch.Tensor  # indices of clean training examples (reference pool)
     x_hold: torch.Tensor
     y_hold: torch.Tensor
+
+    @classmethod
+    def from_run(cls, data: RunData, holdout_size: int, seed: int) -> FlipData:
+        """Targets from the run's training set; the hold-out set is a seeded subset of its test set."""
+        pick = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(seed))[:holdout_size]
+        pick = pick.to(data.x_test.device)
+        clean = torch.nonzero(~data.noisy).flatten()
+        return cls(data.x_train, data.given, clean, data.x_test[pick], data.y_test[pick])
 
     def reference(self, target: int, size: int, seed: int) -> torch.Tensor:
         """A seeded reference batch for one target, independent of how targets are batched."""
