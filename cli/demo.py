@@ -13,6 +13,8 @@ from memloc.core.runs import RunFolder
 from memloc.core.train import TrainConfig, train_run
 from memloc.locate.classifier_report import build_report
 from memloc.locate.layers import LayersConfig, headline, locate_layers
+from memloc.locate.neuron_runs import locate_neurons
+from memloc.locate.neurons import FlipConfig
 from memloc.locate.scores import locate_scores
 
 from .console import emit_json, progress_bar, stderr, stdout
@@ -24,6 +26,9 @@ class DemoData(str, Enum):
     fashion = "fashion-mnist"
     digits = "digits"
 
+
+DEMO_FLIPS = 20  # noisy and clean examples for the flip search
+DEMO_RETRAIN = 5  # epochs of retraining per layer
 
 # Small enough for two CPU cores in a few minutes, large enough to memorize visibly.
 DEMO_LIMIT = 4000
@@ -60,8 +65,14 @@ def demo_command(
     with progress_bar("train") as update:
         summary = train_run(run, config, target, progress=update)
     with progress_bar("locate layers") as update:
-        layers = locate_layers(run, target, LayersConfig(seed=seed), progress=update)
+        layers = locate_layers(
+            run, target, LayersConfig(retrain_epochs=DEMO_RETRAIN, seed=seed), progress=update
+        )
     scores = locate_scores(run, target)
+    with progress_bar("locate neurons") as update:
+        neurons = locate_neurons(
+            run, target, FlipConfig(seed=seed), examples="both", n=DEMO_FLIPS, progress=update
+        )
     md, page = build_report(run, out / "report")
     if fmt is Format.json:
         emit_json(
@@ -70,6 +81,7 @@ def demo_command(
                 "run_dir": str(run.root),
                 "auroc": scores.metrics["auroc"],
                 "rewinding": layers.results["rewinding"],
+                "neurons": neurons.metrics,
                 "report": str(page),
             }
         )
@@ -77,6 +89,11 @@ def demo_command(
     show_summary(summary, fmt)
     best = headline(layers)["largest_noisy_drop"]
     aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.metrics["auroc"].items())
+    flips = "Units zeroed to flip an example (mean over flipped): " + ", ".join(
+        f"{g} {s['mean_units']:.2f} ({s['flip_rate']:.0%} flip)"
+        for g, s in neurons.metrics.items()
+        if s["mean_units"] is not None
+    )
     stdout.print(
         f"\nThe model memorized {summary['noisy_train_acc']:.1%} of the {summary['noisy_examples']} "
         f"mislabeled examples (on their wrong labels) while reaching {summary['test_acc']:.1%} test accuracy.\n"
@@ -86,6 +103,7 @@ def demo_command(
         f"  metrics           : {run.metrics_path}\n"
         f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to {best['noisy_acc']:.1%}.\n"
         f"AUROC at flagging the mislabeled examples: {aurocs}.\n"
+        f"{flips}\n"
         f"  layer analyses    : {run.root / 'locate'}\n"
         f"  report            : {page}  (Markdown: {md})\n"
         f"Next: memloc models inspect {run.root}"

@@ -129,7 +129,9 @@ def test_demo_end_to_end_on_digits(tmp_path, capsys):
     result = json.loads(out)
     assert result["train"]["noisy_train_acc"] >= 0.99
     assert set(result["auroc"]) == {"csl", "forgetting", "learning_time"}
+    assert result["neurons"]["noisy"]["examples"] == 20 and result["neurons"]["clean"]["examples"] == 20
     assert (tmp_path / "report/report.html").stat().st_size > 50_000
+    assert "units_to_flip" in (tmp_path / "report/report.html").read_text()
     assert (tmp_path / "run/locate/layers_report.json").is_file()
 
 
