@@ -266,7 +266,10 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
     sections.append(
         Section(
             "Training",
-            [f"{train_report.model_id}, config: {train_report.config['train']}"],
+            [
+                f"{train_report.model_id}: "
+                + ", ".join(f"{k}={v}" for k, v in train_report.config["train"].items())
+            ],
             [("final epoch", [summary])],
             [("training", training_figure(train_report.results["history"]))],
         )
