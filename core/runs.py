@@ -275,7 +275,7 @@ class RunFolder:
         atomic_write(self.state_path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         self._write_metrics(history, complete=False)
 
-    def finish(self, config: dict, history: list[dict]) -> dict:
+    def finish(self, history: list[dict]) -> dict:
         return self._write_metrics(history, complete=True)
 
     def _write_metrics(self, history: list[dict], complete: bool) -> dict:

@@ -186,4 +186,4 @@ def train_run(
         dynamics = dynamics.append(loss, pred, labels.given, step_stats, len(adapter.groups))
         history = [*history, {"epoch": epoch, **accs, "seconds": time.perf_counter() - began}]
         run.save_epoch(epoch, model, optimizer, dynamics, history)
-    return run.finish(config.to_dict(), history)
+    return run.finish(history)

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from memloc.core.checkpoints import atomic_write
 from memloc.core.errors import MemlocError
+from memloc.core.report import Report, provenance
+from memloc.core.splits import RunData
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
@@ -122,17 +125,13 @@ def dynamics_scores(loss: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarr
 
 
 def locate_scores(
-    run,
+    run: RunFolder,
     device: torch.device,
     *,
     curvature: CurvatureConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-):
+) -> Report:
     """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report."""
-    from memloc.core.checkpoints import atomic_write
-    from memloc.core.report import Report, provenance
-    from memloc.core.splits import RunData
-
     dyn = run.load_dynamics()
     labels, _ = run.load_noise()
     scores = dynamics_scores(dyn.loss, dyn.correct)
