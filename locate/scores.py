@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from memloc.core.checkpoints import atomic_write
 from memloc.core.errors import MemlocError
 from memloc.core.report import Report, provenance
+from memloc.core.runs import RunFolder
 from memloc.core.splits import RunData
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
