@@ -195,11 +195,17 @@ class RunFolder:
         found = (_EPOCH_RE.match(p.name) for p in self.checkpoints.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
+    def require_epochs(self, epochs: Iterable[int]) -> None:
+        """Refuse, naming the first missing epoch and the available ones, unless all have checkpoints."""
+        available = self.epochs()
+        for epoch in epochs:
+            if epoch not in available:
+                raise RunFolderError(
+                    f"epoch {epoch} is not in {self.root}; available epochs: {_ranges(available)}"
+                )
+
     def load_checkpoint(self, epoch: int) -> dict[str, torch.Tensor]:
-        if epoch not in self.epochs():
-            raise RunFolderError(
-                f"epoch {epoch} is not in {self.root}; available epochs: {_ranges(self.epochs())}"
-            )
+        self.require_epochs([epoch])
         return load_tensors(self.checkpoint(epoch))
 
     def load_model(self, epoch: int | None = None) -> tuple[nn.Module, ClassifierAdapter]:

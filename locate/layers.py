@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.errors import MemlocError
 from memloc.core.report import Report, provenance
 from memloc.core.runs import RunFolder
 from memloc.core.splits import RunData
@@ -49,22 +49,15 @@ def locate_layers(
 ) -> Report:
     """Rewind and retrain every chosen layer group of a run; resumable."""
     began = time.perf_counter()
+    if config.retrain_epochs < 1:
+        raise MemlocError(f"--retrain-epochs must be at least 1, got {config.retrain_epochs}")
     final = run.epochs()[-1]
     epochs = (
         tuple(sorted(set(config.rewind_epochs))) if config.rewind_epochs else default_rewind_epochs(final)
     )
-    available = set(run.epochs())
-    missing = [e for e in epochs if e not in available]
-    if missing:
-        raise RunFolderError(
-            f"epoch {missing[0]} is not in {run.root}; available epochs: 0-{final}"
-            if available == set(range(final + 1))
-            else f"epochs {missing} are not in {run.root}; available: {sorted(available)}"
-        )
+    run.require_epochs(epochs)
     model, adapter = run.load_model()
     layers = [adapter.group(name).name for name in config.layers] if config.layers else adapter.names
-    if config.retrain_epochs < 1:
-        raise MemlocError(f"--retrain-epochs must be at least 1, got {config.retrain_epochs}")
     model.to(device)
     data = RunData.load(run, device)
     store = ResultStore(run.root / "locate" / "layers.json")
