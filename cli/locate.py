@@ -10,7 +10,7 @@ import typer
 from memloc.core.devices import resolve_device
 from memloc.core.runs import RunFolder
 from memloc.locate.layers import LayersConfig, headline, locate_layers, retrain_summary
-from memloc.locate.neuron_runs import locate_neurons
+from memloc.locate.neuron_runs import locate_neurons, summary_rows
 from memloc.locate.neurons import FlipConfig
 from memloc.locate.scores import CurvatureConfig, locate_scores
 
@@ -144,10 +144,7 @@ def neurons_command(
     if fmt is Format.json:
         emit_json({**report.metrics, "sharing": report.results["sharing"], "jsonl": report.results["jsonl"]})
         return
-    rows = [
-        {"group": g, **{k: v for k, v in s.items() if k not in ("layer_share", "outcomes")}}
-        for g, s in report.metrics.items()
-    ]
+    rows = summary_rows(report.metrics)
     emit_table("units to flip an example", rows)
     shares = [{"group": g, **s["layer_share"]} for g, s in report.metrics.items()]
     emit_table("share of units per layer", shares)

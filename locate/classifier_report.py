@@ -14,6 +14,7 @@ from memloc.core.runs import RunFolder
 from .layers import REPORT_PATH as LAYERS_REPORT
 from .layers import headline, retrain_summary
 from .neuron_runs import REPORT_PATH as NEURONS_REPORT
+from .neuron_runs import summary_rows
 from .scores import REPORT_PATH as SCORES_REPORT
 from .scores import SCORES_PATH as SCORES_FILE
 from .scores import roc
@@ -331,10 +332,7 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
                 + ("as Maini et al. (2023) found." if fewer else "unlike Maini et al. (2023).")
             )
         sharing = neurons.results["sharing"]
-        share_rows = [
-            {"group": g, **{k: v for k, v in s.items() if k not in ("layer_share", "outcomes")}}
-            for g, s in summary.items()
-        ]
+        share_rows = summary_rows(summary)
         sharing_row = {
             "units": sharing["units"],
             "shared_units": sharing["shared_units"],

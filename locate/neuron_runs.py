@@ -109,6 +109,14 @@ def summarize(records: Sequence[dict]) -> dict:
     return out
 
 
+def summary_rows(summary: dict) -> list[dict]:
+    """One flat table row per group: the scalar fields of `summarize`."""
+    return [
+        {"group": g, **{k: v for k, v in stats.items() if k not in ("layer_share", "outcomes")}}
+        for g, stats in summary.items()
+    ]
+
+
 def locate_neurons(
     run: RunFolder,
     device: torch.device,
