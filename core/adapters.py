@@ -183,3 +183,213 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path)
     except AttributeError as exc:
         raise LayerNotFoundError(f"module path {path!r} is not in the model") from exc
+
+
+# --- transformers ---------------------------------------------------------------------
+
+WeightLayout = Literal["out_in", "in_out"]
+
+
+@dataclass(frozen=True)
+class TransformerCard:
+    """One transformer family described as data (module paths relative to the model root).
+
+    ``{i}`` in a path stands for the block index. ``down_layout`` declares how the FFN
+    down-projection stores its weight: ``out_in`` for ``nn.Linear`` (D, F) and ``in_out``
+    for GPT-2's ``Conv1D`` (F, D). It is declared, never guessed from the shape, because
+    square matrices would make a guess silently wrong.
+    """
+
+    model_types: tuple[str, ...]
+    blocks: str
+    attn: str
+    mlp: str
+    down: str
+    down_layout: WeightLayout
+    embed: str
+    final_norm: str
+    unembed: str
+    gated: bool
+    up: str = ""
+    gate: str = ""
+
+
+TRANSFORMER_CARDS: tuple[TransformerCard, ...] = (
+    TransformerCard(
+        model_types=("gpt2",),
+        blocks="transformer.h",
+        attn="attn",
+        mlp="mlp",
+        down="mlp.c_proj",
+        down_layout="in_out",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        gated=False,
+        up="mlp.c_fc",
+    ),
+    TransformerCard(
+        model_types=("gptj",),
+        blocks="transformer.h",
+        attn="attn",
+        mlp="mlp",
+        down="mlp.fc_out",
+        down_layout="out_in",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        gated=False,
+        up="mlp.fc_in",
+    ),
+    TransformerCard(
+        model_types=("gpt_neox",),
+        blocks="gpt_neox.layers",
+        attn="attention",
+        mlp="mlp",
+        down="mlp.dense_4h_to_h",
+        down_layout="out_in",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="embed_out",
+        gated=False,
+        up="mlp.dense_h_to_4h",
+    ),
+    TransformerCard(
+        model_types=("llama", "mistral", "qwen2"),
+        blocks="model.layers",
+        attn="self_attn",
+        mlp="mlp",
+        down="mlp.down_proj",
+        down_layout="out_in",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        unembed="lm_head",
+        gated=True,
+        up="mlp.up_proj",
+        gate="mlp.gate_proj",
+    ),
+)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for card in TRANSFORMER_CARDS for t in card.model_types)
+
+
+class TransformerAdapter:
+    """Sites of a decoder-only transformer, chosen by ``config.model_type``.
+
+    Hook points (``{i}`` is the block):
+
+    - ``resid.pre``  input of block i
+    - ``attn.out``   output of block i's attention (first element of its tuple)
+    - ``mlp.post``   input of block i's down-projection: the neurons
+    - ``mlp.out``    output of block i's MLP
+    - ``resid.post`` output of block i
+    """
+
+    def __init__(
+        self, card: TransformerCard, model_type: str, n_layers: int, d_model: int, d_mlp: int
+    ) -> None:
+        self.card = card
+        self.model_type = model_type
+        self.n_layers = n_layers
+        self.d_model = d_model
+        self.d_mlp = d_mlp
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> TransformerAdapter:
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        card = next((c for c in TRANSFORMER_CARDS if model_type in c.model_types), None)
+        if card is None:
+            raise UnsupportedModelError(
+                f"model type {model_type!r} is not supported; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        blocks = resolve_module(model, card.blocks)
+        n_layers = len(blocks)
+        down = resolve_module(model, f"{card.blocks}.0.{card.down}")
+        d_mlp, d_model = _down_shape(down.weight, card.down_layout)
+        return cls(card, model_type, n_layers, d_model, d_mlp)
+
+    # --- addressing -------------------------------------------------------------
+
+    def check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise LayerNotFoundError(
+                f"layer {layer!r} is out of range; this {self.model_type} model has layers 0..{self.n_layers - 1}"
+            )
+        return layer
+
+    def block_path(self, layer: int) -> str:
+        return f"{self.card.blocks}.{self.check_layer(layer)}"
+
+    def hook_point(self, site: Site) -> HookPoint:
+        block = self.block_path(site.layer)
+        card = self.card
+        points = {
+            "resid.pre": HookPoint(block, "input"),
+            "attn.out": HookPoint(f"{block}.{card.attn}", "output"),
+            "mlp.post": HookPoint(f"{block}.{card.down}", "input"),
+            "mlp.out": HookPoint(f"{block}.{card.mlp}", "output"),
+            "resid.post": HookPoint(block, "output"),
+        }
+        if site.kind not in points:
+            raise LayerNotFoundError(f"transformers have sites {', '.join(points)}; got {site}")
+        return points[site.kind]
+
+    def width(self, kind: str) -> int:
+        return self.d_mlp if kind == "mlp.post" else self.d_model
+
+    # --- modules and weights ----------------------------------------------------
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return resolve_module(model, self.card.blocks)
+
+    def embedding(self, model: nn.Module) -> nn.Embedding:
+        return resolve_module(model, self.card.embed)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return resolve_module(model, self.card.final_norm)
+
+    def unembedding(self, model: nn.Module) -> torch.Tensor:
+        """The (vocab, D) unembedding matrix."""
+        return resolve_module(model, self.card.unembed).weight
+
+    def down_proj(self, model: nn.Module, layer: int) -> nn.Module:
+        return resolve_module(model, f"{self.block_path(layer)}.{self.card.down}")
+
+    def down_weight(self, model: nn.Module, layer: int) -> torch.Tensor:
+        """The down-projection's weight as stored (see ``down_layout``)."""
+        return self.down_proj(model, layer).weight
+
+    def down_matrix(self, model: nn.Module, layer: int) -> torch.Tensor:
+        """The down-projection as a (D, F) matrix W with ``mlp.out = W @ mlp.post (+ bias)``.
+
+        A view of the parameter, so in-place edits of it change the model.
+        """
+        weight = self.down_weight(model, layer)
+        return weight.T if self.card.down_layout == "in_out" else weight
+
+    def down_bias(self, model: nn.Module, layer: int) -> torch.Tensor | None:
+        return getattr(self.down_proj(model, layer), "bias", None)
+
+    def describe(self) -> list[dict]:
+        rows = []
+        for i in range(self.n_layers):
+            for kind in ("resid.pre", "attn.out", "mlp.post", "mlp.out", "resid.post"):
+                point = self.hook_point(Site(i, kind))
+                rows.append(
+                    {
+                        "layer": i,
+                        "kind": kind,
+                        "site": str(Site(i, kind)),
+                        "width": self.width(kind),
+                        "module": point.module,
+                        "io": point.io,
+                    }
+                )
+        return rows
+
+
+def _down_shape(weight: torch.Tensor, layout: WeightLayout) -> tuple[int, int]:
+    """(F, D) of a down-projection weight stored in ``layout``."""
+    rows, cols = weight.shape
+    return (rows, cols) if layout == "in_out" else (cols, rows)

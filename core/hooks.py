@@ -47,15 +47,20 @@ def _register(module: nn.Module, point: HookPoint, fn: Transform | None, store: 
 
         return module.register_forward_hook(on_output)
 
-    def on_input(_mod: nn.Module, args: tuple) -> Any:
-        act = args[0]
+    def on_input(_mod: nn.Module, args: tuple, kwargs: dict) -> Any:
+        # Transformer blocks may receive the hidden state by keyword.
+        keyword = not args and "hidden_states" in kwargs
+        act = kwargs["hidden_states"] if keyword else args[0]
         if fn is not None:
             act = fn(act)
-            args = (act, *args[1:])
+            if keyword:
+                kwargs = {**kwargs, "hidden_states": act}
+            else:
+                args = (act, *args[1:])
         store(act)
-        return args
+        return args, kwargs
 
-    return module.register_forward_pre_hook(on_input)
+    return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
 
 @contextmanager

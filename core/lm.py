@@ -1,0 +1,90 @@
+"""A language model bundle and the prompt arithmetic every fact method shares.
+
+`LM` holds the model, its tokenizer and its `TransformerAdapter`. `encode` turns a
+prompt (with the subject filled in) and a target into token ids, the subject's
+token span and the target's tokens. Targets are scored as " " + target, the
+CounterFact convention (Meng et al. 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import TransformerAdapter
+from .errors import DataError
+
+
+@dataclass
+class LM:
+    """A causal language model ready for memloc's methods."""
+
+    model: nn.Module
+    tokenizer: object
+    adapter: TransformerAdapter
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.embedding(self.model).weight.device
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A prompt's token ids, its subject's tokens [start, end), and the target's tokens."""
+
+    ids: tuple[int, ...]
+    subject: tuple[int, int]
+    target: tuple[int, ...]
+
+    @property
+    def last_subject(self) -> int:
+        return self.subject[1] - 1
+
+
+def target_ids(tokenizer, target: str) -> tuple[int, ...]:
+    ids = tuple(tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"])
+    if not target.strip() or not ids:
+        raise DataError(f"the target {target!r} is empty or encodes to no tokens")
+    return ids
+
+
+def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -> Encoded:
+    """Token ids of ``text`` and the span of the last occurrence of ``subject`` in it.
+
+    The span comes from character offsets, so it is right for BPE, SentencePiece and
+    word-level tokenizers alike; a token that straddles the subject's edge counts
+    as part of it.
+    """
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids = tuple(enc["input_ids"])
+    span = (0, 0)
+    if subject is not None:
+        start = text.rfind(subject)
+        if start < 0 or not subject:
+            raise DataError(f"the subject {subject!r} is not in the prompt {text!r}")
+        end = start + len(subject)
+        inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+        if not inside:
+            raise DataError(f"the subject {subject!r} maps to no tokens of {text!r}")
+        span = (inside[0], inside[-1] + 1)
+    return Encoded(ids, span, target_ids(tokenizer, target) if target else ())
+
+
+def next_token_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding."""
+    logits = model(input_ids=ids).logits[:, -1]
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def target_prob(model: nn.Module, encoded: Encoded, device: torch.device) -> float:
+    """P(first target token | prompt)."""
+    ids = torch.tensor([encoded.ids], device=device)
+    with torch.no_grad():
+        return next_token_probs(model, ids)[0, encoded.target[0]].item()

