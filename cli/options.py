@@ -37,3 +37,31 @@ TrustPickleOpt = Annotated[
         "--trust-pickle", help="Allow .pt files that run code when unpickled. Only for trusted files."
     ),
 ]
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="A Hugging Face model folder, a .gguf file, a hub id (when online) or the alias smollm2-135m.",
+        show_default=False,
+    ),
+]
+FactsOpt = Annotated[
+    Path,
+    typer.Option("--facts", help="A CounterFact .json file or a JSONL file of facts.", show_default=False),
+]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="Weights and activations dtype.")]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", help="Let transformers run the model's own code. Only for trusted models."
+    ),
+]
+LimitFactsOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N facts.")]

@@ -92,7 +92,9 @@ def _resolve(spec: str) -> tuple[str, dict]:
                 "give a folder saved with save_pretrained, a .gguf file, a hub id or smollm2-135m"
             )
         return str(path), {"local_files_only": True}
-    if spec.count("/") != 1 or spec.startswith((".", "/")):
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise CheckpointError(f"model path {path} does not exist")
+    if spec.count("/") != 1:
         raise CheckpointError(
             f"model {spec!r} is neither a local folder, a .gguf file, a hub id (org/name) nor an alias "
             f"({', '.join(ALIASES)})"

