@@ -11,7 +11,6 @@ from memloc.cli.app import main
 from memloc.core.errors import CheckpointError, UnsupportedModelError
 from memloc.core.lm import encode, target_prob
 from memloc.core.lm_loading import load_language_model
-
 from tiny_lms import tiny_lm
 
 
@@ -49,7 +48,7 @@ def test_unsupported_type_is_refused_before_loading_weights(tmp_path):
 def test_bad_paths_are_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_language_model(str(tmp_path / "missing"), device="cpu")
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         load_language_model(str(tmp_path), device="cpu")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_language_model(str(tmp_path / "model.gguf"), device="cpu")
