@@ -1,8 +1,10 @@
-"""The bipartite graph of examples and the units that flip them (networkx).
+"""Bipartite graphs (networkx) of what is memorized and where.
 
-Nodes ``example:<id>`` (attribute ``group``: noisy or clean) and
-``unit:<layer>:<index>`` (attribute ``layer``); an edge joins an example to each
-unit of its flip set.
+- Classifiers: nodes ``example:<id>`` (attribute ``group``: noisy or clean) and
+  ``unit:<layer>:<index>``; an edge joins an example to each unit of its flip set.
+- Language models: nodes ``fact:<case_id>`` (attribute ``relation``) and
+  ``neuron:<layer>:<index>``; an edge (attribute ``score``) joins a fact to each of
+  its refined knowledge neurons.
 """
 
 from __future__ import annotations
@@ -69,6 +71,69 @@ def sharing_stats(graph: nx.Graph) -> dict:
         "noisy": noisy,
         "clean": clean,
         "noisy_share_more_than_clean": more,
+    }
+
+
+def fact_neuron_graph(facts: Iterable[dict]) -> nx.Graph:
+    """Facts given as ``{case_id, relation, neurons: [[layer, index, score], ...]}``."""
+    graph = nx.Graph()
+    for fact in facts:
+        node = f"fact:{fact['case_id']}"
+        graph.add_node(
+            node, kind="fact", relation=str(fact.get("relation", "")), n_neurons=len(fact["neurons"])
+        )
+        for layer, index, score in fact["neurons"]:
+            neuron = f"neuron:{int(layer)}:{int(index)}"
+            graph.add_node(neuron, kind="neuron", layer=int(layer), index=int(index))
+            graph.add_edge(node, neuron, score=float(score))
+    return graph
+
+
+def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> dict:
+    """Which facts share neurons, and which neurons serve a whole relation.
+
+    A neuron serves a relation when it is linked to at least ``relation_share`` of
+    that relation's facts (and to at least two of them).
+    """
+    facts = [n for n, d in graph.nodes(data=True) if d["kind"] == "fact"]
+    relation = {n: graph.nodes[n]["relation"] for n in facts}
+    neurons = {n: set(graph[n]) for n in facts}
+    same, cross, pairs = [], [], []
+    for a, b in itertools.combinations(facts, 2):
+        shared = neurons[a] & neurons[b]
+        (same if relation[a] == relation[b] else cross).append(bool(shared))
+        if shared:
+            pairs.append({"facts": [a[5:], b[5:]], "shared": len(shared)})
+    by_relation: dict[str, list[str]] = {}
+    for n in facts:
+        by_relation.setdefault(relation[n], []).append(n)
+    serving = {}
+    for rel, members in sorted(by_relation.items()):
+        counts: dict[str, int] = {}
+        for n in members:
+            for neuron in neurons[n]:
+                counts[neuron] = counts.get(neuron, 0) + 1
+        need = max(2, int(np.ceil(relation_share * len(members))))
+        serving[rel] = sorted(
+            [[graph.nodes[u]["layer"], graph.nodes[u]["index"], c] for u, c in counts.items() if c >= need]
+        )
+    components = sorted(nx.connected_components(graph), key=len, reverse=True) if graph else []
+    largest = components[0] if components else set()
+    return {
+        "facts": len(facts),
+        "neurons": sum(1 for _, d in graph.nodes(data=True) if d["kind"] == "neuron"),
+        "shared_neurons": sum(
+            1 for n, d in graph.nodes(data=True) if d["kind"] == "neuron" and graph.degree(n) >= 2
+        ),
+        "pairs_sharing": sorted(pairs, key=lambda p: -p["shared"]),
+        "same_relation_share_any": float(np.mean(same)) if same else None,
+        "cross_relation_share_any": float(np.mean(cross)) if cross else None,
+        "relation_neurons": serving,
+        "largest_component": {
+            "nodes": len(largest),
+            "facts": sum(1 for n in largest if n.startswith("fact:")),
+            "neurons": sum(1 for n in largest if n.startswith("neuron:")),
+        },
     }
 
 
