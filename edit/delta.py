@@ -1,0 +1,115 @@
+"""Weight edits as data: low-rank factors per layer, applied with an exact restore.
+
+Every memloc edit changes only FFN down-projections, and every such change is low
+rank: ROME adds Λ (C⁻¹k*)ᵀ (rank one), MEMIT adds R Kᵀ(λC + KKᵀ)⁻¹ (rank ≤ number
+of edits), a knowledge-neuron edit changes a few neurons' output rows. So a delta is
+stored as factors ``left`` (D, r) and ``right`` (F, r) with ΔW = left @ rightᵀ in
+the (D, F) orientation of `TransformerAdapter.down_matrix`; the adapter maps it onto
+the stored layout (GPT-2's Conv1D is (F, D)).
+
+Edits are two-phase: a method's ``compute`` returns a `WeightDelta` and leaves the
+model untouched; `apply` changes the weights and returns a handle whose
+``restore()`` copies the saved originals back, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from memloc.core.adapters import TransformerAdapter
+from memloc.core.checkpoints import state_hash
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """ΔW = left @ rightᵀ for one layer's (D, F) down-projection."""
+
+    layer: int
+    left: torch.Tensor  # (D, r)
+    right: torch.Tensor  # (F, r)
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    def dense(self) -> torch.Tensor:
+        """The (D, F) update in float64."""
+        return self.left.double() @ self.right.double().T
+
+
+@dataclass(frozen=True)
+class WeightDelta:
+    """The result of a method's compute phase: what to add, and where."""
+
+    method: str
+    layers: tuple[LayerDelta, ...]
+    case_ids: tuple[str, ...] = ()
+    config: Mapping = field(default_factory=dict)
+    info: Mapping = field(default_factory=dict)  # per-method diagnostics (losses, norms)
+
+    def layer_ids(self) -> list[int]:
+        return [d.layer for d in self.layers]
+
+
+def edited_tensors(model: nn.Module, adapter: TransformerAdapter, layers) -> dict[str, torch.Tensor]:
+    """The down-projection weights of ``layers`` by their state-dict names."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        names[id(adapter.down_weight(model, layer))]: adapter.down_weight(model, layer) for layer in layers
+    }
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer: identifies the exact base weights."""
+    return state_hash(model.state_dict())
+
+
+class Applied:
+    """Handle of an applied delta; ``restore()`` puts the saved weights back exactly."""
+
+    def __init__(self, originals: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._originals = originals
+        self.restored = False
+
+    @property
+    def originals(self) -> dict[str, torch.Tensor]:
+        """The pre-edit weights by state-dict name (what a ledger stores for undo)."""
+        return {name: saved for name, (_, saved) in self._originals.items()}
+
+    def restore(self) -> None:
+        if self.restored:
+            return
+        with torch.no_grad():
+            for live, saved in self._originals.values():
+                live.copy_(saved)
+        self.restored = True
+
+    def __enter__(self) -> Applied:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def apply(model: nn.Module, adapter: TransformerAdapter, delta: WeightDelta) -> Applied:
+    """Add ``delta`` to the model's weights in place; the handle restores them bit for bit.
+
+    The update is formed in float64 on the weight's device and added once, so a delta
+    spread over several `LayerDelta`s of one layer is still a single rounding.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    updates: dict[int, torch.Tensor] = {}
+    for part in delta.layers:
+        dense = part.dense().to(adapter.down_weight(model, part.layer).device)
+        updates[part.layer] = updates[part.layer] + dense if part.layer in updates else dense
+    with torch.no_grad():
+        for layer, update in updates.items():
+            weight = adapter.down_weight(model, layer)
+            originals[names[id(weight)]] = (weight, weight.detach().clone())
+            stored = update.T if adapter.card.down_layout == "in_out" else update
+            weight.copy_((weight.double() + stored).to(weight.dtype))
+    return Applied(originals)
