@@ -1,0 +1,292 @@
+"""CounterFact evaluation of edits (Meng et al. 2022, "Locating and Editing Factual
+Associations in GPT", section 3 and appendix).
+
+Each prompt is scored by the mean per-token NLL of " " + target, so P = exp(−NLL):
+
+- ES: share of facts with P(new) > P(true) on the rewrite prompt; PS: the same over
+  paraphrase prompts; NS: share of neighborhood prompts with P(true) > P(new).
+- S: harmonic mean of ES, PS and NS.
+- EM, PM: mean P(new) − P(true) on rewrite and paraphrase prompts; NM: mean
+  P(true) − P(new) on neighborhood prompts.
+- Accuracy variants (EA, PA, NA): every target token is the teacher-forced argmax
+  (new target on rewrite and paraphrase prompts, true target on neighbors).
+- Fluency: the weighted bi- and tri-gram entropy of generations (weights 2/3 and
+  4/3, as in the paper), over greedy continuations of the generation prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from memloc.core.errors import MemlocError
+from memloc.core.facts import Fact
+from memloc.core.lm import LM
+
+from .delta import Applied, WeightDelta, apply
+
+METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 32
+    generation_tokens: int = 100
+    generation_prompts: int = 1  # per fact
+    fluency: bool = True
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    nll: float  # mean per-token NLL of the target
+    argmax: bool  # every target token is the teacher-forced argmax
+
+
+@dataclass
+class FactScores:
+    """Scores of one fact's prompts, for its true and its new target."""
+
+    case_id: str
+    rewrite: tuple[PromptScore, PromptScore]  # (true, new)
+    paraphrases: list[tuple[PromptScore, PromptScore]]
+    neighborhood: list[tuple[PromptScore, PromptScore]]
+    fluency: float | None = None
+
+
+def score_targets(
+    lm: LM, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+) -> list[PromptScore]:
+    """Teacher-forced scores of ``" " + target`` after each prompt, batched with right padding."""
+    tok = lm.tokenizer
+    rows = []
+    for prompt, target in zip(prompts, targets, strict=True):
+        p = tok(prompt)["input_ids"]
+        t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
+        rows.append((p, t))
+    out: list[PromptScore] = []
+    pad = tok.pad_token_id
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(p) + len(t) for p, t in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (p, t) in enumerate(chunk):
+            ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+            mask[i, : len(p) + len(t)] = 1
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        for i, (p, t) in enumerate(chunk):
+            # The token at position j is predicted by the logits at j − 1.
+            positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
+            target = torch.tensor(t)
+            picked = logp[i, positions, target]
+            argmax = bool((logp[i, positions].argmax(-1) == target).all())
+            out.append(PromptScore(float(-picked.mean()), argmax))
+    return out
+
+
+def score_facts(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactScores]:
+    prompts, targets, owners = [], [], []
+    for n, fact in enumerate(facts):
+        groups = [
+            ("rewrite", [fact.text]),
+            ("paraphrases", list(fact.paraphrases)),
+            ("neighborhood", list(fact.neighborhood)),
+        ]
+        for group, texts in groups:
+            for j, text in enumerate(texts):
+                for which, target in (("true", fact.target_true), ("new", fact.target_new)):
+                    prompts.append(text)
+                    targets.append(target)
+                    owners.append((n, group, j, which))
+    scores = score_targets(lm, prompts, targets, batch_size=config.batch_size)
+    table: dict[tuple, PromptScore] = dict(zip(owners, scores, strict=True))
+    result = []
+    for n, fact in enumerate(facts):
+
+        def pair(group: str, j: int, n: int = n) -> tuple[PromptScore, PromptScore]:
+            return table[(n, group, j, "true")], table[(n, group, j, "new")]
+
+        result.append(
+            FactScores(
+                fact.case_id,
+                pair("rewrite", 0),
+                [pair("paraphrases", j) for j in range(len(fact.paraphrases))],
+                [pair("neighborhood", j) for j in range(len(fact.neighborhood))],
+            )
+        )
+    return result
+
+
+def _p(score: PromptScore) -> float:
+    return math.exp(-score.nll)
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarize(scores: Sequence[FactScores]) -> dict[str, float | None]:
+    """ES, PS, NS, S, EM, PM, NM, EA, PA, NA and the mean fluency over facts."""
+    rewrite = [f.rewrite for f in scores]
+    para = [pair for f in scores for pair in f.paraphrases]
+    neigh = [pair for f in scores for pair in f.neighborhood]
+    es = _mean([float(_p(new) > _p(true)) for true, new in rewrite])
+    ps = _mean([float(_p(new) > _p(true)) for true, new in para])
+    ns = _mean([float(_p(true) > _p(new)) for true, new in neigh])
+    parts = [x for x in (es, ps, ns) if x is not None]
+    s = len(parts) / sum(1 / x for x in parts) if parts and all(x > 0 for x in parts) else 0.0
+    fluency = [f.fluency for f in scores if f.fluency is not None]
+    return {
+        "ES": es,
+        "PS": ps,
+        "NS": ns,
+        "S": s,
+        "EM": _mean([_p(new) - _p(true) for true, new in rewrite]),
+        "PM": _mean([_p(new) - _p(true) for true, new in para]),
+        "NM": _mean([_p(true) - _p(new) for true, new in neigh]),
+        "EA": _mean([float(new.argmax) for _, new in rewrite]),
+        "PA": _mean([float(new.argmax) for _, new in para]),
+        "NA": _mean([float(true.argmax) for true, _ in neigh]),
+        "fluency": _mean(fluency),
+    }
+
+
+def ngram_entropy(
+    tokens: Sequence[str], ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
+) -> float:
+    """Weighted mean of the n-gram entropies (bits) of one text's tokens."""
+    entropies = []
+    for n in ns:
+        grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        total = sum(grams.values())
+        freqs = np.array(list(grams.values()), dtype=float) / max(total, 1)
+        entropies.append(float(-(freqs * np.log2(freqs)).sum()) if total else 0.0)
+    return float(np.mean(np.array(entropies) * np.array(weights)))
+
+
+def generate(lm: LM, prompts: Sequence[str], tokens: int) -> list[str]:
+    """Greedy continuations (deterministic, so fluency reproduces), left-padded and batched."""
+    tok = lm.tokenizer
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
+    finally:
+        tok.padding_side = side
+    with torch.no_grad():
+        out = lm.model.generate(
+            **enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
+        )
+    return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def fluency(lm: LM, fact: Fact, config: EvalConfig) -> float:
+    prompts = list(fact.generation_prompts[: config.generation_prompts]) or [fact.text]
+    texts = generate(lm, prompts, config.generation_tokens)
+    return float(np.mean([ngram_entropy(text.split()) for text in texts]))
+
+
+def measure(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactScores]:
+    """Scores and (optionally) fluency of every fact on the model as it is now."""
+    scores = score_facts(lm, facts, config)
+    if config.fluency:
+        for fact, score in zip(facts, scores, strict=True):
+            score.fluency = fluency(lm, fact, config)
+    return scores
+
+
+MODES = ("single", "batch", "sequential")
+
+Editor = Callable[[Sequence[Fact]], WeightDelta]
+
+
+def evaluate_edits(
+    lm: LM,
+    facts: Sequence[Fact],
+    editor: Editor,
+    mode: str,
+    config: EvalConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Measure, edit in ``mode``, measure again; the model is restored at the end.
+
+    - ``single``: edit one fact, measure it, restore, next fact.
+    - ``batch``: one edit of all facts, then measure all.
+    - ``sequential``: edit the facts one after another without restoring, then
+      measure all.
+
+    ``seconds_per_edit`` counts computing and applying the edits, not measuring.
+    """
+    if mode not in MODES:
+        raise MemlocError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    total = len(facts) + 2
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    pre = measure(lm, facts, config)
+    step()
+    post: list[FactScores] = []
+    handles: list[Applied] = []
+    edit_seconds = 0.0
+    try:
+        if mode == "batch":
+            start = time.perf_counter()
+            handles.append(apply(lm.model, lm.adapter, editor(facts)))
+            edit_seconds += time.perf_counter() - start
+            done += len(facts) - 1
+            step()
+            post = measure(lm, facts, config)
+        else:
+            for fact in facts:
+                start = time.perf_counter()
+                handle = apply(lm.model, lm.adapter, editor([fact]))
+                edit_seconds += time.perf_counter() - start
+                if mode == "single":
+                    try:
+                        post.extend(measure(lm, [fact], config))
+                    finally:
+                        handle.restore()
+                else:
+                    handles.append(handle)
+                step()
+            if mode == "sequential":
+                post = measure(lm, facts, config)
+    finally:
+        for handle in reversed(handles):
+            handle.restore()
+    step()
+    return {
+        "mode": mode,
+        "facts": len(facts),
+        "pre": summarize(pre),
+        "post": summarize(post),
+        "seconds_per_edit": edit_seconds / max(len(facts), 1),
+        "per_fact": [_fact_row(a, b) for a, b in zip(pre, post, strict=True)],
+        "config": asdict(config),
+    }
+
+
+def _fact_row(pre: FactScores, post: FactScores) -> dict:
+    (true0, new0), (true1, new1) = pre.rewrite, post.rewrite
+    return {
+        "case_id": pre.case_id,
+        "p_true_pre": _p(true0),
+        "p_new_pre": _p(new0),
+        "p_true_post": _p(true1),
+        "p_new_post": _p(new1),
+        "fluency_pre": pre.fluency,
+        "fluency_post": post.fluency,
+    }

@@ -1,0 +1,121 @@
+"""CounterFact metrics: exact on hand-set scores, teacher forcing checked by hand, modes restore."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from memloc.core.facts import Fact
+from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
+from memloc.edit.evaluate import (
+    EvalConfig,
+    FactScores,
+    PromptScore,
+    evaluate_edits,
+    measure,
+    ngram_entropy,
+    score_targets,
+    summarize,
+)
+from tiny_lms import tiny_lm
+
+
+def ps(p: float, argmax: bool = False) -> PromptScore:
+    return PromptScore(-math.log(p), argmax)
+
+
+def test_summary_metrics_on_hand_set_scores():
+    a = FactScores(
+        "a",
+        (ps(0.2), ps(0.6, True)),
+        [(ps(0.3), ps(0.1)), (ps(0.1), ps(0.5, True))],
+        [(ps(0.4, True), ps(0.2))],
+    )
+    b = FactScores(
+        "b", (ps(0.5), ps(0.25)), [(ps(0.2), ps(0.3))], [(ps(0.1), ps(0.3)), (ps(0.6, True), ps(0.1))]
+    )
+    m = summarize([a, b])
+    assert m["ES"] == 0.5 and m["PS"] == pytest.approx(2 / 3) and m["NS"] == pytest.approx(2 / 3)
+    assert m["S"] == pytest.approx(3 / (2 + 1.5 + 1.5))
+    assert m["EM"] == pytest.approx(((0.6 - 0.2) + (0.25 - 0.5)) / 2)
+    assert m["PM"] == pytest.approx(((0.1 - 0.3) + (0.5 - 0.1) + (0.3 - 0.2)) / 3)
+    assert m["NM"] == pytest.approx(((0.4 - 0.2) + (0.1 - 0.3) + (0.6 - 0.1)) / 3)
+    assert (m["EA"], m["PA"], m["NA"]) == (0.5, pytest.approx(1 / 3), pytest.approx(2 / 3))
+
+
+def test_ngram_entropy():
+    assert ngram_entropy(["a", "a", "a", "a", "a"]) == 0.0
+    # 4 distinct bigrams (2 bits) and 3 distinct trigrams (log2 3 bits).
+    assert ngram_entropy(["a", "b", "c", "d", "e"]) == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
+
+
+def test_score_targets_matches_a_hand_teacher_forced_pass():
+    lm = tiny_lm("gpt2")
+    prompts = ["the capital of Zorbia is", "the river"]
+    targets = ["Paris Rome", "Nile"]
+    got = score_targets(lm, prompts, targets, batch_size=2)
+    for prompt, target, score in zip(prompts, targets, got, strict=True):
+        p = lm.tokenizer(prompt)["input_ids"]
+        t = lm.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(torch.tensor([p + t])).logits[0], -1)
+        nll = -sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(t)) / len(t)
+        assert score.nll == pytest.approx(float(nll), rel=1e-5)
+    assert [s.nll for s in score_targets(lm, prompts, targets, batch_size=1)] == pytest.approx(
+        [s.nll for s in got]
+    )
+
+
+FACTS = [
+    Fact(
+        "0",
+        "the capital of {} is",
+        "Zorbia",
+        "Paris",
+        "Rome",
+        paraphrases=("Zorbia capital city is",),
+        neighborhood=("the capital of Quelon is",),
+    ),
+    Fact(
+        "1",
+        "the language of {} is",
+        "Marvat",
+        "French",
+        "German",
+        paraphrases=("in Marvat they speak",),
+        neighborhood=("the language of Tisk is",),
+    ),
+]
+
+
+def _editor(lm):
+    def edit(facts):
+        gen = torch.Generator().manual_seed(len(facts) + int(facts[0].case_id))
+        left = torch.randn(lm.adapter.d_model, 1, generator=gen) * 5
+        right = torch.randn(lm.adapter.d_mlp, 1, generator=gen)
+        return WeightDelta("random", (LayerDelta(1, left, right),), tuple(f.case_id for f in facts))
+
+    return edit
+
+
+@pytest.mark.parametrize("mode", ["single", "batch", "sequential"])
+def test_modes_restore_the_model(mode):
+    lm = tiny_lm("llama")
+    config = EvalConfig(generation_tokens=8)
+    before = weights_hash(lm.model)
+    result = evaluate_edits(lm, FACTS, _editor(lm), mode, config)
+    assert weights_hash(lm.model) == before
+    assert set(result["pre"]) == set(result["post"]) >= {"ES", "PS", "NS", "S", "EM", "PM", "NM", "fluency"}
+    assert result["pre"] == summarize(measure(lm, FACTS, config))
+    assert result["post"] != result["pre"]
+
+
+def test_single_mode_measures_each_fact_under_its_own_edit_only():
+    lm = tiny_lm("llama")
+    config = EvalConfig(fluency=False)
+    edit = _editor(lm)
+    result = evaluate_edits(lm, FACTS, edit, "single", config)
+    with apply(lm.model, lm.adapter, edit([FACTS[1]])):
+        alone = measure(lm, [FACTS[1]], config)[0]
+    assert result["per_fact"][1]["p_new_post"] == pytest.approx(math.exp(-alone.rewrite[1].nll))
