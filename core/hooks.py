@@ -2,7 +2,8 @@
 
 In the spirit of baukit's TraceDict: hooks are registered on enter and always
 removed in ``finally``, so an exception in the body never leaves a hook behind.
-This is the only file that registers forward hooks.
+This is the only file that registers forward hooks. `capture_calls` records a
+block's whole call (arguments, masks, cache) so that it can be run again by hand.
 """
 
 from __future__ import annotations
@@ -113,3 +114,32 @@ def patch(
     """
     with _hooked(model, adapter, dict(fns), detach) as seen:
         yield seen
+
+
+@contextmanager
+def capture_calls(
+    model: nn.Module, adapter: SiteAdapter, sites: Iterable[Site]
+) -> Iterator[dict[Site, tuple[tuple, dict]]]:
+    """Record the positional and keyword arguments the module at each input site receives.
+
+    Only input sites (e.g. ``resid.pre``, a block's input) qualify. With these a caller
+    can run one block again by hand on other hidden states, with the masks, positions
+    and cache that the model itself passed (the last pass wins). Nothing is changed.
+    """
+    calls: dict[Site, tuple[tuple, dict]] = {}
+    handles = []
+    try:
+        for site in sites:
+            point = adapter.hook_point(site)
+            if point.io != "input":
+                raise ValueError(f"capture_calls needs an input site, got {site}")
+
+            def record(_mod: nn.Module, args: tuple, kwargs: dict, site: Site = site) -> None:
+                calls[site] = (args, dict(kwargs))
+
+            module = resolve_module(model, point.module)
+            handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
