@@ -1,0 +1,144 @@
+"""The edit ledger: every applied edit, enough to audit it and to undo it bit for bit.
+
+An edited model is always written to a NEW folder (never over its input) together
+with:
+
+- ``ledger.json``: per edit the facts, method, config and diagnostics, plus the
+  SHA-256 of the base weights and of the edited weights;
+- ``ledger.safetensors``: each edit's factors (``edit{i}.layer{l}.left/right``) and
+  the base values of every weight the edits touched (``base.<name>``).
+
+Undo copies the base values back and checks the result against the base hash, so
+it is exact even though W + Δ − Δ need not equal W in floating point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
+from memloc.core.errors import MemlocError
+from memloc.core.facts import Fact
+from memloc.core.lm import LM
+from memloc.core.report import to_jsonable
+
+from .delta import Applied, WeightDelta, weights_hash
+
+LEDGER_VERSION = 1
+
+
+class LedgerError(MemlocError):
+    """A ledger is missing, malformed, or does not belong to the model."""
+
+
+def _fresh_folder(out: Path, source: str) -> None:
+    if Path(source).exists() and Path(source).resolve() == out.resolve():
+        raise MemlocError(f"refusing to write the edited model over its input {source}; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise MemlocError(f"{out} already exists and is not empty; choose another --out or remove it")
+
+
+def save_edited(
+    lm: LM,
+    out: str | Path,
+    deltas: Sequence[WeightDelta],
+    handles: Sequence[Applied],
+    facts: Sequence[Fact],
+    base_hash: str,
+) -> Path:
+    """Write the (already edited) model, its tokenizer and the ledger into a new folder."""
+    out = Path(out)
+    _fresh_folder(out, lm.source)
+    originals: dict[str, torch.Tensor] = {}
+    for handle in handles:  # the earliest saved value of a weight is the base value
+        for name, value in handle.originals.items():
+            originals.setdefault(name, value)
+    by_id = {f.case_id: f for f in facts}
+    tensors: dict[str, torch.Tensor] = {f"base.{k}": v for k, v in originals.items()}
+    edits = []
+    for i, delta in enumerate(deltas):
+        for part in delta.layers:
+            tensors[f"edit{i}.layer{part.layer}.left"] = part.left
+            tensors[f"edit{i}.layer{part.layer}.right"] = part.right
+        edits.append(
+            {
+                "method": delta.method,
+                "layers": delta.layer_ids(),
+                "facts": [asdict(by_id[c]) for c in delta.case_ids if c in by_id],
+                "config": to_jsonable(dict(delta.config)),
+                "info": to_jsonable(dict(delta.info)),
+            }
+        )
+    ledger = {
+        "ledger_version": LEDGER_VERSION,
+        "base_model": lm.source,
+        "model_type": lm.adapter.model_type,
+        "base_hash": base_hash,
+        "edited_hash": weights_hash(lm.model),
+        "edits": edits,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        lm.model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        save_tensors(tmp / "ledger.safetensors", tensors)
+        atomic_write_text(tmp / "ledger.json", json.dumps(ledger, indent=2, allow_nan=False))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_ledger(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    folder = Path(folder)
+    path = folder / "ledger.json"
+    if not path.is_file():
+        raise LedgerError(f"{folder} has no ledger.json; it was not written by 'memloc edit apply'")
+    try:
+        ledger = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LedgerError(f"{path} is not valid JSON ({exc.msg})") from None
+    for key in ("base_hash", "edited_hash", "edits"):
+        if key not in ledger:
+            raise LedgerError(f"{path} lacks the field {key!r}")
+    return ledger, load_tensors(folder / "ledger.safetensors")
+
+
+def undo(lm: LM, folder: str | Path) -> dict:
+    """Restore the base weights of an edited model in place (in memory), bit for bit.
+
+    Refuses when the model is not the one the ledger describes.
+    """
+    ledger, tensors = read_ledger(folder)
+    found = weights_hash(lm.model)
+    if found != ledger["edited_hash"]:
+        raise LedgerError(
+            f"the ledger in {folder} does not match the model: its weights hash {found[:12]} is not the "
+            f"edited hash {ledger['edited_hash'][:12]} the ledger recorded"
+        )
+    params = dict(lm.model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("base."):
+                name = key[len("base.") :]
+                if name not in params:
+                    raise LedgerError(f"the ledger restores {name}, which the model does not have")
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+    restored = weights_hash(lm.model)
+    if restored != ledger["base_hash"]:
+        raise LedgerError(
+            f"after undo the weights hash {restored[:12]} differs from the ledger's base hash "
+            f"{ledger['base_hash'][:12]}; the ledger does not belong to this model's base"
+        )
+    return ledger

@@ -1,0 +1,71 @@
+"""A collapse monitor for edits: refuse updates that are too large, roll back edits
+that make generations degenerate.
+
+Over-large rank-one updates ("disabling edits", Gupta et al. 2024) make a model
+repeat itself. Two checks catch them: before applying, the relative size
+||ΔW||_F / ||W||_F of each edited matrix; after applying, the n-gram entropy of a
+few greedy generations from neutral prompts, compared with the unedited model's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from memloc.core.errors import MemlocError
+from memloc.core.lm import LM
+
+from .delta import Applied, WeightDelta, apply
+from .evaluate import generate, ngram_entropy
+
+
+class CollapseError(MemlocError):
+    """An edit was refused or rolled back because it breaks the model."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    max_update_ratio: float = 0.5  # ||ΔW||_F / ||W||_F per layer
+    min_entropy_ratio: float = 0.6  # post / pre fluency on the neutral prompts
+    prompts: tuple[str, ...] = ("The weather today is", "My favorite book is about", "In the morning, I")
+    tokens: int = 40
+
+
+def update_ratios(lm: LM, delta: WeightDelta) -> dict[int, float]:
+    ratios = {}
+    for part in delta.layers:
+        weight = lm.adapter.down_matrix(lm.model, part.layer).double()
+        ratios[part.layer] = float(
+            torch.linalg.norm(part.dense().to(weight.device)) / torch.linalg.norm(weight)
+        )
+    return ratios
+
+
+def generation_entropy(lm: LM, config: MonitorConfig) -> float:
+    texts = generate(lm, list(config.prompts), config.tokens)
+    return float(np.mean([ngram_entropy(t.split()) for t in texts]))
+
+
+def checked_apply(
+    lm: LM, delta: WeightDelta, config: MonitorConfig, baseline: float | None = None
+) -> tuple[Applied, dict]:
+    """Apply ``delta`` unless a check fails; on failure the model is left as it was."""
+    ratios = update_ratios(lm, delta)
+    worst = max(ratios, key=ratios.get)
+    if ratios[worst] > config.max_update_ratio:
+        raise CollapseError(
+            f"refused the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: its update at layer "
+            f"{worst} is {ratios[worst]:.2f} of the weight's norm (limit {config.max_update_ratio}); "
+            "lower the clamp or the learning rate, or raise --max-update-ratio"
+        )
+    before = generation_entropy(lm, config) if baseline is None else baseline
+    handle = apply(lm.model, lm.adapter, delta)
+    after = generation_entropy(lm, config)
+    if before > 0 and after < config.min_entropy_ratio * before:
+        handle.restore()
+        raise CollapseError(
+            f"rolled back the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: generations "
+            f"became repetitive (n-gram entropy {after:.2f} vs {before:.2f} before)"
+        )
+    return handle, {"update_ratio": ratios, "entropy_before": before, "entropy_after": after}
