@@ -15,9 +15,13 @@ from memloc.locate.neurons import FlipConfig
 from memloc.locate.scores import CurvatureConfig, locate_scores
 
 from .console import emit_json, emit_table, progress_bar, stderr
+from .facts import trace_command
 from .options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
 
-app = typer.Typer(no_args_is_help=True, help="Locate memorization: layers, units, examples.")
+app = typer.Typer(
+    no_args_is_help=True, help="Locate memorization: layers, units, examples; facts in language models."
+)
+app.command("trace")(trace_command)
 
 
 @app.command("layers")

@@ -1,0 +1,93 @@
+"""Run fact methods over a fact file, resumably, into an optional output folder.
+
+With an output folder each method keeps its finished facts in ``<method>.json``
+under a hash of its config (`ResultStore`), so a rerun skips them and a rerun with
+another config never overwrites them; the method's `Report` (with provenance) goes
+to ``<method>_report.json``. Without a folder nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from memloc.core.facts import Fact
+from memloc.core.lm import LM
+from memloc.core.report import Report, provenance
+
+from .results_store import ResultStore, config_key
+from .tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
+
+Progress = Callable[[int, int, str], None]
+
+
+def per_fact(
+    name: str,
+    config: object,
+    facts: Sequence[Fact],
+    compute: Callable[[Fact], dict],
+    out: Path | None,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """``compute(fact)`` for every fact, reusing results stored in ``out/<name>.json``."""
+    store = ResultStore(out / f"{name}.json") if out is not None else None
+    key = config_key(config)
+    results = []
+    for i, fact in enumerate(facts):
+        found = store.get(key, fact.case_id) if store is not None else None
+        if found is None:
+            found = compute(fact)
+            if store is not None:
+                store.put(key, fact.case_id, found)
+        results.append(found)
+        if progress is not None:
+            progress(i + 1, len(facts), f"fact {fact.case_id}")
+    return results
+
+
+def fact_report(
+    method: str,
+    lm: LM,
+    facts_path: Path,
+    config: object,
+    results: dict,
+    metrics: dict,
+    seed: int | None,
+    out: Path | None,
+) -> Report:
+    report = Report(
+        method=method,
+        model_id=lm.source,
+        config=asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config),
+        results=results,
+        metrics=metrics,
+        provenance=provenance(seed, {"facts": facts_path}),
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        report.save(out / f"{method}_report.json")
+    return report
+
+
+def locate_trace(
+    lm: LM,
+    facts: Sequence[Fact],
+    facts_path: Path,
+    config: TraceConfig,
+    out: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Causal traces of every fact, and the edit layer they suggest (``best_layer``)."""
+    rows = per_fact("trace", config, facts, lambda f: trace_fact(lm, f, config).to_dict(), out, progress)
+    traces = [FactTrace.from_dict(r) for r in rows]
+    best = average_best_layer(traces)
+    metrics = {
+        "best_layer": best,
+        "per_fact_best_layer": {t.case_id: t.best_layer for t in traces},
+        "mean_clean_prob": float(np.mean([t.clean_prob for t in traces])),
+        "mean_corrupted_prob": float(np.mean([t.corrupted_prob for t in traces])),
+    }
+    results = {"best_layer": best, "facts": rows}
+    return fact_report("trace", lm, facts_path, config, results, metrics, config.seed, out)
