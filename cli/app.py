@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 from memloc.core.errors import MemlocError
 
-from . import locate, models
+from . import edit, locate, models
 from .demo import demo_command
 from .report import report_command
 from .train import train_command
@@ -33,6 +33,7 @@ app.command("demo")(demo_command)
 app.command("report")(report_command)
 app.add_typer(locate.app, name="locate")
 app.add_typer(models.app, name="models")
+app.add_typer(edit.app, name="edit")
 
 
 @app.callback()

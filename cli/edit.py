@@ -1,0 +1,118 @@
+"""`memloc edit`: change what a language model memorized (statistics first)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from memloc.core.errors import MemlocError
+from memloc.core.lm_loading import cache_root, load_language_model
+from memloc.edit.corpus import GENERATED, corpus_files
+from memloc.edit.stats import StatsConfig, key_statistics_by_layer
+from transformers.utils import logging as hf_logging
+
+from .console import emit_json, emit_table, progress_bar, stderr
+from .options import DeviceOpt, Dtype, DtypeOpt, Format, FormatOpt, ModelOpt, SeedOpt, TrustRemoteCodeOpt
+
+app = typer.Typer(no_args_is_help=True, help="Edit facts in language models.")
+
+LayersOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--layers",
+        "--layer",
+        help="Layers to take statistics at: repeat it, or give 3,4,5 or 3-5.",
+        show_default=False,
+    ),
+]
+
+
+def parse_layers(values: list[str]) -> list[int]:
+    """Layer numbers from repeated, comma-separated or a-b range values."""
+    layers: list[int] = []
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            first, dash, last = part.partition("-")
+            try:
+                span = range(int(first), int(last) + 1) if dash and first else [int(part)]
+            except ValueError:
+                raise MemlocError(f"--layers {part!r} is not a layer number or a range like 3-5") from None
+            layers.extend(span)
+    if not layers:
+        raise MemlocError("--layers names no layer; give e.g. --layers 3,4,5")
+    return layers
+
+
+class Accumulate(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+@app.command("stats")
+def stats_command(
+    model: ModelOpt,
+    layers: LayersOpt,
+    corpus: Annotated[
+        str,
+        typer.Option(
+            "--corpus", help="'generated' (sampled from the model), a .txt/.jsonl file or a folder of them."
+        ),
+    ] = "generated",
+    samples: Annotated[
+        int, typer.Option("--samples", help="Texts to use (the first ones of a corpus).")
+    ] = 1000,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="Tokens per text; longer ones are cut.")
+    ] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 16,
+    accumulate: Annotated[
+        Accumulate, typer.Option("--accumulate", help="Dtype the sums are accumulated in.")
+    ] = Accumulate.float64,
+    max_condition: Annotated[
+        float,
+        typer.Option("--max-condition", help="Shrink C toward the identity above this condition number."),
+    ] = 1e6,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Where statistics are cached (default ~/.cache/memloc/stats)."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = Dtype.float32,
+    seed: SeedOpt = 0,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Key statistics C = E[k kᵀ] for ROME/MEMIT at some layers: streamed, resumable, cached."""
+    wanted = parse_layers(layers)
+    config = StatsConfig(
+        corpus=corpus,
+        samples=samples,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        dtype=accumulate.value,
+        seed=seed,
+        max_condition=max_condition,
+    )
+    config.validate()
+    if corpus != GENERATED:
+        corpus_files(corpus)  # a bad path fails before the model loads
+    # Our own bar shows the work; transformers' loading bar would only clutter stderr.
+    hf_logging.disable_progress_bar()
+    lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
+    for layer in wanted:
+        lm.adapter.check_layer(layer)
+    start = time.perf_counter()
+    with progress_bar("stats") as update:
+        found = key_statistics_by_layer(lm, wanted, config, cache_dir=cache_dir, progress=update)
+    seconds = time.perf_counter() - start
+    rows = [stats.to_dict() for stats in found.values()]
+    if fmt is Format.json:
+        emit_json({"model": model, "config": asdict(config), "seconds": seconds, "layers": rows})
+        return
+    columns = ["layer", "tokens", "texts", "condition", "shrinkage", "shrunk_condition", "key"]
+    emit_table(f"key statistics of {model} ({corpus}, {config.dtype})", rows, columns)
+    stderr.print(f"{seconds:.1f} s; cached under {cache_dir or cache_root() / 'stats'}")
