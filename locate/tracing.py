@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from memloc.core.errors import DataError, MemlocError
 from memloc.core.facts import Fact
-from memloc.core.hooks import capture_calls, patch, trace
+from memloc.core.hooks import Transform, capture_calls, patch, trace
 from memloc.core.lm import LM, encode
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
@@ -58,7 +58,6 @@ TRACE_KINDS = tuple(KIND_SITES)
 METHODS = ("fast", "plain")
 
 Progress = Callable[[int], None]
-Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -240,7 +239,7 @@ def _restore(clean: torch.Tensor, tokens: Sequence[int]) -> Transform:
 
     def put_back(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
-        h[:, index] = clean[index]
+        h[:, index] = clean[index].to(h.device)
         return h
 
     return put_back
@@ -362,7 +361,7 @@ def _prefix_cache(kv: Cache, layers: range, prefix: int, rows: Sequence[torch.Te
         return cache
     for j in layers:
         keys, values = _layer_kv(kv, j)
-        pick = slice(None) if rows is None else rows[j]
+        pick = slice(None) if rows is None else rows[j].to(keys.device)
         cache.update(keys[pick, :, :prefix], values[pick, :, :prefix], j)
     return cache
 
@@ -449,11 +448,12 @@ def _pass(lm: LM, prep: _Prepared, calls: dict, t: int, rows: _Rows) -> torch.Te
         for j in range(first, n_layers + 1):
             new = slice(active[j - 1] if j > first else 0, active[j])
             if new.stop > new.start:
-                entered = prep.entries[j][rows.sample[new], t:]
+                entry = prep.entries[j]
+                entered = entry[rows.sample[new].to(entry.device), t:]
                 if j > 0:
-                    is_hidden = rows.kind[new] == hidden
-                    entered[is_hidden, 0] = prep.clean[Site(j - 1, "resid.post")][t]
-                h = entered if h is None else torch.cat([h, entered])
+                    is_hidden = (rows.kind[new] == hidden).to(entry.device)
+                    entered[is_hidden, 0] = prep.clean[Site(j - 1, "resid.post")][t].to(entry.device)
+                h = entered if h is None else torch.cat([h, entered.to(h.device)])
             if j < n_layers:
                 h = _run_block(blocks[j], calls[Site(j, "resid.pre")], h, cache)
     logits = model.get_output_embeddings()(adapter.final_norm(model)(h[:, -1:]))[:, -1]
@@ -463,7 +463,7 @@ def _pass(lm: LM, prep: _Prepared, calls: dict, t: int, rows: _Rows) -> torch.Te
 def _restore_rows(rows: torch.Tensor, clean: torch.Tensor) -> Transform:
     def put_back(act: torch.Tensor) -> torch.Tensor:
         act = act.clone()
-        act[rows, 0] = clean  # position 0 of the pass is token t
+        act[rows.to(act.device), 0] = clean.to(act.device)  # position 0 of the pass is token t
         return act
 
     return put_back
