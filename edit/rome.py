@@ -1,0 +1,143 @@
+"""ROME: a rank-one update of one FFN down-projection that rewrites one fact.
+
+Meng et al. 2022, "Locating and Editing Factual Associations in GPT" (NeurIPS), eq. 2:
+the down-projection W of layer l is treated as a linear associative memory, key k (its
+input, at the subject's last token) -> value (the MLP output). The update
+
+    ΔW = Λ (C⁻¹k*)ᵀ,   Λ = (v* − b − W k*) / ((C⁻¹k*)ᵀ k*)
+
+is the smallest change, in the metric of the key second moment C = E[k kᵀ], that makes
+W' k* + b = v*. Here k* is the key averaged over the context templates
+(edit/templates.py) and v* the MLP output found by the target optimisation
+(edit/targets.py).
+
+The reference implementation maps the bare prompt's key to v* but points the update
+along C⁻¹ of the template-averaged key, which mixes two keys and causes "disabling
+edits". r-ROME (Gupta et al. 2024, "Rebuilding ROME: Resolving Model Collapse during
+Sequential Model Editing") uses the same k* in both places; memloc does so by default
+(``consistent_keys``). ``consistent_keys=False`` reproduces the reference's mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from memloc.core.errors import MemlocError
+from memloc.core.facts import Fact, require_edit_targets
+from memloc.core.lm import LM
+from memloc.core.sites import Site
+
+from .delta import LayerDelta, WeightDelta
+from .targets import TargetConfig, optimize_target
+from .templates import TemplateConfig, context_templates
+
+
+@dataclass(frozen=True)
+class RomeConfig:
+    """Which layer to edit, and how v* and the templates are found."""
+
+    layer: int
+    target: TargetConfig = field(default_factory=TargetConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    consistent_keys: bool = True  # r-ROME: the same k* in the update's direction and its constraint
+
+
+def second_moment(stats: object, width: int, device: torch.device) -> torch.Tensor:
+    """The (F, F) float64 key second moment from a tensor or an object with ``.matrix()``."""
+    matrix = stats.matrix() if hasattr(stats, "matrix") else stats
+    if not isinstance(matrix, torch.Tensor) or matrix.shape != (width, width):
+        shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
+        raise MemlocError(
+            f"the key statistics must be a ({width}, {width}) matrix for this layer, got {shape}; "
+            "compute them for the layer being edited"
+        )
+    return matrix.to(device=device, dtype=torch.float64)
+
+
+def rank_one_update(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    c: torch.Tensor,
+    k_star: torch.Tensor,
+    v_star: torch.Tensor,
+    k_constraint: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Λ, C⁻¹k*, denominator) in float64, so that (W + Λ (C⁻¹k*)ᵀ) k + b = v* for k = k_constraint.
+
+    ``k_constraint`` defaults to k* (r-ROME). C⁻¹k* comes from a float64 solve.
+    """
+    k_star = k_star.double()
+    k_eq = k_star if k_constraint is None else k_constraint.double()
+    w = weight.double()
+    direction = torch.linalg.solve(c, k_star)
+    denominator = torch.dot(direction, k_eq)
+    residual = v_star.double() - w @ k_eq
+    if bias is not None:
+        residual = residual - bias.double()
+    return residual / denominator, direction, denominator.item()
+
+
+def compute_rome(
+    lm: LM,
+    fact: Fact,
+    second_moment_or_stats: object,
+    config: RomeConfig,
+    templates: Sequence[str] | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> WeightDelta:
+    """The rank-one `WeightDelta` that rewrites ``fact`` to its target_new; the model is left unchanged.
+
+    ``second_moment_or_stats`` is C for ``config.layer``: an (F, F) tensor or key statistics
+    with ``.matrix()`` (edit/stats.py). ``templates`` default to the model's cached context
+    templates for ``config.templates``. ``progress`` is called after every optimisation step.
+    """
+    require_edit_targets([fact])
+    model, adapter = lm.model, lm.adapter
+    layer = adapter.check_layer(config.layer)
+    weight = adapter.down_matrix(model, layer).detach()
+    bias = adapter.down_bias(model, layer)
+    c = second_moment(second_moment_or_stats, adapter.d_mlp, weight.device)
+    if templates is None:
+        templates = context_templates(lm, config.templates)
+    key_site = Site(layer, "mlp.post")
+    result = optimize_target(
+        lm, fact, Site(layer, "mlp.out"), config.target, templates, trace_sites=[key_site], progress=progress
+    )
+    keys = result.clean[key_site].double()  # (N, F), one per template
+    k_star = keys.mean(0)
+    # The reference ROME constrains the bare prompt's key (template "{}") instead of k*.
+    k_constraint = (
+        None if config.consistent_keys else keys[list(templates).index("{}") if "{}" in templates else 0]
+    )
+    lam, direction, denominator = rank_one_update(
+        weight, None if bias is None else bias.detach(), c, k_star, result.target, k_constraint
+    )
+    update_norm = lam.norm().item() * direction.norm().item()
+    weight_norm = weight.double().norm().item()
+    info = {
+        "layer": layer,
+        "consistent_keys": config.consistent_keys,
+        "templates": len(templates),
+        "losses": [dict(step) for step in result.losses],
+        "steps": result.steps,
+        "p_new_before": result.p_new_before,
+        "p_new_after": result.p_new_after,
+        "v0_norm": result.v0.norm().item(),
+        "delta_norm": result.delta.norm().item(),
+        "k_star_norm": k_star.norm().item(),
+        "denominator": denominator,
+        "lambda_norm": lam.norm().item(),
+        "update_norm": update_norm,
+        "weight_norm": weight_norm,
+        "update_ratio": update_norm / weight_norm,
+    }
+    return WeightDelta(
+        method="rome",
+        layers=(LayerDelta(layer, left=lam[:, None], right=direction[:, None]),),
+        case_ids=(fact.case_id,),
+        config=asdict(config),
+        info=info,
+    )

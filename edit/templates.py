@@ -1,0 +1,111 @@
+"""Context templates: short texts sampled from the model itself that prefix an edit's prompts.
+
+ROME (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", §3.1 and
+appendix) averages the key k* and optimises the value v* over the rewrite prompt
+preceded by a few random model-generated prefixes, so that the edit generalises
+beyond one exact context. Following the paper, the templates are ``"{}"`` (the bare
+prompt) plus, for each ``(count, tokens)`` group, ``count`` texts of ``tokens`` tokens
+sampled with top-k from the model's document-start token, each written as
+``"<text>. {}"``; braces in a sample are replaced by spaces so ``{}`` stays the only
+placeholder.
+
+Unlike the reference code (an unseeded module-level cache), sampling uses a seeded
+``torch.Generator`` and the result is cached on disk per model, under a key of the
+weights' hash and the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from memloc.core.checkpoints import atomic_write_text
+from memloc.core.lm import LM
+from memloc.core.lm_loading import cache_root
+
+from .delta import weights_hash
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """How many templates of which length, and how they are sampled."""
+
+    counts: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))  # (how many, new tokens each)
+    top_k: int = 5
+    seed: int = 0
+    # The token sampling starts from; "" = the tokenizer's BOS token, else its EOS token
+    # (GPT-2's <|endoftext|>, the document separator the paper samples from).
+    start: str = ""
+
+
+def _start_id(tokenizer, start: str) -> int:
+    if start:
+        ids = tokenizer(start, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"the template start {start!r} must be a single token, got {len(ids)}")
+        return ids[0]
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token; set TemplateConfig.start")
+
+
+def _top_k_sample(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """One token per row, drawn from the renormalised top-k of ``logits`` (B, V)."""
+    top, index = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
+    pick = torch.multinomial(torch.softmax(top, dim=-1), 1, generator=gen)
+    return index.gather(-1, pick)
+
+
+@torch.no_grad()
+def sample_texts(lm: LM, count: int, tokens: int, top_k: int, gen: torch.Generator, start: int) -> list[str]:
+    """``count`` texts of ``tokens`` sampled tokens each, generated as one batch with a KV cache."""
+    ids = torch.full((count, 1), start, dtype=torch.long, device=lm.device)
+    out = lm.model(input_ids=ids, use_cache=True)
+    new = []
+    for step in range(tokens):
+        token = _top_k_sample(out.logits[:, -1], top_k, gen)
+        new.append(token)
+        if step + 1 < tokens:
+            out = lm.model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+    rows = torch.cat(new, dim=1).tolist()
+    return [lm.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+def as_template(text: str) -> str:
+    return text.replace("{", " ").replace("}", " ") + ". {}"
+
+
+def sample_templates(lm: LM, config: TemplateConfig) -> tuple[str, ...]:
+    """The templates, sampled now (no cache)."""
+    gen = torch.Generator(device=lm.device).manual_seed(config.seed)
+    start = _start_id(lm.tokenizer, config.start)
+    texts = [t for count, n in config.counts for t in sample_texts(lm, count, n, config.top_k, gen, start)]
+    return ("{}", *(as_template(t) for t in texts))
+
+
+def _cache_file(lm: LM, config: TemplateConfig, cache_dir: Path) -> Path:
+    key = json.dumps({"weights": weights_hash(lm.model), "config": asdict(config)}, sort_keys=True)
+    return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def context_templates(
+    lm: LM, config: TemplateConfig, cache_dir: str | Path | None = None, *, cache: bool = True
+) -> tuple[str, ...]:
+    """``"{}"`` plus the sampled ``"<text>. {}"`` templates, cached on disk per model.
+
+    ``cache_dir`` defaults to ``<memloc cache>/templates``; ``cache=False`` samples
+    without reading or writing the cache.
+    """
+    if not cache:
+        return sample_templates(lm, config)
+    path = _cache_file(lm, config, Path(cache_dir) if cache_dir is not None else cache_root() / "templates")
+    if path.is_file():
+        return tuple(json.loads(path.read_text())["templates"])
+    templates = sample_templates(lm, config)
+    record = {"config": asdict(config), "source": lm.source, "templates": list(templates)}
+    atomic_write_text(path, json.dumps(record, indent=1))
+    return templates
