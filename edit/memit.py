@@ -1,0 +1,462 @@
+"""MEMIT: write many facts at once into a range of FFN down-projections.
+
+Meng, Sen Sharma, Andonian, Belinkov and Bau, "Mass-Editing Memory in a
+Transformer", ICLR 2023. For edits i = 1..n with subjects s_i:
+
+1. Target z_i: the residual stream at the last edit layer L (``resid.post``) at the
+   subject's last token, plus a δ_i optimised so the model says target_new
+   (`edit/targets.optimize_target` at ``Site(L, "resid.post")``, clamp 0.75).
+2. For each edit layer l in ascending order, on the model with the updates of the
+   earlier edit layers already in place:
+   - K_l (F, n): the keys, ``mlp.post`` at the subject's last token averaged over the
+     context templates (ROME's k*);
+   - H_L (D, n): ``resid.post`` at layer L at the subject's last token of the rewrite
+     prompt, and R = (Z − H_L) / (number of edit layers left, this one included);
+   - ΔW_l = R K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, C_l = E[k kᵀ] of the layer's keys, λ the
+     ``mom2_weight``. This is the minimiser of λ·tr(ΔW C ΔWᵀ) + ||ΔW K − R||², so
+     (λC + KKᵀ) is symmetric positive definite and solved by Cholesky in float64.
+
+ΔW_l is stored as factors ``left`` = R (D, n) and ``right`` = (λC + KKᵀ)⁻¹K (F, n),
+so every heavy solve is F × F whatever the number of edits. The partly edited model
+exists only inside `edit/delta.apply` blocks that restore the weights bit for bit;
+the model leaves `compute_memit` unchanged.
+
+Beyond the paper: keys and states are read in right-padded batches that stop the
+forward pass at the deepest layer needed (causal attention makes padding on the right
+exact without a mask), and the solve never forms an inverse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from memloc.core.errors import MemlocError
+from memloc.core.facts import Fact, require_edit_targets
+from memloc.core.hooks import patch
+from memloc.core.lm import LM, encode
+from memloc.core.sites import Site
+
+from .delta import LayerDelta, WeightDelta, apply
+from .targets import RewriteBatch, SuffixScorer, TargetConfig, _run_block, check_target_inputs, rewrite_batch
+
+Progress = Callable[[int], None]
+
+
+class MemitError(MemlocError):
+    """A MEMIT request that cannot be computed as given."""
+
+
+def _memit_target() -> TargetConfig:
+    return TargetConfig(clamp=0.75)
+
+
+@dataclass(frozen=True)
+class MemitConfig:
+    """Settings of a MEMIT edit (defaults of Meng et al. 2023 unless noted).
+
+    ``layers`` are the edit layers (consecutive in the paper: GPT-J 3–8, GPT-2 XL
+    13–17); the default 3–7 was chosen on SmolLM2-135M (30 layers). ``target`` is the
+    z optimisation, with MEMIT's clamp of 0.75·||h||. ``mom2_weight`` is λ, the weight
+    of the key second moment C that keeps the update small on ordinary keys.
+    ``batch_size`` is the number of prompts per forward pass when reading keys and
+    states, ``target_batch`` the number of facts whose z are optimised together; results
+    do not depend on either beyond float rounding.
+    """
+
+    layers: tuple[int, ...] = (3, 4, 5, 6, 7)
+    target: TargetConfig = field(default_factory=_memit_target)
+    mom2_weight: float = 15000.0
+    batch_size: int = 64
+    target_batch: int = 16
+
+
+# --- the solve --------------------------------------------------------------------------
+
+
+def solve_layer_update(
+    keys: torch.Tensor, residuals: torch.Tensor, second_moment: torch.Tensor, mom2_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Factors (left (D, n), right (F, n)) of ΔW = R Kᵀ (λC + KKᵀ)⁻¹, and the solver used.
+
+    ``keys`` K is (F, n), ``residuals`` R is (D, n), ``second_moment`` C is (F, F).
+    Everything is float64 on the keys' device. λC + KKᵀ is positive definite for any
+    positive definite C and λ > 0, so it is solved by Cholesky; when the factorisation
+    fails the system is (numerically) singular and `MemitError` says so rather than
+    returning a huge update.
+    """
+    keys = keys.double()
+    dev = keys.device
+    system = mom2_weight * second_moment.to(dev, torch.float64) + keys @ keys.T
+    system = (system + system.T) / 2  # exact symmetry for Cholesky
+    factor, status = torch.linalg.cholesky_ex(system)
+    if int(status) != 0:
+        raise MemitError(
+            "the MEMIT system λC + KKᵀ is singular; give key statistics with a positive definite C "
+            "(edit/stats.py shrinks an ill-conditioned one) or a larger mom2_weight"
+        )
+    return residuals.to(dev, torch.float64), torch.cholesky_solve(keys, factor), "cholesky"
+
+
+# --- reading activations at the subject's last token ------------------------------------
+
+
+class _StopForwardError(Exception):
+    """Raised by a hook once the deepest site needed has been read."""
+
+
+def read_at_positions(
+    lm: LM, prompts: Sequence[tuple[tuple[int, ...], int]], site: Site, batch_size: int
+) -> torch.Tensor:
+    """The activation at ``site`` at one position of each prompt, as (N, width) float64.
+
+    ``prompts`` are (token ids, position) pairs. Prompts run longest first in
+    right-padded batches of ``batch_size``; the forward pass stops at ``site``.
+    """
+    if batch_size < 1:
+        raise MemitError(f"batch_size must be at least 1, got {batch_size}")
+    dev = lm.device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]))
+    out = torch.empty(len(prompts), lm.adapter.width(site.kind), dtype=torch.float64, device=dev)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = len(prompts[chunk[0]][0])
+        ids = torch.zeros(len(chunk), width, dtype=torch.long, device=dev)
+        for row, i in enumerate(chunk):
+            ids[row, : len(prompts[i][0])] = torch.tensor(prompts[i][0], device=dev)
+        where = torch.tensor([prompts[i][1] for i in chunk], device=dev)
+        got: list[torch.Tensor] = []
+
+        def grab(act: torch.Tensor, where: torch.Tensor = where, got: list = got) -> torch.Tensor:
+            got.append(act[torch.arange(len(where), device=act.device), where.to(act.device)])
+            raise _StopForwardError
+
+        stop = contextlib.suppress(_StopForwardError)
+        with torch.no_grad(), patch(lm.model, lm.adapter, {site: grab}), stop:
+            lm.model(input_ids=ids, use_cache=False)
+        out[torch.tensor(chunk, device=dev)] = got[0].to(dev, torch.float64)
+    return out
+
+
+def _subject_prompts(
+    lm: LM, facts: Sequence[Fact], templates: Sequence[str]
+) -> list[tuple[tuple[int, ...], int]]:
+    """(ids, subject's last token) for every fact in every context template, fact-major."""
+    rows = []
+    for fact in facts:
+        for template in templates:
+            text = template.replace("{}", fact.text, 1)
+            enc = encode(lm.tokenizer, text, fact.subject)
+            rows.append((enc.ids, enc.last_subject))
+    return rows
+
+
+def subject_keys(
+    lm: LM, facts: Sequence[Fact], layer: int, templates: Sequence[str], batch_size: int
+) -> torch.Tensor:
+    """K (F, n): ``mlp.post`` at the subject's last token, averaged over the templates."""
+    rows = read_at_positions(lm, _subject_prompts(lm, facts, templates), Site(layer, "mlp.post"), batch_size)
+    return rows.view(len(facts), len(templates), -1).mean(dim=1).T
+
+
+def subject_states(lm: LM, facts: Sequence[Fact], layer: int, batch_size: int) -> torch.Tensor:
+    """H (D, n): ``resid.post`` of ``layer`` at the subject's last token of each rewrite prompt."""
+    return read_at_positions(lm, _subject_prompts(lm, facts, ["{}"]), Site(layer, "resid.post"), batch_size).T
+
+
+# --- targets z, optimised for many facts at once -----------------------------------------
+
+
+def _facts_batch(
+    lm: LM, facts: Sequence[Fact], templates: Sequence[str], kl_prompt: str
+) -> tuple[RewriteBatch, list[int]]:
+    """One right-padded batch: every fact's rewrite rows (fact-major), then one KL row per fact.
+
+    Also returns the number of target tokens of each fact.
+    """
+    singles = [rewrite_batch(lm, fact, templates, kl_prompt) for fact in facts]
+    n = singles[0].n_rewrite
+    width = max(b.ids.shape[1] for b in singles)
+    dev = lm.device
+
+    def rows(b: RewriteBatch, which: slice) -> torch.Tensor:
+        ids = b.ids[which]
+        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, -1]))
+
+    rewrite = slice(0, n)
+    kl = slice(n, n + 1)
+    ids = torch.cat([rows(b, rewrite) for b in singles] + [rows(b, kl) for b in singles])
+    lengths = torch.cat([b.lengths[rewrite] for b in singles] + [b.lengths[kl] for b in singles])
+    subject_last = torch.cat(
+        [b.subject_last[rewrite] for b in singles] + [b.subject_last[kl] for b in singles]
+    )
+    shift = [i * n for i in range(len(singles))]
+    batch = RewriteBatch(
+        ids=ids.to(dev),
+        lengths=lengths,
+        subject_last=subject_last,
+        target_rows=torch.cat([b.target_rows + k for b, k in zip(singles, shift, strict=True)]),
+        target_pos=torch.cat([b.target_pos for b in singles]),
+        target_ids=torch.cat([b.target_ids for b in singles]),
+        n_rewrite=n * len(singles),
+        n_target=0,  # differs per fact; see the returned counts
+    )
+    return batch, [b.n_target for b in singles]
+
+
+class _FactsScorer(SuffixScorer):
+    """`SuffixScorer` over several facts' rows; δ is (facts, D), one row per fact.
+
+    The KL rows sit after all rewrite rows (one per fact), so this scorer returns the
+    KL log-probabilities as (facts, V).
+    """
+
+    def __init__(self, lm: LM, batch: RewriteBatch, site: Site, n_facts: int, n_templates: int) -> None:
+        super().__init__(lm, batch, site)
+        dev = batch.ids.device
+        self.n_facts = n_facts
+        facts = torch.arange(n_facts, device=dev)
+        self.fact_of_row = torch.cat([facts.repeat_interleave(n_templates), facts])
+        self.kl_indices = (batch.n_rewrite + facts) * self.width
+
+    def v0s(self) -> torch.Tensor:
+        """(facts, D): each fact's clean activation, mean over its rewrite prompts."""
+        return self.clean[self.site].view(self.n_facts, -1, self.clean[self.site].shape[-1]).mean(1)
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, adapter = self.lm.model, self.lm.adapter
+        h = torch.cat([(self.base[:, 0] + delta[self.fact_of_row])[:, None], self.base[:, 1:]], dim=1)
+        cache = self._cache(range(self.first, adapter.n_layers))
+        for block, call in zip(adapter.blocks(model)[self.first :], self.calls, strict=True):
+            h = _run_block(block, call, h, cache)
+        flat = h.reshape(-1, h.shape[-1])
+        picked = flat[torch.cat([self.target_index, self.kl_indices])]
+        logits = model.get_output_embeddings()(adapter.final_norm(model)(picked))
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        n_tokens = len(self.target_index)
+        token_logp = logp[:n_tokens].gather(1, self.batch.target_ids[:, None])[:, 0]
+        return token_logp, logp[n_tokens:]
+
+
+def _adam_rows(delta: torch.Tensor, grad: torch.Tensor, state: dict, active: torch.Tensor, lr: float) -> None:
+    """One step of torch's Adam (defaults) on the active rows only; frozen rows keep δ and state.
+
+    Stepping a row with a zero gradient would still move it through its momentum, so
+    facts that reached the early-stop loss are masked out instead.
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    state["step"] += 1
+    step = state["step"]
+    m, v = state["m"], state["v"]
+    m[active] = torch.lerp(m[active], grad[active], 1 - beta1)
+    v[active] = v[active] * beta2 + (1 - beta2) * grad[active] * grad[active]
+    denom = v[active].sqrt() / math.sqrt(1 - beta2**step) + eps
+    delta[active] -= (lr / (1 - beta1**step)) * m[active] / denom
+
+
+def optimize_targets(
+    lm: LM,
+    facts: Sequence[Fact],
+    site: Site,
+    config: TargetConfig,
+    templates: Sequence[str],
+    facts_per_batch: int,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """δ (facts, D) for every fact: `edit/targets.optimize_delta` run on many facts at once.
+
+    The facts' losses are independent and Adam acts element-wise, so optimising the sum
+    with per-fact clamping and per-fact early stopping gives each fact the δ it would get
+    alone (up to float rounding). Returns δ and per fact the last losses and steps.
+    """
+    if facts_per_batch < 1:
+        raise MemitError(f"target_batch must be at least 1, got {facts_per_batch}")
+    deltas, records = [], []
+    for start in range(0, len(facts), facts_per_batch):
+        chunk = facts[start : start + facts_per_batch]
+        batch, n_tokens = _facts_batch(lm, chunk, templates, config.kl_prompt)
+        scorer = _FactsScorer(lm, batch, site, len(chunk), len(templates))
+        delta, chunk_records = _optimize_rows(scorer, scorer.v0s(), n_tokens, len(templates), config)
+        deltas.append(delta)
+        records.extend(chunk_records)
+        if progress:
+            progress(start + len(chunk))
+    return torch.cat(deltas), records
+
+
+def _optimize_rows(
+    scorer: _FactsScorer, v0: torch.Tensor, n_tokens: list[int], n_templates: int, config: TargetConfig
+) -> tuple[torch.Tensor, list[dict]]:
+    k = len(n_tokens)
+    dev = v0.device
+    # Which fact each scored target token belongs to (prompt-major within a fact).
+    owner = torch.repeat_interleave(
+        torch.arange(k, device=dev), torch.tensor(n_tokens, device=dev) * n_templates
+    )
+    delta = torch.zeros_like(v0, requires_grad=True)
+    state = {"step": 0, "m": torch.zeros_like(v0), "v": torch.zeros_like(v0)}
+    v0_norm = v0.norm(dim=1)
+    max_norm = config.clamp * v0_norm
+    active = torch.ones(k, dtype=torch.bool, device=dev)
+    steps = torch.zeros(k, dtype=torch.long, device=dev)
+    last: torch.Tensor | None = None
+    logp0: torch.Tensor | None = None
+    for _ in range(config.steps):
+        token_logp, kl_logp = scorer(delta)
+        if logp0 is None:
+            logp0 = kl_logp.detach()
+        nll = -torch.zeros(k, device=dev, dtype=token_logp.dtype).index_add(
+            0, owner, token_logp
+        ) / torch.bincount(owner, minlength=k)
+        kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
+        decay = delta.norm(dim=1) / v0_norm**2
+        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        if not torch.isfinite(loss).all():
+            raise MemlocError(
+                f"the target optimisation produced a non-finite loss at step {int(steps.max()) + 1}"
+            )
+        now = torch.stack([loss, nll, kl, decay], dim=1).detach()
+        last = now if last is None else torch.where(active[:, None], now, last)
+        active = active & (nll.detach() >= config.early_stop)
+        if not active.any():
+            break
+        (grad,) = torch.autograd.grad(loss[active].sum(), [delta])
+        with torch.no_grad():
+            _adam_rows(delta, grad, state, active, config.lr)
+            norm = delta.norm(dim=1)
+            over = active & (norm > max_norm)
+            delta[over] *= (max_norm[over] / norm[over])[:, None]
+        steps += active.long()
+    assert last is not None
+    records = [
+        {"total": row[0], "nll": row[1], "kl": row[2], "decay": row[3], "steps": int(n)}
+        for row, n in zip(last.tolist(), steps.tolist(), strict=True)
+    ]
+    return delta.detach(), records
+
+
+# --- the edit ---------------------------------------------------------------------------
+
+
+def second_moment_of(stats: object) -> torch.Tensor:
+    """C from a (F, F) tensor or from key statistics with ``.matrix()`` (edit/stats.py)."""
+    return stats.matrix() if hasattr(stats, "matrix") else stats
+
+
+def check_layers(lm: LM, layers: Sequence[int]) -> tuple[int, ...]:
+    """The edit layers, validated: in range, distinct, ascending."""
+    if not layers:
+        raise MemitError("MEMIT needs at least one edit layer")
+    for layer in layers:
+        lm.adapter.check_layer(layer)
+    if list(layers) != sorted(set(layers)):
+        raise MemitError(f"MEMIT edit layers must be distinct and ascending, got {list(layers)}")
+    return tuple(layers)
+
+
+def spread_update(
+    lm: LM,
+    facts: Sequence[Fact],
+    targets: torch.Tensor,
+    stats_by_layer: Mapping[int, object],
+    config: MemitConfig,
+    templates: Sequence[str],
+    progress: Progress | None = None,
+) -> tuple[list[LayerDelta], list[dict]]:
+    """Step 2 of MEMIT: spread the residual Z − H_L over the edit layers.
+
+    ``targets`` Z is (D, n), the desired ``resid.post`` at the last edit layer. Returns
+    the layer deltas and per-layer diagnostics. The model is unchanged afterwards.
+    """
+    layers = check_layers(lm, config.layers)
+    missing = [layer for layer in layers if layer not in stats_by_layer]
+    if missing:
+        raise MemitError(
+            f"no key statistics for edit layer(s) {missing}; compute them with `memloc edit stats`"
+        )
+    last = layers[-1]
+    targets = targets.to(lm.device, torch.float64)
+    parts: list[LayerDelta] = []
+    diagnostics = []
+    for step, layer in enumerate(layers):
+        with apply(lm.model, lm.adapter, WeightDelta("memit", tuple(parts))):
+            keys = subject_keys(lm, facts, layer, templates, config.batch_size)
+            states = subject_states(lm, facts, last, config.batch_size)
+        residuals = (targets - states) / (len(layers) - step)
+        left, right, how = solve_layer_update(
+            keys, residuals, second_moment_of(stats_by_layer[layer]), config.mom2_weight
+        )
+        parts.append(LayerDelta(layer, left, right))
+        weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
+        diagnostics.append(
+            {
+                "layer": layer,
+                "solver": how,
+                "residual_norm": residuals.norm(dim=0).mean().item(),
+                "update_norm": parts[-1].dense().norm().item(),
+                "weight_norm": weight.norm().item(),
+            }
+        )
+        if progress:
+            progress(step + 1)
+    return parts, diagnostics
+
+
+def compute_memit(
+    lm: LM,
+    facts: Sequence[Fact],
+    stats_by_layer: Mapping[int, object],
+    config: MemitConfig = MemitConfig(),
+    templates: Sequence[str] = ("{}",),
+    *,
+    progress: Progress | None = None,
+) -> WeightDelta:
+    """The MEMIT update writing every fact's ``target_new`` (Meng et al. 2023).
+
+    ``stats_by_layer`` maps each edit layer to its key second moment C (a (F, F)
+    tensor or `edit.stats.KeyStats`); ``templates`` are the context templates
+    (`edit/templates.context_templates`), each with one ``{}``. ``progress`` is called
+    with the number of units done: first each fact's target, then each layer.
+    The model is unchanged afterwards.
+
+    ``info``: ``targets`` (per fact: the last z loss ``total``, ``nll``, ``kl``,
+    ``decay`` and the Adam ``steps`` taken), ``target_seconds``,
+    ``spread_seconds``, ``layers`` (per layer: solver, mean residual norm, update and
+    weight Frobenius norms).
+    """
+    if not facts:
+        raise MemitError("MEMIT needs at least one fact")
+    require_edit_targets(facts)
+    layers = check_layers(lm, config.layers)
+    last = layers[-1]
+    began = time.perf_counter()
+    start = subject_states(lm, facts, last, config.batch_size)
+    site = Site(last, "resid.post")
+    check_target_inputs(lm, facts[0], site)
+    deltas, records = optimize_targets(
+        lm, facts, site, config.target, templates, config.target_batch, progress
+    )
+    targets = start + deltas.to(start.device, torch.float64).T
+    middle = time.perf_counter()
+
+    def layer_progress(done: int) -> None:
+        if progress:
+            progress(len(facts) + done)
+
+    parts, diagnostics = spread_update(lm, facts, targets, stats_by_layer, config, templates, layer_progress)
+    return WeightDelta(
+        method="memit",
+        layers=tuple(parts),
+        case_ids=tuple(f.case_id for f in facts),
+        config=asdict(config),
+        info={
+            "targets": records,
+            "target_seconds": middle - began,
+            "spread_seconds": time.perf_counter() - middle,
+            "layers": diagnostics,
+        },
+    )
