@@ -1,7 +1,7 @@
 """Causal tracing on SmolLM2-135M: memloc's fast path against one cell per forward pass.
 
 Usage: python benchmarks/trace.py [--device auto|cpu|cuda] [--kinds hidden[,mlp,attn]]
-                                  [--samples 10] [--batch-size 256] [--threads N]
+                                  [--samples 10] [--batch-size 256] [--threads N] [--figure PNG]
 
 One fact ("The Eiffel Tower is located in the city of" -> Paris), every prompt token
 and layer, in one process:
@@ -24,6 +24,7 @@ import torch
 from memloc.core.facts import Fact
 from memloc.core.lm_loading import load_language_model
 from memloc.locate.tracing import TraceConfig, trace_fact
+from memloc.locate.tracing_figures import trace_heatmaps
 
 FACT = Fact("eiffel", "The {} is located in the city of", "Eiffel Tower", "Paris")
 
@@ -48,6 +49,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--figure", help="also save the fast path's heat maps to this PNG")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,6 +84,9 @@ def main() -> int:
         mismatch |= diff > 1e-4 * scale
     if "mlp" in kinds:
         print(f"best_layer (peak MLP effect at the last subject token): {fast.best_layer}")
+    if args.figure:
+        trace_heatmaps(fast).savefig(args.figure, dpi=120)
+        print(f"heat maps: {args.figure}")
     if mismatch:
         print("MISMATCH: the fast grids differ from the one-cell-per-pass reference", file=sys.stderr)
         return 1

@@ -31,7 +31,7 @@ def trace_heatmaps(result: FactTrace) -> Figure:
     """One heat map per traced kind of a fact's causal trace."""
     kinds = list(result.grids)
     n_tokens, n_layers = next(iter(result.grids.values())).shape
-    fig = Figure(figsize=(3.2 * len(kinds) + 0.6, 0.32 * n_tokens + 1.6), layout="constrained")
+    fig = Figure(figsize=(max(3.2 * len(kinds) + 0.6, 5.0), 0.32 * n_tokens + 1.6), layout="constrained")
     FigureCanvasAgg(fig)
     labels = token_labels(result)
     for i, (ax, kind) in enumerate(zip(fig.subplots(1, len(kinds), squeeze=False)[0], kinds, strict=True)):
@@ -47,7 +47,8 @@ def trace_heatmaps(result: FactTrace) -> Figure:
         bar = fig.colorbar(image, ax=ax)
         bar.set_label(f"p({result.target.strip()})", fontsize=9)
     fig.suptitle(
-        f"{result.prompt} → {result.target}  (clean p={result.clean_prob:.3f}, corrupted p={result.corrupted_prob:.3f})",
-        fontsize=10,
+        f"{result.prompt} → {result.target}\n"
+        f"clean p={result.clean_prob:.3f}, corrupted p={result.corrupted_prob:.3f}",
+        fontsize=9,
     )
     return fig
