@@ -101,6 +101,13 @@ def test_fast_path_equals_plain_full_sequence(arch):
     assert (fast.scores - plain.scores).abs().max().item() <= 1e-4 * scale
 
 
+def test_a_one_token_prompt_has_no_prefix_to_cache():
+    lm = tiny_lm("mistral")
+    fast = attribute_prompt(lm, "Zorbia", "Paris", KNConfig(steps=4)).scores
+    plain = attribute_prompt(lm, "Zorbia", "Paris", KNConfig(steps=4, method="plain")).scores
+    assert (fast - plain).abs().max().item() <= 1e-4 * plain.abs().max().item()
+
+
 @pytest.mark.parametrize(("method", "sizes"), [("fast", (None, 1, 7)), ("plain", (None, 3))])
 def test_results_do_not_depend_on_batch_size(method, sizes):
     lm = tiny_lm("qwen2")
