@@ -71,7 +71,7 @@ class KNConfig:
     batch_size: int | None = None
     method: Literal["fast", "plain"] = "fast"
 
-    def validate(self, n_layers: int) -> None:
+    def validate(self) -> None:
         if self.steps < 1:
             raise MemlocError(f"steps must be at least 1, got {self.steps}")
         for name in ("coarse", "share", "relation_share"):
@@ -84,12 +84,12 @@ class KNConfig:
             raise MemlocError(f"method must be 'fast' or 'plain', got {self.method!r}")
         if self.layers is not None and not self.layers:
             raise MemlocError("layers is empty; leave it out to use every layer")
-        for layer in self.layers or ():
-            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-                raise MemlocError(f"layer {layer!r} is out of range; this model has layers 0..{n_layers - 1}")
 
-    def layer_list(self, n_layers: int) -> list[int]:
-        return sorted(set(self.layers)) if self.layers is not None else list(range(n_layers))
+    def layer_list(self, lm: LM) -> list[int]:
+        """The chosen layers in order; a one-line LayerNotFoundError for one the model lacks."""
+        if self.layers is None:
+            return list(range(lm.n_layers))
+        return sorted({lm.adapter.check_layer(layer) for layer in self.layers})
 
 
 @dataclass(frozen=True)
@@ -211,10 +211,10 @@ def _at_least(share: float, n: int) -> int:
 
 def attribute_prompt(lm: LM, text: str, target: str, config: KNConfig = KNConfig()) -> PromptAttribution:
     """Integrated-gradient attributions of every chosen layer's neurons for one prompt."""
-    config.validate(lm.n_layers)
+    config.validate()
+    layers = config.layer_list(lm)
     encoded = encode(lm.tokenizer, text, None, target)
     ids = torch.tensor([encoded.ids], device=lm.device)
-    layers = config.layer_list(lm.n_layers)
     run = _fast if config.method == "fast" else _plain
     with _no_param_grads(lm.model):
         scores, probability = run(lm, ids, encoded.target[0], layers, config)
@@ -232,7 +232,8 @@ def knowledge_neurons(
 
     ``progress`` is called with the number of facts finished.
     """
-    config.validate(lm.n_layers)
+    config.validate()
+    config.layer_list(lm)
     if not facts:
         raise MemlocError("no facts to attribute")
     results = []
