@@ -141,9 +141,21 @@ def parse_simple(record: Any, where: str, index: int) -> Fact:
     )
 
 
-def parse_record(record: Any, source: str, index: int) -> Fact:
+# Keys only CounterFact records carry; a record with any of them is CounterFact even
+# when its requested_rewrite is missing, so the error names that field.
+COUNTERFACT_KEYS = ("requested_rewrite", "paraphrase_prompts", "neighborhood_prompts", "generation_prompts")
+
+
+def looks_counterfact(record: Any) -> bool:
+    return isinstance(record, dict) and any(key in record for key in COUNTERFACT_KEYS)
+
+
+def parse_record(record: Any, source: str, index: int, *, counterfact: bool | None = None) -> Fact:
+    """One record; ``counterfact`` forces the form (None: decide from the record's keys)."""
     where = _where(source, index, record)
-    if isinstance(record, dict) and "requested_rewrite" in record:
+    if counterfact is None:
+        counterfact = looks_counterfact(record)
+    if counterfact:
         return parse_counterfact(record, where)
     return parse_simple(record, where, index)
 
@@ -172,7 +184,10 @@ def load_facts(path: str | Path, *, limit: int | None = None) -> list[Fact]:
         records = loaded if isinstance(loaded, list) else [loaded]
     if not records:
         raise DataError(f"{path.name} holds no facts")
-    facts = [parse_record(r, path.name, i) for i, r in enumerate(records)]
+    # One form per file: a CounterFact record that lost its requested_rewrite must not
+    # be read as a simple fact with a misleading complaint about 'subject'.
+    counterfact = any(looks_counterfact(r) for r in records)
+    facts = [parse_record(r, path.name, i, counterfact=counterfact) for i, r in enumerate(records)]
     ids = [f.case_id for f in facts]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
