@@ -9,16 +9,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.errors import MemlocError
 from memloc.core.lm_loading import cache_root, load_language_model
 from memloc.edit.corpus import GENERATED, corpus_files
 from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 from transformers.utils import logging as hf_logging
 
 from .console import emit_json, emit_table, progress_bar, stderr
-from .options import DeviceOpt, Dtype, DtypeOpt, Format, FormatOpt, ModelOpt, SeedOpt, TrustRemoteCodeOpt
+from .edit_commands import apply_command, eval_command, undo_command
+from .options import (
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    Format,
+    FormatOpt,
+    ModelOpt,
+    SeedOpt,
+    TrustRemoteCodeOpt,
+    parse_layers,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Edit facts in language models.")
+app.command("apply")(apply_command)
+app.command("eval")(eval_command)
+app.command("undo")(undo_command)
 
 LayersOpt = Annotated[
     list[str],
@@ -29,22 +42,6 @@ LayersOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def parse_layers(values: list[str]) -> list[int]:
-    """Layer numbers from repeated, comma-separated or a-b range values."""
-    layers: list[int] = []
-    for value in values:
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            first, dash, last = part.partition("-")
-            try:
-                span = range(int(first), int(last) + 1) if dash and first else [int(part)]
-            except ValueError:
-                raise MemlocError(f"--layers {part!r} is not a layer number or a range like 3-5") from None
-            layers.extend(span)
-    if not layers:
-        raise MemlocError("--layers names no layer; give e.g. --layers 3,4,5")
-    return layers
 
 
 class Accumulate(str, Enum):
@@ -86,7 +83,11 @@ def stats_command(
     trust_remote_code: TrustRemoteCodeOpt = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Key statistics C = E[k kᵀ] for ROME/MEMIT at some layers: streamed, resumable, cached."""
+    """Key statistics for ROME/MEMIT, the second moment C = E(k kᵀ) of the FFN keys at some layers.
+
+    Streamed over the corpus in one pass for all layers, resumable (rerun the same
+    command after an interruption) and cached; ill-conditioned C are shrunk.
+    """
     wanted = parse_layers(layers)
     config = StatsConfig(
         corpus=corpus,
@@ -113,6 +114,21 @@ def stats_command(
     if fmt is Format.json:
         emit_json({"model": model, "config": asdict(config), "seconds": seconds, "layers": rows})
         return
-    columns = ["layer", "tokens", "texts", "condition", "shrinkage", "shrunk_condition", "key"]
-    emit_table(f"key statistics of {model} ({corpus}, {config.dtype})", rows, columns)
-    stderr.print(f"{seconds:.1f} s; cached under {cache_dir or cache_root() / 'stats'}")
+    table = [
+        {
+            "layer": row["layer"],
+            "tokens": row["tokens"],
+            "texts": row["texts"],
+            "condition": _scientific(row["condition"]),
+            "shrinkage": _scientific(row["shrinkage"]),
+            "after shrinkage": _scientific(row["shrunk_condition"]),
+        }
+        for row in rows
+    ]
+    emit_table(f"key statistics of {model} ({corpus}, {config.dtype} sums)", table)
+    folder = (cache_dir or cache_root() / "stats") / rows[0]["key"].rsplit("/", 1)[0]
+    stderr.print(f"{seconds:.1f} s; cached in {folder}")
+
+
+def _scientific(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.3g}"

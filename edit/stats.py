@@ -341,7 +341,7 @@ def _stream(
         if (number + 1) % config.checkpoint_every == 0 and number + 1 < len(batches):
             counters = {"batches_done": number + 1, "texts_done": texts_done, "tokens": tokens}
             counters["batch_size"] = config.batch_size
-            state = {f"sum.{layer}": total for layer, total in sums.items()}
+            state = {f"sum.{layer}": acc for layer, acc in sums.items()}
             save_tensors(partial, state | {k: torch.tensor(v) for k, v in counters.items()})
         if progress:
             progress(texts_done, total, f"keys of layers {', '.join(map(str, layers))}")

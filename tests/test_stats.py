@@ -67,7 +67,7 @@ def test_resume_after_interruption_is_identical(tmp_path):
     whole = key_statistics_by_layer(lm, [0, 1], config, cache_dir=tmp_path / "a")
 
     def interrupt(done, total, _text):
-        if done >= 8:
+        if done >= 10:  # after 5 batches of 2; the last checkpoint was after 4
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -78,7 +78,7 @@ def test_resume_after_interruption_is_identical(tmp_path):
     resumed = key_statistics_by_layer(
         lm, [0, 1], config, cache_dir=tmp_path / "b", progress=lambda d, t, _: seen.append(d)
     )
-    assert seen[0] == 10  # the checkpoint after 4 batches of 2; the 5th batch is redone
+    assert seen[0] == 10  # resumed from the checkpoint after 4 batches: the 5th is redone
     for layer in (0, 1):
         assert torch.equal(resumed[layer].second_moment, whole[layer].second_moment)
         assert resumed[layer].count == whole[layer].count
