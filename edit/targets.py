@@ -26,7 +26,6 @@ full forward pass with the activation patched (a test checks this).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from memloc.core.hooks import capture_calls, trace
 from memloc.core.lm import LM, encode
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
+
+from .templates import cache_keyword
 
 TARGET_KINDS = ("mlp.out", "resid.post")
 
@@ -199,11 +200,6 @@ def _p_new(token_logp: torch.Tensor, n_target: int) -> float:
 # --- the fast scorer ----------------------------------------------------------------------------------
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    # transformers 5 renamed past_key_values to cache.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _layer_kv(cache: Cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(cache, "layers"):
         return cache.layers[layer].keys, cache.layers[layer].values
@@ -237,13 +233,13 @@ class SuffixScorer:
         self.lm, self.batch, self.site = lm, batch, site
         self.first = site.layer + 1
         n_layers = adapter.n_layers
-        self.cache_kw = _cache_kwarg(model)
+        self.cache_kw = cache_keyword(model)
         resid = Site(site.layer, "resid.post")
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
             out = model(input_ids=batch.ids, attention_mask=batch.attention_mask, use_cache=True)
-        clean_kv = getattr(out, "cache", None) or out.past_key_values
+        clean_kv = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5
         # Clean activations at the subject's last token of each rewrite prompt.
         n = batch.n_rewrite
         self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}
