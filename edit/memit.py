@@ -184,8 +184,9 @@ def _facts_batch(
     dev = lm.device
 
     def rows(b: RewriteBatch, which: slice) -> torch.Tensor:
+        # The filler is masked out (``lengths``); any token id will do.
         ids = b.ids[which]
-        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, -1]))
+        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, 0]))
 
     rewrite = slice(0, n)
     kl = slice(n, n + 1)

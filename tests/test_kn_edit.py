@@ -19,6 +19,15 @@ from tiny_lms import tiny_lm
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run many small ops: extra threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fixture_lm():
     if not (FIXTURE / "fixture-lm").exists():

@@ -27,6 +27,17 @@ from memloc.edit.targets import TargetConfig, optimize_target
 from tiny_lms import tiny_lm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run many small ops: extra threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TEMPLATES = ("{}", "red and blue . {}", "the river of the city . {}")
 
 
