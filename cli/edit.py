@@ -12,7 +12,6 @@ import typer
 from memloc.core.lm_loading import cache_root, load_language_model
 from memloc.edit.corpus import GENERATED, corpus_files
 from memloc.edit.stats import StatsConfig, key_statistics_by_layer
-from transformers.utils import logging as hf_logging
 
 from .console import emit_json, emit_table, progress_bar, stderr
 from .edit_commands import apply_command, eval_command, undo_command
@@ -102,6 +101,9 @@ def stats_command(
     if corpus != GENERATED:
         corpus_files(corpus)  # a bad path fails before the model loads
     # Our own bar shows the work; transformers' loading bar would only clutter stderr.
+    # (Imported here: transformers takes over a second to import, even for --help.)
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()
     lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
     for layer in wanted:
