@@ -193,3 +193,22 @@ def test_batched_hold_out_drops_equal_early_exit_drops(cnn_setup):
         together = _drops(model, space, data, sets, base, budget, batched=True)
         assert one_by_one == together
     assert one_by_one[0] == 0.0 and max(one_by_one) > 5.0
+
+
+def test_suspects_first_changes_no_drop(cnn_setup):
+    from memloc.locate.neurons import _drop, _Suspects
+
+    model, adapter, data, _ = cnn_setup
+    space = UnitSpace(adapter, "mask", include_head=False)
+    with torch.no_grad():
+        base = int((model(data.x_hold).argmax(1) == data.y_hold).sum())
+    sets = [[], [0, 1, 2], list(range(0, 60, 3)), list(range(32)), [40, 41], list(range(30))]
+    recorded = 0
+    for budget in (0.0, 2.0, 5.0, 100.0):
+        plain = [_drop(model, space, data, units, base, budget) for units in sets]
+        # one shared record, so each set is scored after the previous rejection's errors
+        suspects = _Suspects()
+        ordered = [_drop(model, space, data, units, base, budget, suspects) for units in sets]
+        assert plain == ordered
+        recorded += suspects.wrong is not None
+    assert recorded > 0  # the suspect-first path was exercised
