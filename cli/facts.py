@@ -10,7 +10,9 @@ from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact, load_facts
 from memloc.core.lm import LM
 from memloc.core.lm_loading import load_language_model
-from memloc.locate.fact_runs import locate_trace
+from memloc.locate.attribution import KNConfig
+from memloc.locate.fact_runs import locate_intervention, locate_knowledge_neurons, locate_trace
+from memloc.locate.interventions import InterventionConfig
 from memloc.locate.tracing import TRACE_KINDS, TraceConfig
 
 from .console import emit_json, emit_table, progress_bar, stderr
@@ -25,6 +27,7 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
+    parse_layers,
 )
 
 FactsOutOpt = Annotated[
@@ -108,3 +111,136 @@ def _write_report(out: Path) -> None:
 
     _md, page = write_fact_report(out)
     stderr.print(f"report: {page}")
+
+
+KNStepsOpt = Annotated[int, typer.Option("--steps", help="Integrated-gradient steps (left Riemann sum).")]
+KNShareOpt = Annotated[
+    float, typer.Option("--share", help="Refined set: share of a fact's prompts a neuron needs.")
+]
+
+
+def kn_config(
+    steps: int,
+    coarse: float,
+    share: float,
+    relation_share: float,
+    layers: list[str] | None,
+    batch: int | None,
+) -> KNConfig:
+    return KNConfig(
+        steps=steps,
+        coarse=coarse,
+        share=share,
+        relation_share=relation_share,
+        layers=tuple(parse_layers(layers)) if layers else None,
+        batch_size=batch,
+    )
+
+
+def knowledge_neurons_command(
+    model: str,
+    facts: Path | None,
+    config: KNConfig,
+    limit: int | None,
+    out: Path | None,
+    device: str,
+    dtype: Dtype,
+    trust_remote_code: bool,
+    fmt: Format,
+) -> None:
+    """`memloc locate neurons --model M --facts F`: knowledge neurons of each fact."""
+    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
+    config.validate()
+    config.layer_list(lm)  # one clear line for a layer out of range
+    with progress_bar("knowledge neurons") as update:
+        report = locate_knowledge_neurons(lm, loaded, facts, config, out, update)
+    if out is not None:
+        _write_report(out)
+    if fmt is Format.json:
+        emit_json(
+            {
+                "facts": [
+                    {
+                        "case_id": r["case_id"],
+                        "relation": r["relation"],
+                        "neurons": r["neurons"],
+                        "per_layer": r["per_layer"],
+                    }
+                    for r in report.results["facts"]
+                ],
+                "relations": report.results["relations"],
+                "sharing": report.results["sharing"],
+                "metrics": report.metrics,
+            }
+        )
+        return
+    emit_table(
+        "knowledge neurons per fact",
+        [
+            {
+                "case_id": r["case_id"],
+                "target": r["target"],
+                "neurons": len(r["neurons"]),
+                "layers": ", ".join(f"{k}:{v}" for k, v in r["per_layer"].items()),
+            }
+            for r in report.results["facts"]
+        ],
+    )
+    stderr.print(
+        f"mean {report.metrics['mean_neurons']:.1f} neurons per fact; per layer {report.metrics['neurons_per_layer']}"
+    )
+
+
+def _intervention_command(mode: str):
+    def command(
+        model: ModelOpt,
+        facts: FactsOpt,
+        steps: KNStepsOpt = 20,
+        share: KNShareOpt = 0.7,
+        factor: Annotated[
+            float, typer.Option("--factor", help="enhance: multiply activations by this.")
+        ] = 2.0,
+        controls: Annotated[int, typer.Option("--controls", help="Unrelated control facts per fact.")] = 5,
+        limit: LimitFactsOpt = None,
+        out: FactsOutOpt = None,
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = Dtype.float32,
+        trust_remote_code: TrustRemoteCodeOpt = False,
+        seed: SeedOpt = 0,
+        fmt: FormatOpt = Format.table,
+    ) -> None:
+        kn = KNConfig(steps=steps, share=share)
+        config = InterventionConfig(mode=mode, factor=factor, controls=controls, seed=seed)
+        lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
+        with progress_bar(mode) as update:
+            report = locate_intervention(lm, loaded, facts, kn, config, out, update)
+        if out is not None:
+            _write_report(out)
+        if fmt is Format.json:
+            emit_json(report.results)
+            return
+        emit_table(
+            f"{mode}: P(target) per fact",
+            [
+                {
+                    "case_id": f["case_id"],
+                    "neurons": len(f["neurons"]),
+                    "P before": f["p_before"],
+                    "P own": f["p_own"],
+                    "P random": f["p_random"],
+                    "controls change": f["control_change"],
+                }
+                for f in report.results["facts"]
+            ],
+        )
+        emit_table("mean relative change of P(target)", [report.results["summary"]])
+
+    what = "Zero" if mode == "suppress" else "Amplify"
+    command.__doc__ = (
+        f"{what} each fact's own knowledge neurons; compare with random neurons and unrelated control facts."
+    )
+    return command
+
+
+suppress_command = _intervention_command("suppress")
+enhance_command = _intervention_command("enhance")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from memloc.core.devices import resolve_device
+from memloc.core.errors import MemlocError
 from memloc.core.runs import RunFolder
 from memloc.locate.layers import LayersConfig, headline, locate_layers, retrain_summary
 from memloc.locate.neuron_runs import locate_neurons, summary_rows
@@ -15,13 +16,25 @@ from memloc.locate.neurons import FlipConfig
 from memloc.locate.scores import CurvatureConfig, locate_scores
 
 from .console import emit_json, emit_table, progress_bar, stderr
-from .facts import trace_command
-from .options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
+from .facts import enhance_command, kn_config, knowledge_neurons_command, suppress_command, trace_command
+from .options import (
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    Format,
+    FormatOpt,
+    LimitFactsOpt,
+    RunDirArg,
+    SeedOpt,
+    TrustRemoteCodeOpt,
+)
 
 app = typer.Typer(
     no_args_is_help=True, help="Locate memorization: layers, units, examples; facts in language models."
 )
 app.command("trace")(trace_command)
+app.command("suppress")(suppress_command)
+app.command("enhance")(enhance_command)
 
 
 @app.command("layers")
@@ -106,7 +119,35 @@ class FlipMode(str, Enum):
 
 @app.command("neurons")
 def neurons_command(
-    run_dir: RunDirArg,
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A run folder from 'memloc train' (classifiers); omit with --model.", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="A language model: knowledge neurons of the facts in --facts.", show_default=False
+        ),
+    ] = None,
+    facts: Annotated[
+        Path | None, typer.Option("--facts", help="Fact file (with --model).", show_default=False)
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="LM: integrated-gradient steps.")] = 20,
+    coarse: Annotated[float, typer.Option("--coarse", help="LM: coarse threshold × max attribution.")] = 0.2,
+    share: Annotated[
+        float, typer.Option("--share", help="LM: share of a fact's prompts for the refined set.")
+    ] = 0.7,
+    relation_share: Annotated[
+        float, typer.Option("--relation-share", help="LM: share of a relation's facts for relation neurons.")
+    ] = 0.1,
+    lm_layers: Annotated[
+        list[str] | None, typer.Option("--layers", help="LM: only these layers (repeat, 3,4 or 3-5).")
+    ] = None,
+    limit: LimitFactsOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     examples: Annotated[
         str, typer.Option("--examples", help="noisy, clean, both, or comma-separated example ids.")
     ] = "both",
@@ -131,7 +172,13 @@ def neurons_command(
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Find the fewest units whose removal flips each example away from its given label. Resumable."""
+    """Classifiers: the fewest units that flip each example. LMs (--model): knowledge neurons. Resumable."""
+    if model is not None:
+        config = kn_config(steps, coarse, share, relation_share, lm_layers, batch if batch != 32 else None)
+        knowledge_neurons_command(model, facts, config, limit, out, device, dtype, trust_remote_code, fmt)
+        return
+    if run_dir is None:
+        raise MemlocError("give a run folder (classifiers) or --model and --facts (language models)")
     run = RunFolder.open(run_dir)
     config = FlipConfig(
         max_units=max_units,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from memloc.core.errors import MemlocError
 
 
 class Arch(str, Enum):
@@ -65,3 +66,19 @@ TrustRemoteCodeOpt = Annotated[
     ),
 ]
 LimitFactsOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N facts.")]
+
+
+def parse_layers(values: list[str]) -> list[int]:
+    """Layer numbers from repeated, comma-separated or a-b range values."""
+    layers: list[int] = []
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            first, dash, last = part.partition("-")
+            try:
+                span = range(int(first), int(last) + 1) if dash and first else [int(part)]
+            except ValueError:
+                raise MemlocError(f"--layers {part!r} is not a layer number or a range like 3-5") from None
+            layers.extend(span)
+    if not layers:
+        raise MemlocError("--layers names no layer; give e.g. --layers 3,4,5")
+    return layers

@@ -8,6 +8,7 @@ CounterFact convention (Meng et al. 2022).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -88,3 +89,14 @@ def target_prob(model: nn.Module, encoded: Encoded, device: torch.device) -> flo
     ids = torch.tensor([encoded.ids], device=device)
     with torch.no_grad():
         return next_token_probs(model, ids)[0, encoded.target[0]].item()
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword that hands a KV cache to the model: transformers 5 renamed past_key_values to cache."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output: object) -> object:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

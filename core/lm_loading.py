@@ -14,6 +14,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,8 +56,11 @@ def smollm2_folder() -> Path:
 
     gguf = _smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The dequantized weights are plain float32; the quantizer tags would make
     # save_pretrained refuse or re-quantize.
     model.hf_quantizer = None
@@ -74,6 +79,20 @@ def smollm2_folder() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No loading bars on stderr: memloc's errors must stay one line, and its own bars say enough."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _resolve(spec: str) -> tuple[str, dict]:
@@ -127,10 +146,11 @@ def load_language_model(
         raise UnsupportedModelError(
             f"model type {config.model_type!r} is not supported; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        where, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
-    )
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch_device).eval()

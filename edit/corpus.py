@@ -19,7 +19,6 @@ in the logits).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.errors import DataError
-from memloc.core.lm import LM
+from memloc.core.lm import LM, cache_keyword
 
 GENERATED = "generated"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
@@ -149,8 +148,7 @@ def _sample_batch(lm: LM, first: int, size: int, config: GenerationConfig) -> li
     device = lm.device
     generators = [_text_generator(config.seed, first + row) for row in range(size)]
     ids = torch.full((size, 1), start_token(lm.tokenizer), device=device)
-    # transformers 5 renamed ``past_key_values`` to ``cache``, in and out.
-    keyword = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    keyword = cache_keyword(lm.model)
     tokens, cache = [], None
     for _ in range(_max_new_tokens(lm, config.length)):
         out = lm.model(input_ids=ids, use_cache=True, **{keyword: cache})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -180,7 +181,9 @@ def generate(lm: LM, prompts: Sequence[str], tokens: int) -> list[str]:
         enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
     finally:
         tok.padding_side = side
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers' own generate() still passes the renamed past_key_values keyword.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*")
         out = lm.model.generate(
             **enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
         )

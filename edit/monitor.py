@@ -24,9 +24,14 @@ class CollapseError(MemlocError):
     """An edit was refused or rolled back because it breaks the model."""
 
 
+# A knowledge-neuron edit adds 8·||w_i|| to each chosen column by definition (Dai et
+# al. 2022), so its relative norm says nothing about collapse; only entropy is checked.
+DEFAULT_UPDATE_RATIO = {"rome": 0.5, "memit": 1.0, "kn": None}
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
-    max_update_ratio: float = 0.5  # ||ΔW||_F / ||W||_F per layer
+    max_update_ratio: float | None = 0.5  # ||ΔW||_F / ||W||_F per layer; None skips the check
     min_entropy_ratio: float = 0.6  # post / pre fluency on the neutral prompts
     prompts: tuple[str, ...] = ("The weather today is", "My favorite book is about", "In the morning, I")
     tokens: int = 40
@@ -53,7 +58,7 @@ def checked_apply(
     """Apply ``delta`` unless a check fails; on failure the model is left as it was."""
     ratios = update_ratios(lm, delta)
     worst = max(ratios, key=ratios.get)
-    if ratios[worst] > config.max_update_ratio:
+    if config.max_update_ratio is not None and ratios[worst] > config.max_update_ratio:
         raise CollapseError(
             f"refused the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: its update at layer "
             f"{worst} is {ratios[worst]:.2f} of the weight's norm (limit {config.max_update_ratio}); "

@@ -34,11 +34,9 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact, require_edit_targets
 from memloc.core.hooks import capture_calls, trace
-from memloc.core.lm import LM, encode
+from memloc.core.lm import LM, cache_keyword, cache_of, encode
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
-
-from .templates import cache_keyword
 
 TARGET_KINDS = ("mlp.out", "resid.post")
 
@@ -239,7 +237,7 @@ class SuffixScorer:
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
             out = model(input_ids=batch.ids, attention_mask=batch.attention_mask, use_cache=True)
-        clean_kv = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5
+        clean_kv = cache_of(out)
         # Clean activations at the subject's last token of each rewrite prompt.
         n = batch.n_rewrite
         self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}

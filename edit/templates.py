@@ -17,14 +17,13 @@ weights' hash and the config.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text
-from memloc.core.lm import LM
+from memloc.core.lm import LM, cache_keyword, cache_of
 from memloc.core.lm_loading import cache_root
 
 from .delta import weights_hash
@@ -54,16 +53,6 @@ def _start_id(tokenizer, start: str) -> int:
     raise ValueError("the tokenizer has neither a BOS nor an EOS token; set TemplateConfig.start")
 
 
-def cache_keyword(model: torch.nn.Module) -> str:
-    """The keyword that hands a KV cache to the model: transformers 5 renamed past_key_values to cache."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _cache_of(output: object) -> object:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
 def _top_k_sample(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """One token per row, drawn from the renormalised top-k of ``logits`` (B, V)."""
     top, index = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
@@ -82,7 +71,7 @@ def sample_texts(lm: LM, count: int, tokens: int, top_k: int, gen: torch.Generat
         token = _top_k_sample(out.logits[:, -1], top_k, gen)
         new.append(token)
         if step + 1 < tokens:
-            out = lm.model(input_ids=token, use_cache=True, **{keyword: _cache_of(out)})
+            out = lm.model(input_ids=token, use_cache=True, **{keyword: cache_of(out)})
     rows = torch.cat(new, dim=1).tolist()
     return [lm.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 

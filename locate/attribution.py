@@ -30,7 +30,6 @@ are k/m for k = 0..m-1 with weights 1/m), with hooks from core/hooks.py.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +42,7 @@ from captum.attr import IntegratedGradients
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import LM, encode
+from memloc.core.lm import LM, cache_keyword, cache_of, encode
 from memloc.core.sites import Site
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
@@ -382,7 +381,7 @@ def _prefix_cache(
     if prefix.shape[1] == 0:
         return None
     out = model(input_ids=prefix, use_cache=True)
-    cache = out.cache if "cache" in out else out.past_key_values
+    cache = cache_of(out)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -393,9 +392,7 @@ def _cache_kwargs(
     if kv is None:
         return {}
     data = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv]
-    # transformers 5 renamed ``past_key_values`` to ``cache``.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: DynamicCache(data, config=model.config), "use_cache": True}
+    return {cache_keyword(model): DynamicCache(data, config=model.config), "use_cache": True}
 
 
 @contextmanager

@@ -8,6 +8,7 @@ to ``<method>_report.json``. Without a folder nothing is written.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,9 @@ from memloc.core.facts import Fact
 from memloc.core.lm import LM
 from memloc.core.report import Report, provenance
 
+from .attribution import KNConfig, knowledge_neurons, relation_neurons
+from .graph import fact_neuron_graph, fact_sharing_stats, write_graphml
+from .interventions import InterventionConfig, intervene
 from .results_store import ResultStore, config_key
 from .tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
 
@@ -91,3 +95,78 @@ def locate_trace(
     }
     results = {"best_layer": best, "facts": rows}
     return fact_report("trace", lm, facts_path, config, results, metrics, config.seed, out)
+
+
+def neurons_by_fact(
+    lm: LM,
+    facts: Sequence[Fact],
+    config: KNConfig,
+    out: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[dict], dict]:
+    """Each fact's knowledge neurons (resumable per fact), and the relation-level neurons."""
+    rows = per_fact(
+        "neurons",
+        config,
+        facts,
+        lambda f: knowledge_neurons(lm, [f], config).facts[0].to_dict(),
+        out,
+        progress,
+    )
+    relations = relation_neurons(
+        {r["case_id"]: {(n[0], n[1]) for n in r["neurons"]} for r in rows},
+        {r["case_id"]: r["relation"] for r in rows},
+        config.relation_share,
+    )
+    return rows, {k: [list(n) for n in v] for k, v in relations.items()}
+
+
+def locate_knowledge_neurons(
+    lm: LM,
+    facts: Sequence[Fact],
+    facts_path: Path,
+    config: KNConfig,
+    out: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Knowledge neurons (Dai et al. 2022) of every fact, relation neurons and the fact–neuron graph."""
+    rows, relations = neurons_by_fact(lm, facts, config, out, progress)
+    graph = fact_neuron_graph(rows)
+    sharing = fact_sharing_stats(graph)
+    if out is not None:
+        write_graphml(graph, out / "neurons.graphml")
+    per_layer = Counter(n[0] for r in rows for n in r["neurons"])
+    counts = [len(r["neurons"]) for r in rows]
+    metrics = {
+        "facts": len(rows),
+        "mean_neurons": float(np.mean(counts)),
+        "median_neurons": float(np.median(counts)),
+        "facts_without_neurons": sum(c == 0 for c in counts),
+        "neurons_per_layer": {str(k): per_layer[k] for k in sorted(per_layer)},
+        "relation_neurons": {k: len(v) for k, v in relations.items()},
+    }
+    results = {"facts": rows, "relations": relations, "sharing": sharing, "layers": lm.n_layers}
+    return fact_report("neurons", lm, facts_path, config, results, metrics, None, out)
+
+
+def locate_intervention(
+    lm: LM,
+    facts: Sequence[Fact],
+    facts_path: Path,
+    kn: KNConfig,
+    config: InterventionConfig,
+    out: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Suppress or enhance each fact's own refined neurons, against random neurons and control facts."""
+    rows, _ = neurons_by_fact(lm, facts, kn, out, lambda d, t, s: progress and progress(d, 2 * t, s))
+    neurons = {r["case_id"]: r["neurons"] for r in rows}
+    result = intervene(
+        lm,
+        facts,
+        neurons,
+        config,
+        progress=lambda d: progress and progress(len(facts) + d, 2 * len(facts), config.mode),
+    )
+    data = result.to_dict()
+    return fact_report(config.mode, lm, facts_path, config, data, data["summary"], config.seed, out)

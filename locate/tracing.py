@@ -39,7 +39,6 @@ by a constant and does not move the argmax).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,7 +48,7 @@ import torch
 from memloc.core.errors import DataError, MemlocError
 from memloc.core.facts import Fact
 from memloc.core.hooks import Transform, capture_calls, patch, trace
-from memloc.core.lm import LM, encode
+from memloc.core.lm import LM, cache_keyword, encode
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
 
@@ -255,9 +254,7 @@ def _composed(fns: Sequence[Transform]) -> Transform:
 
 
 def _with_cache(model: torch.nn.Module, cache: Cache) -> dict:
-    """The keyword that hands a cache to the model: ``cache`` from transformers 5, before that ``past_key_values``."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache, "use_cache": True}
+    return {cache_keyword(model): cache, "use_cache": True}
 
 
 def _target_probs(logits: torch.Tensor, target: int) -> torch.Tensor:

@@ -1,0 +1,60 @@
+"""Figures and report sections of edit evaluations (CounterFact metrics before and after)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from memloc.core.render import Section
+
+SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
+
+
+def metrics_figure(result: dict) -> Figure:
+    """Bars of each score before and after the edits, and P(new) vs P(true) per fact."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    bars, scatter = fig.subplots(1, 2, width_ratios=(1.4, 1))
+    names = [m for m in SHOWN if result["pre"].get(m) is not None]
+    x = np.arange(len(names))
+    for offset, key, color in ((-0.2, "pre", "#9e9e9e"), (0.2, "post", "#1f77b4")):
+        bars.bar(x + offset, [result[key][m] for m in names], 0.4, label=key, color=color)
+    bars.set_xticks(x, names)
+    bars.set_ylim(0, 1.05)
+    bars.set_title(f"{result.get('method', 'edit')} ({result['mode']}, {result['facts']} facts)")
+    bars.legend()
+    rows = result["per_fact"]
+    scatter.scatter(
+        [r["p_true_pre"] for r in rows], [r["p_new_pre"] for r in rows], s=14, c="#9e9e9e", label="before"
+    )
+    scatter.scatter(
+        [r["p_true_post"] for r in rows], [r["p_new_post"] for r in rows], s=14, c="#1f77b4", label="after"
+    )
+    scatter.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
+    scatter.set_xlabel("P(true target)")
+    scatter.set_ylabel("P(new target)")
+    scatter.set_title("rewrite prompt, per fact")
+    scatter.legend(fontsize=8)
+    return fig
+
+
+def eval_section(result: dict) -> Section:
+    section = Section(f"Edit evaluation: {result.get('method', 'edited model')}, {result['mode']} mode")
+    section.paragraphs.append(
+        f"{result['facts']} facts; {result['seconds_per_edit']:.2f} s per edit (computing and applying). "
+        "ES/PS: share of rewrite/paraphrase prompts with P(new) > P(true); NS: share of neighborhood "
+        "prompts with P(true) > P(new); S: their harmonic mean; EM/PM/NM: mean probability differences; "
+        "EA/PA/NA: every target token is the argmax; fluency: weighted bi/tri-gram entropy of greedy "
+        "generations (Meng et al. 2022)."
+    )
+    keys = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
+    section.tables.append(
+        (
+            "CounterFact metrics",
+            [{"": stage, **{k: result[stage].get(k) for k in keys}} for stage in ("pre", "post")],
+        )
+    )
+    section.figures.append(
+        (f"edit_eval_{result.get('method', 'model')}_{result['mode']}", metrics_figure(result))
+    )
+    return section

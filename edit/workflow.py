@@ -1,0 +1,152 @@
+"""From a method name to an editor: layer choice, key statistics, templates, neurons.
+
+`prepare_editor` does the shared, per-model work once (causal tracing for
+``--layers auto``, cached key statistics, cached context templates, knowledge
+neurons for the KN edit) and returns an `Editor`: a function from facts to one
+`WeightDelta`, computed on the model as it is when called.
+
+- ROME edits one fact per rank-one delta; several facts give the sum of their deltas,
+  each computed on the model as given (``batch``), or in turn when the caller applies
+  them one by one (``sequential``).
+- MEMIT edits all given facts in one delta over a span of layers.
+- KN edits each fact's refined knowledge neurons, minus the neurons its relation shares
+  (Dai et al. 2022), found once for all facts of the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from memloc.core.errors import MemlocError
+from memloc.core.facts import Fact, require_edit_targets
+from memloc.core.lm import LM
+from memloc.locate.attribution import KNConfig, knowledge_neurons
+from memloc.locate.tracing import TraceConfig, average_best_layer, trace_fact
+
+from .delta import WeightDelta
+from .memit import MemitConfig, compute_memit
+from .neurons import KNEditConfig, compute_kn_edit
+from .rome import RomeConfig, compute_rome
+from .stats import StatsConfig, key_statistics_by_layer
+from .templates import TemplateConfig, context_templates
+
+METHODS = ("rome", "memit", "kn")
+Editor = Callable[[Sequence[Fact]], WeightDelta]
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """What ``memloc edit apply|eval`` was asked to do."""
+
+    method: str
+    layers: tuple[int, ...] | None = None  # None: choose by causal tracing
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    auto_facts: int = 10  # facts traced to choose the layer
+    auto_trace: TraceConfig = field(default_factory=lambda: TraceConfig(samples=5, kinds=("mlp",)))
+    memit_span: int = 5  # MEMIT layers ending at the chosen layer
+    rome: RomeConfig | None = None  # its layer is overridden by the chosen one
+    memit: MemitConfig = field(default_factory=MemitConfig)
+    kn: KNConfig = field(default_factory=KNConfig)
+    kn_edit: KNEditConfig = field(default_factory=KNEditConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MemlocError(f"unknown edit method {self.method!r}; use one of {', '.join(METHODS)}")
+
+
+def auto_layer(lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None) -> int:
+    """The peak MLP indirect effect at the subject's last token, averaged over facts (causal tracing)."""
+    traced = []
+    chosen = list(facts[: plan.auto_facts])
+    # A 10-layer window covers most of a small model and flattens the curve to a tie;
+    # below 20 layers it shrinks to a quarter of the model.
+    window = plan.auto_trace.window if lm.n_layers >= 20 else max(1, lm.n_layers // 4)
+    config = replace(plan.auto_trace, window=window)
+    for i, fact in enumerate(chosen):
+        traced.append(trace_fact(lm, fact, config))
+        if progress is not None:
+            progress(i + 1, len(chosen), "tracing for the edit layer")
+    layer = average_best_layer(traced)
+    if layer is None:
+        raise MemlocError("causal tracing found no MLP effect to choose a layer from; pass --layers")
+    return layer
+
+
+def edit_layers(
+    lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None
+) -> tuple[int, ...]:
+    if plan.layers is not None:
+        return tuple(lm.adapter.check_layer(layer) for layer in plan.layers)
+    if plan.method == "kn":
+        return tuple(range(lm.n_layers))  # neurons are searched in every layer
+    best = auto_layer(lm, facts, plan, progress)
+    if plan.method == "rome":
+        return (best,)
+    return tuple(range(max(0, best - plan.memit_span + 1), best + 1))
+
+
+def combine(deltas: Sequence[WeightDelta], method: str) -> WeightDelta:
+    """One delta holding several; `apply` sums the parts of a layer before rounding once."""
+    if len(deltas) == 1:
+        return deltas[0]
+    return WeightDelta(
+        method=method,
+        layers=tuple(part for d in deltas for part in d.layers),
+        case_ids=tuple(c for d in deltas for c in d.case_ids),
+        config=deltas[0].config if deltas else {},
+        info={"parts": [dict(d.info) for d in deltas]},
+    )
+
+
+def prepare_editor(
+    lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None
+) -> tuple[Editor, dict]:
+    """The editor for ``plan`` and a record of what was chosen (layers, statistics)."""
+    require_edit_targets(facts)
+    layers = edit_layers(lm, facts, plan, progress)
+    info: dict = {"method": plan.method, "layers": list(layers), "auto_layers": plan.layers is None}
+    if plan.method == "kn":
+        found = knowledge_neurons(
+            lm, facts, plan.kn, progress=lambda n: progress and progress(n, len(facts), "knowledge neurons")
+        )
+        by_case = found.by_case()
+        shared = found.relations
+        info["neurons"] = {f.case_id: len(f.neurons) for f in found.facts}
+        info["relation_neurons"] = {r: len(n) for r, n in shared.items()}
+
+        def kn_editor(chosen: Sequence[Fact]) -> WeightDelta:
+            deltas = []
+            for fact in chosen:
+                neurons = [(layer, index) for layer, index, _ in by_case[fact.case_id].neurons]
+                exclude = [(layer, index) for layer, index, _ in shared.get(fact.relation_key, [])]
+                deltas.append(compute_kn_edit(lm, fact, neurons, plan.kn_edit, exclude=exclude))
+            return combine(deltas, "kn")
+
+        return kn_editor, info
+
+    stats = key_statistics_by_layer(
+        lm, layers, plan.stats, progress=lambda d, t, s: progress and progress(d, t, f"key statistics: {s}")
+    )
+    info["stats"] = {layer: s.to_dict() for layer, s in stats.items()}
+    templates = context_templates(lm, plan.templates)
+    info["templates"] = list(templates)
+    if plan.method == "rome":
+        base = plan.rome or RomeConfig(layer=layers[0])
+        config = replace(base, layer=layers[0])
+
+        def rome_editor(chosen: Sequence[Fact]) -> WeightDelta:
+            return combine(
+                [compute_rome(lm, f, stats[config.layer], config, templates) for f in chosen], "rome"
+            )
+
+        return rome_editor, info
+
+    memit = replace(plan.memit, layers=layers)
+
+    def memit_editor(chosen: Sequence[Fact]) -> WeightDelta:
+        return compute_memit(lm, chosen, stats, memit, templates)
+
+    return memit_editor, info
