@@ -66,6 +66,12 @@ def trace_command(
         int, typer.Option("--window", help="Layers restored around each MLP/attention cell.")
     ] = 10,
     batch: Annotated[int, typer.Option("--batch", help="Restored rows per forward pass.")] = 256,
+    last_subject: Annotated[
+        bool,
+        typer.Option(
+            "--last-subject-only", help="Trace only each fact's last subject token (enough for best_layer)."
+        ),
+    ] = False,
     limit: LimitFactsOpt = None,
     out: FactsOutOpt = None,
     device: DeviceOpt = "auto",
@@ -85,7 +91,7 @@ def trace_command(
     )
     lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
     with progress_bar("trace") as update:
-        report = locate_trace(lm, loaded, facts, config, out, update)
+        report = locate_trace(lm, loaded, facts, config, out, update, last_subject_only=last_subject)
     if out is not None:
         _write_report(out)
     if fmt is Format.json:

@@ -70,7 +70,8 @@ def trace_section(report: Report) -> Section:
     )
     if all("mlp" in t.grids for t in traces):
         section.figures.append(("trace_mlp_effect", mlp_effect_figure(traces, best)))
-    for t in traces[:HEATMAPS]:
+    complete = [t for t in traces if not any(np.isnan(g).all(axis=1).any() for g in t.grids.values())]
+    for t in complete[:HEATMAPS]:  # traces of the last subject token alone have no map to draw
         section.figures.append((f"trace_{t.case_id}", trace_heatmaps(t)))
     return section
 

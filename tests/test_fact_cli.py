@@ -150,3 +150,21 @@ def test_edit_refuses_equal_targets(tmp_path, capsys):
     )
     assert_one_line_error(code, err, "target_new", "equals target_true")
     assert not (tmp_path / "o").exists()
+
+
+def test_last_subject_only_trace_gives_the_same_best_layer_rows():
+    from memloc.core.facts import load_facts
+    from memloc.core.lm_loading import load_language_model
+    from memloc.locate.fact_runs import locate_trace
+    from memloc.locate.tracing import TraceConfig
+
+    lm = load_language_model(str(MODEL), device="cpu")
+    facts = load_facts(FACTS, limit=3)
+    config = TraceConfig(samples=3, window=2, kinds=("mlp",))
+    full = locate_trace(lm, facts, FACTS, config).results
+    quick = locate_trace(lm, facts, FACTS, config, last_subject_only=True).results
+    assert quick["best_layer"] == full["best_layer"]
+    for a, b in zip(full["facts"], quick["facts"], strict=True):
+        row = a["subject"][1] - 1
+        assert b["grids"]["mlp"][row] == pytest.approx(a["grids"]["mlp"][row], rel=1e-5)
+        assert all(v is None for t, r in enumerate(b["grids"]["mlp"]) if t != row for v in r)
