@@ -65,6 +65,8 @@ class MemitConfig:
     z optimisation, with MEMIT's clamp of 0.75·||h||. ``mom2_weight`` is λ, the weight
     of the key second moment C that keeps the update small on ordinary keys; ``None``
     (the default) means ``mom2_per_width`` × F, F the key width (see `mom2_weight_for`).
+    On SmolLM2-135M (layers 3–7, λ = 1,406, C from 200 generated texts, 20 CounterFact
+    facts in one batch): ES 0.90, PS 0.95, NS 0.85; λ = 15,000 gave ES 0.55, PS 0.60.
     ``batch_size`` is the number of prompts per forward pass when reading keys and
     states, ``target_batch`` the number of facts whose z are optimised together; results
     do not depend on either beyond float rounding.
