@@ -124,7 +124,9 @@ def test_console_script_is_installed():
 
 
 def test_demo_end_to_end_on_digits(tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "demo", "--data", "digits", "--no-lm", "--out", tmp_path, "--format", "json")
+    code, out, _ = run_cli(
+        capsys, "demo", "--data", "digits", "--no-lm", "--out", tmp_path, "--format", "json"
+    )
     assert code == 0
     result = json.loads(out)
     assert result["train"]["noisy_train_acc"] >= 0.99
