@@ -10,7 +10,8 @@ backpropagated separately; per group we keep the norm of each part, scaled by
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,3 +63,16 @@ def group_stats(
         denom = c_norm * n_norm
         cos.append(float(torch.dot(c, n)) / denom if denom > 0 else math.nan)
     return GroupGradientStats(cn, nn_, cos)
+
+
+@contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter gradients in the body (only inputs or masks need them); flags restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

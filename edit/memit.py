@@ -39,11 +39,11 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact, require_edit_targets
 from memloc.core.hooks import patch
-from memloc.core.lm import LM, encode
+from memloc.core.lm import LM, encode, run_block
 from memloc.core.sites import Site
 
 from .delta import LayerDelta, WeightDelta, apply
-from .targets import RewriteBatch, SuffixScorer, TargetConfig, _run_block, check_target_inputs, rewrite_batch
+from .targets import RewriteBatch, SuffixScorer, TargetConfig, check_target_inputs, rewrite_batch
 
 Progress = Callable[[int], None]
 
@@ -258,7 +258,7 @@ class _FactsScorer(SuffixScorer):
         h = torch.cat([(self.base[:, 0] + delta[self.fact_of_row])[:, None], self.base[:, 1:]], dim=1)
         cache = self._cache(range(self.first, adapter.n_layers))
         for block, call in zip(adapter.blocks(model)[self.first :], self.calls, strict=True):
-            h = _run_block(block, call, h, cache)
+            h = run_block(block, call, h, cache)
         flat = h.reshape(-1, h.shape[-1])
         picked = flat[torch.cat([self.target_index, self.kl_indices])]
         logits = model.get_output_embeddings()(adapter.final_norm(model)(picked))

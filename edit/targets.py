@@ -34,9 +34,9 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact, require_edit_targets
 from memloc.core.hooks import capture_calls, trace
-from memloc.core.lm import LM, cache_keyword, cache_of, encode
+from memloc.core.lm import LM, cache_keyword, cache_of, encode, layer_kv, run_block
 from memloc.core.sites import Site
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 
 TARGET_KINDS = ("mlp.out", "resid.post")
 
@@ -198,27 +198,6 @@ def _p_new(token_logp: torch.Tensor, n_target: int) -> float:
 # --- the fast scorer ----------------------------------------------------------------------------------
 
 
-def _layer_kv(cache: Cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]
-
-
-def _run_block(
-    block: torch.nn.Module, call: tuple[tuple, dict], h: torch.Tensor, cache: Cache
-) -> torch.Tensor:
-    """Run a block as the model called it in the probe, on hidden states ``h`` with ``cache``."""
-    args, kwargs = call
-    args = tuple(cache if isinstance(a, Cache) else a for a in args)
-    kwargs = {k: cache if isinstance(v, Cache) else v for k, v in kwargs.items()}
-    if args:
-        args = (h, *args[1:])
-    else:
-        kwargs["hidden_states"] = h
-    out = block(*args, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
 class SuffixScorer:
     """Scores δ by running only the blocks above ``site`` on the tokens from each subject's last token on.
 
@@ -254,7 +233,7 @@ class SuffixScorer:
         before = torch.arange(self.prefix, device=starts.device)[None] < starts[:, None]
         mask = torch.cat([before, valid], dim=1).long()
         self.prefix_kv = {
-            j: tuple(t[:, :, : self.prefix] for t in _layer_kv(clean_kv, j)) for j in range(n_layers)
+            j: tuple(t[:, :, : self.prefix] for t in layer_kv(clean_kv, j)) for j in range(n_layers)
         }
 
         # A probe pass over the suffix records how the model calls each block above the site
@@ -291,7 +270,7 @@ class SuffixScorer:
         h = torch.cat([(self.base[:, 0] + delta)[:, None], self.base[:, 1:]], dim=1)
         cache = self._cache(range(self.first, adapter.n_layers))
         for block, call in zip(adapter.blocks(model)[self.first :], self.calls, strict=True):
-            h = _run_block(block, call, h, cache)
+            h = run_block(block, call, h, cache)
         flat = h.reshape(-1, h.shape[-1])
         picked = flat[torch.cat([self.target_index, self.target_index.new_tensor([self.kl_index])])]
         logits = model.get_output_embeddings()(adapter.final_norm(model)(picked))

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -41,6 +40,7 @@ import torch
 from captum.attr import IntegratedGradients
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact
+from memloc.core.gradients import frozen_parameters
 from memloc.core.hooks import patch, trace
 from memloc.core.lm import LM, cache_keyword, cache_of, encode
 from memloc.core.sites import Site
@@ -215,7 +215,7 @@ def attribute_prompt(lm: LM, text: str, target: str, config: KNConfig = KNConfig
     encoded = encode(lm.tokenizer, text, None, target)
     ids = torch.tensor([encoded.ids], device=lm.device)
     run = _fast if config.method == "fast" else _plain
-    with _no_param_grads(lm.model):
+    with frozen_parameters(lm.model):
         scores, probability = run(lm, ids, encoded.target[0], layers, config)
     return PromptAttribution(scores.float(), tuple(layers), probability)
 
@@ -393,16 +393,3 @@ def _cache_kwargs(
         return {}
     data = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv]
     return {cache_keyword(model): DynamicCache(data, config=model.config), "use_cache": True}
-
-
-@contextmanager
-def _no_param_grads(model: torch.nn.Module) -> Iterator[None]:
-    """Only the scaled activations need gradients; parameters are left as they were."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.errors import MemlocError
+from memloc.core.gradients import frozen_parameters
 from memloc.core.hooks import patch
 from memloc.core.sites import Site
 from memloc.core.splits import RunData
@@ -333,21 +334,8 @@ def flip_search(
     if model.training:
         raise MemlocError("flip search needs the model in eval mode (BatchNorm must use running statistics)")
     space = UnitSpace(adapter, config.mode, config.include_head)
-    with _frozen(model):
+    with frozen_parameters(model):
         return _flip_search(model, adapter, space, data, targets, config, on_result)
-
-
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """No parameter gradients during the search: only the masks' gradients are needed."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _flip_search(

@@ -48,7 +48,7 @@ import torch
 from memloc.core.errors import DataError, MemlocError
 from memloc.core.facts import Fact
 from memloc.core.hooks import Transform, capture_calls, patch, trace
-from memloc.core.lm import LM, cache_keyword, encode
+from memloc.core.lm import LM, cache_keyword, encode, layer_kv, run_block
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
 
@@ -345,37 +345,16 @@ def _plain_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progres
 # --- the fast path ----------------------------------------------------------------------
 
 
-def _layer_kv(cache: Cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]  # transformers 4.x
-
-
 def _prefix_cache(kv: Cache, layers: range, prefix: int, rows: Sequence[torch.Tensor] | None) -> DynamicCache:
     """A cache holding the first ``prefix`` tokens; ``rows[j]`` picks the samples for layer j."""
     cache = DynamicCache()
     if prefix == 0:
         return cache
     for j in layers:
-        keys, values = _layer_kv(kv, j)
+        keys, values = layer_kv(kv, j)
         pick = slice(None) if rows is None else rows[j].to(keys.device)
         cache.update(keys[pick, :, :prefix], values[pick, :, :prefix], j)
     return cache
-
-
-def _run_block(
-    block: torch.nn.Module, call: tuple[tuple, dict], h: torch.Tensor, cache: Cache
-) -> torch.Tensor:
-    """Call a block as the model did in the probe, on hidden states ``h`` and ``cache``."""
-    args, kwargs = call
-    args = tuple(cache if isinstance(a, Cache) else a for a in args)
-    kwargs = {k: cache if isinstance(v, Cache) else v for k, v in kwargs.items()}
-    if args:
-        args = (h, *args[1:])
-    else:
-        kwargs["hidden_states"] = h
-    out = block(*args, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
 
 
 def _probe_calls(lm: LM, prep: _Prepared, t: int) -> dict[Site, tuple[tuple, dict]]:
@@ -452,7 +431,7 @@ def _pass(lm: LM, prep: _Prepared, calls: dict, t: int, rows: _Rows) -> torch.Te
                     entered[is_hidden, 0] = prep.clean[Site(j - 1, "resid.post")][t].to(entry.device)
                 h = entered if h is None else torch.cat([h, entered.to(h.device)])
             if j < n_layers:
-                h = _run_block(blocks[j], calls[Site(j, "resid.pre")], h, cache)
+                h = run_block(blocks[j], calls[Site(j, "resid.pre")], h, cache)
     logits = model.get_output_embeddings()(adapter.final_norm(model)(h[:, -1:]))[:, -1]
     return _target_probs(logits, prep.target)
 
