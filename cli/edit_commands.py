@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from enum import Enum
 from pathlib import Path
@@ -209,7 +210,7 @@ def eval_command(
 ) -> None:
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
     loaded = load_facts(facts, limit=limit)
-    require_edit_targets(loaded)
+    require_edit_targets(loaded)  # before the model loads: bad facts fail fast
     config = EvalConfig(generation_tokens=fluency_tokens)
     lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
     with progress_bar("eval") as update:
@@ -272,8 +273,6 @@ def _measure_folder(lm, model: str, facts, config: EvalConfig) -> dict:
 
 
 def _probs(scores) -> tuple[float, float]:
-    import math
-
     true, new = scores.rewrite
     return math.exp(-true.nll), math.exp(-new.nll)
 
