@@ -41,6 +41,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.errors import MemlocError
 from memloc.core.gradients import frozen_parameters
 from memloc.core.hooks import patch
+from memloc.core.layout import channels_last_on_cpu
 from memloc.core.sites import Site
 from memloc.core.splits import RunData
 from torch import nn
@@ -334,7 +335,7 @@ def flip_search(
     if model.training:
         raise MemlocError("flip search needs the model in eval mode (BatchNorm must use running statistics)")
     space = UnitSpace(adapter, config.mode, config.include_head)
-    with frozen_parameters(model):
+    with frozen_parameters(model), channels_last_on_cpu(model):
         return _flip_search(model, adapter, space, data, targets, config, on_result)
 
 
