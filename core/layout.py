@@ -20,7 +20,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """A channels-last copy, with channels-last strides even where a size-1 dimension makes
     the layout ambiguous: ``.contiguous(memory_format=...)`` keeps a 1-input-channel conv
     weight as it is, and the kernels then choose NCHW for the whole first block."""
-    n, c, h, w = t.shape
+    _, c, h, w = t.shape
     return torch.empty_strided(t.shape, (h * w * c, 1, w * c, c), dtype=t.dtype, device=t.device).copy_(t)
 
 
