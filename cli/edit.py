@@ -17,6 +17,7 @@ from .console import emit_json, emit_table, progress_bar, stderr
 from .edit_commands import apply_command, eval_command, undo_command
 from .options import (
     DeviceOpt,
+    DocStartOpt,
     Dtype,
     DtypeOpt,
     Format,
@@ -24,6 +25,7 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
+    document_start,
     parse_layers,
 )
 
@@ -80,6 +82,7 @@ def stats_command(
     dtype: DtypeOpt = Dtype.float32,
     seed: SeedOpt = 0,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    doc_start: DocStartOpt = "auto",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Key statistics for ROME/MEMIT, the second moment C = E(k kᵀ) of the FFN keys at some layers.
@@ -105,7 +108,13 @@ def stats_command(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
+    lm = load_language_model(
+        model,
+        device=device,
+        dtype=dtype.value,
+        trust_remote_code=trust_remote_code,
+        document_start=document_start(doc_start),
+    )
     for layer in wanted:
         lm.adapter.check_layer(layer)
     start = time.perf_counter()

@@ -32,6 +32,7 @@ from memloc.edit.workflow import EditPlan, prepare_editor
 from .console import emit_json, emit_table, progress_bar, stderr, stdout
 from .options import (
     DeviceOpt,
+    DocStartOpt,
     Dtype,
     DtypeOpt,
     FactsOpt,
@@ -41,6 +42,7 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
+    document_start,
     parse_layers,
 )
 
@@ -113,6 +115,7 @@ def apply_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.float32,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    doc_start: DocStartOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -122,7 +125,13 @@ def apply_command(
     if out.exists() and any(out.iterdir()):
         raise MemlocError(f"{out} already exists and is not empty; choose another --out or remove it")
     plan = _plan(method, layers, corpus, samples, seed)
-    lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
+    lm = load_language_model(
+        model,
+        device=device,
+        dtype=dtype.value,
+        trust_remote_code=trust_remote_code,
+        document_start=document_start(doc_start),
+    )
     base = weights_hash(lm.model)
     before = _rewrite_probs(lm, loaded)
     ratio = DEFAULT_UPDATE_RATIO[method.value] if max_update_ratio is None else max_update_ratio
@@ -205,6 +214,7 @@ def eval_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.float32,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    doc_start: DocStartOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -212,7 +222,13 @@ def eval_command(
     loaded = load_facts(facts, limit=limit)
     require_edit_targets(loaded)  # before the model loads: bad facts fail fast
     config = EvalConfig(generation_tokens=fluency_tokens)
-    lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
+    lm = load_language_model(
+        model,
+        device=device,
+        dtype=dtype.value,
+        trust_remote_code=trust_remote_code,
+        document_start=document_start(doc_start),
+    )
     with progress_bar("eval") as update:
         if method is not None:
             editor, info = prepare_editor(lm, loaded, _plan(method, layers, corpus, samples, seed), update)

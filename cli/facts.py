@@ -18,6 +18,7 @@ from memloc.locate.tracing import TRACE_KINDS, TraceConfig
 from .console import emit_json, emit_table, progress_bar, stderr
 from .options import (
     DeviceOpt,
+    DocStartOpt,
     Dtype,
     DtypeOpt,
     FactsOpt,
@@ -27,6 +28,7 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
+    document_start,
     parse_layers,
 )
 
@@ -43,12 +45,19 @@ def load_inputs(
     dtype: Dtype,
     trust_remote_code: bool,
     limit: int | None,
+    doc_start: str = "auto",
 ) -> tuple[LM, list[Fact]]:
     """Facts first (cheap to validate), then the model."""
     if model is None or facts is None:
         raise MemlocError("give both --model (a language model) and --facts (a fact file)")
     loaded = load_facts(facts, limit=limit)
-    lm = load_language_model(model, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
+    lm = load_language_model(
+        model,
+        device=device,
+        dtype=dtype.value,
+        trust_remote_code=trust_remote_code,
+        document_start=document_start(doc_start),
+    )
     return lm, loaded
 
 
@@ -77,6 +86,7 @@ def trace_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.float32,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    doc_start: DocStartOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -89,7 +99,7 @@ def trace_command(
         seed=seed,
         batch_size=batch,
     )
-    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
+    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
     with progress_bar("trace") as update:
         report = locate_trace(lm, loaded, facts, config, out, update, last_subject_only=last_subject)
     if out is not None:
@@ -153,9 +163,10 @@ def knowledge_neurons_command(
     dtype: Dtype,
     trust_remote_code: bool,
     fmt: Format,
+    doc_start: str = "auto",
 ) -> None:
     """`memloc locate neurons --model M --facts F`: knowledge neurons of each fact."""
-    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
+    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
     config.validate()
     config.layer_list(lm)  # one clear line for a layer out of range
     with progress_bar("knowledge neurons") as update:
@@ -212,12 +223,13 @@ def _intervention_command(mode: str):
         device: DeviceOpt = "auto",
         dtype: DtypeOpt = Dtype.float32,
         trust_remote_code: TrustRemoteCodeOpt = False,
+        doc_start: DocStartOpt = "auto",
         seed: SeedOpt = 0,
         fmt: FormatOpt = Format.table,
     ) -> None:
         kn = KNConfig(steps=steps, share=share)
         config = InterventionConfig(mode=mode, factor=factor, controls=controls, seed=seed)
-        lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit)
+        lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
         with progress_bar(mode) as update:
             report = locate_intervention(lm, loaded, facts, kn, config, out, update)
         if out is not None:

@@ -19,6 +19,7 @@ from .console import emit_json, emit_table, progress_bar, stderr
 from .facts import enhance_command, kn_config, knowledge_neurons_command, suppress_command, trace_command
 from .options import (
     DeviceOpt,
+    DocStartOpt,
     Dtype,
     DtypeOpt,
     Format,
@@ -148,6 +149,7 @@ def neurons_command(
     limit: LimitFactsOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    doc_start: DocStartOpt = "auto",
     examples: Annotated[
         str, typer.Option("--examples", help="noisy, clean, both, or comma-separated example ids.")
     ] = "both",
@@ -175,7 +177,9 @@ def neurons_command(
     """Classifiers: the fewest units that flip each example. LMs (--model): knowledge neurons. Resumable."""
     if model is not None:
         config = kn_config(steps, coarse, share, relation_share, lm_layers, batch if batch != 32 else None)
-        knowledge_neurons_command(model, facts, config, limit, out, device, dtype, trust_remote_code, fmt)
+        knowledge_neurons_command(
+            model, facts, config, limit, out, device, dtype, trust_remote_code, fmt, doc_start
+        )
         return
     if run_dir is None:
         raise MemlocError("give a run folder (classifiers) or --model and --facts (language models)")

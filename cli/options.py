@@ -65,6 +65,21 @@ TrustRemoteCodeOpt = Annotated[
         "--trust-remote-code", help="Let transformers run the model's own code. Only for trusted models."
     ),
 ]
+DocStartOpt = Annotated[
+    str,
+    typer.Option(
+        "--doc-start",
+        help="Token put before every prompt and text, as documents began in pretraining: auto "
+        "(smollm2-135m: <|endoftext|>; other models: whatever their tokenizer adds), none, or a token.",
+    ),
+]
+
+
+def document_start(value: str) -> str | None:
+    """--doc-start as load_language_model takes it."""
+    return None if value.strip().lower() == "none" else value
+
+
 LimitFactsOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N facts.")]
 
 

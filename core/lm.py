@@ -18,6 +18,21 @@ from .adapters import TransformerAdapter
 from .errors import DataError
 
 
+def added_prefix(tokenizer) -> tuple[int, ...]:
+    """The special tokens the tokenizer puts before every text (Llama's BOS; memloc's document start)."""
+    return tuple(tokenizer("")["input_ids"])
+
+
+def document_start_id(tokenizer) -> int:
+    """The token a document starts from: the one the tokenizer adds before every text,
+    else BOS, else EOS. Generated corpora and context templates are sampled from it."""
+    prefix = added_prefix(tokenizer)
+    for token in (prefix[-1] if prefix else None, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    raise DataError("the tokenizer has neither a BOS nor an EOS token to start a document from")
+
+
 @dataclass
 class LM:
     """A causal language model ready for memloc's methods."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.errors import DataError
-from memloc.core.lm import LM, cache_keyword
+from memloc.core.lm import LM, cache_keyword, document_start_id
 
 GENERATED = "generated"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
@@ -122,14 +122,6 @@ def read_corpus(path: str | Path, limit: int | None = None) -> list[str]:
     return texts[:limit] if limit is not None else texts
 
 
-def start_token(tokenizer) -> int:
-    """The token every generated text starts from: BOS, else EOS."""
-    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if token is not None:
-            return int(token)
-    raise DataError("the tokenizer has neither a BOS nor an EOS token to start generated texts from")
-
-
 def _text_generator(seed: int, index: int) -> torch.Generator:
     # One generator per text: text i depends on (seed, i) only, not on the batch size.
     # The CPU generator keeps only the low 32 bits of its seed, so (seed, i) is hashed
@@ -147,7 +139,7 @@ def _max_new_tokens(lm: LM, wanted: int) -> int:
 def _sample_batch(lm: LM, first: int, size: int, config: GenerationConfig) -> list[str]:
     device = lm.device
     generators = [_text_generator(config.seed, first + row) for row in range(size)]
-    ids = torch.full((size, 1), start_token(lm.tokenizer), device=device)
+    ids = torch.full((size, 1), document_start_id(lm.tokenizer), device=device)
     keyword = cache_keyword(lm.model)
     tokens, cache = [], None
     for _ in range(_max_new_tokens(lm, config.length)):

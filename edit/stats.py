@@ -44,7 +44,7 @@ import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
 from memloc.core.errors import DataError, MemlocError
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import LM
+from memloc.core.lm import LM, added_prefix, document_start_id
 from memloc.core.lm_loading import cache_root
 from memloc.core.sites import Site
 from safetensors import safe_open
@@ -225,13 +225,21 @@ class _Corpus:
     size: int
 
 
-def _resolve_corpus(config: StatsConfig, weights: str) -> _Corpus:
+def _resolve_corpus(lm: LM, config: StatsConfig, weights: str) -> _Corpus:
+    # The tokens the tokenizer adds before each text change every key, so they are part
+    # of the corpus's name (none for GPT-2-style tokenizers, which keeps their old keys).
+    prefix = added_prefix(lm.tokenizer)
+    tokens = f":prefix={list(prefix)}" if prefix else ""
     if config.corpus != GENERATED:
         texts = read_corpus(config.corpus, limit=config.samples)
-        return _Corpus(texts, texts_hash(texts), len(texts))
-    # Generated texts are fixed by the weights and the sampling options, so a hash of
-    # those names them without generating anything (a cache hit runs no model).
-    described = f"{config.generation().describe()}:n={config.samples}:weights={weights}"
+        named = texts_hash(texts)
+        if tokens:
+            named = hashlib.sha256((named + tokens).encode()).hexdigest()
+        return _Corpus(texts, named, len(texts))
+    # Generated texts are fixed by the weights, the start token and the sampling options,
+    # so a hash of those names them without generating anything (a cache hit runs no model).
+    start = document_start_id(lm.tokenizer)
+    described = f"{config.generation().describe()}:n={config.samples}:weights={weights}:start={start}{tokens}"
     return _Corpus(None, hashlib.sha256(described.encode()).hexdigest(), config.samples)
 
 
@@ -367,7 +375,7 @@ def key_statistics_by_layer(
     if not layers:
         raise MemlocError("no layers given; name at least one layer for the key statistics")
     weights = weights_hash(lm.model)
-    corpus = _resolve_corpus(config, weights)
+    corpus = _resolve_corpus(lm, config, weights)
     folder = cache_folder(cache_dir, weights, corpus.hash, config, corpus.size)
     key = f"{weights[:16]}/{folder.name}"
     found = {layer: _load_cached(folder, layer, config) for layer in layers}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text
-from memloc.core.lm import LM, cache_keyword, cache_of
+from memloc.core.lm import LM, cache_keyword, cache_of, document_start_id
 from memloc.core.lm_loading import cache_root
 
 from .delta import weights_hash
@@ -36,8 +36,8 @@ class TemplateConfig:
     counts: tuple[tuple[int, int], ...] = ((10, 5), (10, 10))  # (how many, new tokens each)
     top_k: int = 5
     seed: int = 0
-    # The token sampling starts from; "" = the tokenizer's BOS token, else its EOS token
-    # (GPT-2's <|endoftext|>, the document separator the paper samples from).
+    # The token sampling starts from; "" = the model's document start (core/lm.py:
+    # GPT-2's <|endoftext|>, the document separator the paper samples from).
     start: str = ""
 
 
@@ -47,10 +47,7 @@ def _start_id(tokenizer, start: str) -> int:
         if len(ids) != 1:
             raise ValueError(f"the template start {start!r} must be a single token, got {len(ids)}")
         return ids[0]
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token; set TemplateConfig.start")
+    return document_start_id(tokenizer)
 
 
 def _top_k_sample(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -89,7 +86,10 @@ def sample_templates(lm: LM, config: TemplateConfig) -> tuple[str, ...]:
 
 
 def _cache_file(lm: LM, config: TemplateConfig, cache_dir: Path) -> Path:
-    key = json.dumps({"weights": weights_hash(lm.model), "config": asdict(config)}, sort_keys=True)
+    start = _start_id(lm.tokenizer, config.start)
+    key = json.dumps(
+        {"weights": weights_hash(lm.model), "config": asdict(config), "start": start}, sort_keys=True
+    )
     return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
