@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.lm_loading import cache_root, load_language_model
+from memloc.core.lm_loading import cache_root
 from memloc.edit.corpus import GENERATED, corpus_files
 from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 
 from .console import emit_json, emit_table, progress_bar, stderr
 from .edit_commands import apply_command, eval_command, undo_command
+from .lm_loader import load_lm
 from .options import (
     DeviceOpt,
     DocStartOpt,
@@ -25,7 +26,6 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
-    document_start,
     parse_layers,
 )
 
@@ -108,13 +108,7 @@ def stats_command(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    lm = load_language_model(
-        model,
-        device=device,
-        dtype=dtype.value,
-        trust_remote_code=trust_remote_code,
-        document_start=document_start(doc_start),
-    )
+    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
     for layer in wanted:
         lm.adapter.check_layer(layer)
     start = time.perf_counter()

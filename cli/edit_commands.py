@@ -30,6 +30,7 @@ from memloc.edit.stats import StatsConfig
 from memloc.edit.workflow import EditPlan, prepare_editor
 
 from .console import emit_json, emit_table, progress_bar, stderr, stdout
+from .lm_loader import load_lm
 from .options import (
     DeviceOpt,
     DocStartOpt,
@@ -42,7 +43,6 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
-    document_start,
     parse_layers,
 )
 
@@ -125,13 +125,7 @@ def apply_command(
     if out.exists() and any(out.iterdir()):
         raise MemlocError(f"{out} already exists and is not empty; choose another --out or remove it")
     plan = _plan(method, layers, corpus, samples, seed)
-    lm = load_language_model(
-        model,
-        device=device,
-        dtype=dtype.value,
-        trust_remote_code=trust_remote_code,
-        document_start=document_start(doc_start),
-    )
+    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
     base = weights_hash(lm.model)
     before = _rewrite_probs(lm, loaded)
     ratio = DEFAULT_UPDATE_RATIO[method.value] if max_update_ratio is None else max_update_ratio
@@ -222,13 +216,7 @@ def eval_command(
     loaded = load_facts(facts, limit=limit)
     require_edit_targets(loaded)  # before the model loads: bad facts fail fast
     config = EvalConfig(generation_tokens=fluency_tokens)
-    lm = load_language_model(
-        model,
-        device=device,
-        dtype=dtype.value,
-        trust_remote_code=trust_remote_code,
-        document_start=document_start(doc_start),
-    )
+    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
     with progress_bar("eval") as update:
         if method is not None:
             editor, info = prepare_editor(lm, loaded, _plan(method, layers, corpus, samples, seed), update)

@@ -9,13 +9,13 @@ import typer
 from memloc.core.errors import MemlocError
 from memloc.core.facts import Fact, load_facts
 from memloc.core.lm import LM
-from memloc.core.lm_loading import load_language_model
 from memloc.locate.attribution import KNConfig
 from memloc.locate.fact_runs import locate_intervention, locate_knowledge_neurons, locate_trace
 from memloc.locate.interventions import InterventionConfig
 from memloc.locate.tracing import TRACE_KINDS, TraceConfig
 
 from .console import emit_json, emit_table, progress_bar, stderr
+from .lm_loader import load_lm
 from .options import (
     DeviceOpt,
     DocStartOpt,
@@ -28,7 +28,6 @@ from .options import (
     ModelOpt,
     SeedOpt,
     TrustRemoteCodeOpt,
-    document_start,
     parse_layers,
 )
 
@@ -51,13 +50,7 @@ def load_inputs(
     if model is None or facts is None:
         raise MemlocError("give both --model (a language model) and --facts (a fact file)")
     loaded = load_facts(facts, limit=limit)
-    lm = load_language_model(
-        model,
-        device=device,
-        dtype=dtype.value,
-        trust_remote_code=trust_remote_code,
-        document_start=document_start(doc_start),
-    )
+    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
     return lm, loaded
 
 

@@ -191,3 +191,9 @@ def test_cli_stats_json_and_errors(tmp_path, capsys):
     assert "nope.txt does not exist" in one_line_error(code, err)
     code, _, err = run_cli(capsys, *base, "--layers", "x", "--corpus", corpus)
     assert "'x' is not a layer number" in one_line_error(code, err)
+    code, _, err = run_cli(capsys, *base, "--layers", "1", "--corpus", corpus, "--doc-start", "<|nope|>")
+    assert "'<|nope|>' is not a token of this tokenizer" in one_line_error(code, err)
+    code, out, _ = run_cli(
+        capsys, *base, "--layers", "3", "--corpus", corpus, "--doc-start", "<|endoftext|>", "--format", "json"
+    )
+    assert code == 0 and json.loads(out)["layers"][0]["tokens"] == report["layers"][1]["tokens"] + 6
