@@ -138,6 +138,13 @@ def apply_command(
         groups = [loaded] if method is Method.memit else [[f] for f in loaded]
         for i, group in enumerate(groups):
             delta = editor(group)
+            if "unedited" in delta.info:
+                refused.append({"case_ids": list(delta.case_ids), "reason": delta.info["unedited"]})
+                stderr.print(
+                    f"memloc: warning: fact {delta.case_ids[0]}: {delta.info['unedited']}; not edited"
+                )
+                update(i + 1, len(groups), "editing")
+                continue
             try:
                 handle, check = checked_apply(lm, delta, monitor, baseline)
             except CollapseError as exc:
@@ -248,6 +255,8 @@ def eval_command(
         [{"metric": k, "pre": result["pre"][k], "post": result["post"][k]} for k in keys],
     )
     stdout.print(f"seconds per edit: {result['seconds_per_edit']:.2f}")
+    if result.get("unedited"):
+        stderr.print(f"not edited (the method found nothing to change): {', '.join(result['unedited'])}")
 
 
 def _measure_folder(lm, model: str, facts, config: EvalConfig) -> dict:

@@ -243,11 +243,18 @@ def evaluate_edits(
     step()
     post: list[FactScores] = []
     handles: list[Applied] = []
+    unedited: list[str] = []
     edit_seconds = 0.0
+
+    def edit(chosen: Sequence[Fact]) -> Applied:
+        delta = editor(chosen)
+        unedited.extend(_unedited(delta))
+        return apply(lm.model, lm.adapter, delta)
+
     try:
         if mode == "batch":
             start = time.perf_counter()
-            handles.append(apply(lm.model, lm.adapter, editor(facts)))
+            handles.append(edit(facts))
             edit_seconds += time.perf_counter() - start
             done += len(facts) - 1
             step()
@@ -255,7 +262,7 @@ def evaluate_edits(
         else:
             for fact in facts:
                 start = time.perf_counter()
-                handle = apply(lm.model, lm.adapter, editor([fact]))
+                handle = edit([fact])
                 edit_seconds += time.perf_counter() - start
                 if mode == "single":
                     try:
@@ -277,9 +284,18 @@ def evaluate_edits(
         "pre": summarize(pre),
         "post": summarize(post),
         "seconds_per_edit": edit_seconds / max(len(facts), 1),
+        "unedited": unedited,  # facts the method found nothing to edit in (scored as they are)
         "per_fact": [_fact_row(a, b) for a, b in zip(pre, post, strict=True)],
         "config": asdict(config),
     }
+
+
+def _unedited(delta: WeightDelta) -> list[str]:
+    """Case ids a method left unedited (``info["unedited"]``, per part when combined)."""
+    parts = delta.info.get("parts", [delta.info])
+    if len(parts) != len(delta.case_ids):
+        return []
+    return [case for case, info in zip(delta.case_ids, parts, strict=True) if "unedited" in info]
 
 
 def _fact_row(pre: FactScores, post: FactScores) -> dict:

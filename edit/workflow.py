@@ -89,6 +89,11 @@ def edit_layers(
     return tuple(range(max(0, best - plan.memit_span + 1), best + 1))
 
 
+def unedited(fact: Fact, method: str, reason: str) -> WeightDelta:
+    """An empty delta for a fact the method cannot edit; ``info["unedited"]`` says why."""
+    return WeightDelta(method=method, layers=(), case_ids=(fact.case_id,), info={"unedited": reason})
+
+
 def combine(deltas: Sequence[WeightDelta], method: str) -> WeightDelta:
     """One delta holding several; `apply` sums the parts of a layer before rounding once."""
     if len(deltas) == 1:
@@ -121,8 +126,15 @@ def prepare_editor(
         def kn_editor(chosen: Sequence[Fact]) -> WeightDelta:
             deltas = []
             for fact in chosen:
-                neurons = [(layer, index) for layer, index, _ in by_case[fact.case_id].neurons]
-                exclude = [(layer, index) for layer, index, _ in shared.get(fact.relation_key, [])]
+                neurons = {(layer, index) for layer, index, _ in by_case[fact.case_id].neurons}
+                exclude = {(layer, index) for layer, index, _ in shared.get(fact.relation_key, [])}
+                if not neurons - exclude:
+                    # Dai et al.'s method has nothing to edit here; the fact stays as it is
+                    # and is reported, so one such fact does not stop an evaluation.
+                    deltas.append(
+                        unedited(fact, "kn", "no knowledge neurons left after excluding relation neurons")
+                    )
+                    continue
                 deltas.append(compute_kn_edit(lm, fact, neurons, plan.kn_edit, exclude=exclude))
             return combine(deltas, "kn")
 

@@ -121,3 +121,31 @@ def test_kn_edit_bad_input_is_one_line():
         compute_kn_edit(lm, fact, [(0, 1)], exclude=[(0, 1)])
     with pytest.raises(NeuronEditError, match="equals target_true"):
         compute_kn_edit(lm, Fact("t", "the capital of {} is", "Zorbia", "Oslo", "Oslo"), [(0, 1)])
+
+
+def test_kn_eval_keeps_going_past_a_fact_without_neurons(fixture_lm, facts, monkeypatch):
+    """A fact whose neurons are all relation-level gets no edit and is reported, not a crash."""
+    from types import SimpleNamespace
+
+    from memloc.edit import workflow
+    from memloc.edit.evaluate import EvalConfig, evaluate_edits
+
+    chosen = facts[:2]
+    keep = top_neurons(fixture_lm, chosen[1], 3)
+    found = SimpleNamespace(
+        facts=[SimpleNamespace(case_id=f.case_id, neurons=[]) for f in chosen],
+        relations={},
+        by_case=lambda: {
+            chosen[0].case_id: SimpleNamespace(neurons=[]),
+            chosen[1].case_id: SimpleNamespace(neurons=[(layer, index, 1.0) for layer, index in keep]),
+        },
+    )
+    monkeypatch.setattr(workflow, "knowledge_neurons", lambda *args, **kwargs: found)
+    editor, _ = workflow.prepare_editor(fixture_lm, chosen, workflow.EditPlan("kn"))
+    base = weights_hash(fixture_lm.model)
+    result = evaluate_edits(fixture_lm, chosen, editor, "single", EvalConfig(fluency=False))
+    assert weights_hash(fixture_lm.model) == base
+    assert result["unedited"] == [chosen[0].case_id]
+    first, second = result["per_fact"]
+    assert first["p_new_post"] == pytest.approx(first["p_new_pre"], abs=1e-6)
+    assert second["p_new_post"] > second["p_new_pre"]
