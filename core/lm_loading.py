@@ -33,7 +33,7 @@ import torch
 from .adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, MemlocError, UnsupportedModelError
-from .lm import LM
+from .lm import LM, added_prefix
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m",)
@@ -191,7 +191,7 @@ def prepend_document_start(tokenizer, token: str) -> None:
         token_id == getattr(tokenizer, "unk_token_id", None) and token != tokenizer.unk_token
     ):
         raise MemlocError(f"the document start {token!r} is not a token of this tokenizer")
-    if tokenizer("")["input_ids"][-1:] == [token_id]:
+    if added_prefix(tokenizer)[-1:] == (token_id,):
         return
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

@@ -392,9 +392,20 @@ def _search_chunk(
 
     x_target = data.x[chunk]
 
-    def settle_rejections(i: int, drop: float) -> bool:
+    def zero_best(i: int, g: np.ndarray) -> bool:
+        """Zero target i's unit of largest gain in ``g``; False (and stop) when none lowers J."""
+        unit = int(np.argmax(g))
+        if not g[unit] > 0:
+            outcome[i] = stop(i, "no unit lowers J")
+            return False
+        zeroed[i, unit] = True
+        order[i].append(unit)
+        steps[i] += 1
+        return True
+
+    def settle_rejections(i: int, drop: float) -> None:
         """From a flipped state of target i: finish it, or reject units until the state
-        stops flipping. True when target i is done.
+        stops flipping.
 
         Over budget, the last unit goes back and is never tried again for this
         example; the state is then the one whose gains were computed last, so the
@@ -412,21 +423,15 @@ def _search_chunk(
                     outcome[i] = _finish(
                         model, space, data, chunk[i], order[i], drop, steps[i], config, base_hold, suspects[i]
                     )
-                    return True
+                    return
                 last = order[i].pop()
                 zeroed[i, last] = False
                 banned[i, last] = True
-                g = np.where(zeroed[i] | banned[i], -np.inf, previous[i])
-                unit = int(np.argmax(g))
-                if not g[unit] > 0:
-                    outcome[i] = stop(i, "no unit lowers J")
-                    return True
-                zeroed[i, unit] = True
-                order[i].append(unit)
-                steps[i] += 1
+                if not zero_best(i, np.where(zeroed[i] | banned[i], -np.inf, previous[i])):
+                    return
                 mask = torch.from_numpy(~zeroed[i : i + 1]).to(device, torch.float32)
                 if int(_predict(model, space, x_target[i : i + 1], mask)[0]) == int(targets_y[i]):
-                    return False
+                    return
                 drop = _drop(model, space, data, order[i], base_hold, config.collateral, suspects[i])
         finally:
             spent[i] += time.perf_counter() - start
@@ -469,22 +474,14 @@ def _search_chunk(
         own = 0.0  # time spent on one target alone, charged to it only
         for j, i in enumerate(active):
             if i in drop_of:
-                if settle_rejections(i, drop_of[i]):
-                    continue
-                # The state after the rejections does not flip: its gains need a pass.
+                # Finishes target i, or leaves it at a state that no longer flips, whose
+                # gains the next pass computes.
+                settle_rejections(i, drop_of[i])
             elif len(order[i]) >= config.max_units:
                 outcome[i] = stop(i, "cap")
-                continue
             else:
-                g = gains[j]
-                previous[i] = g
-                unit = int(np.argmax(g))
-                if not g[unit] > 0:
-                    outcome[i] = stop(i, "no unit lowers J")
-                    continue
-                zeroed[i, unit] = True
-                order[i].append(unit)
-                steps[i] += 1
+                previous[i] = gains[j]
+                zero_best(i, gains[j])
         share = (time.perf_counter() - tick - own) / n
         for i in active:
             spent[i] += share
