@@ -56,7 +56,11 @@ def test_streamed_equals_one_batch(tmp_path, arch):
         assert stats.count == tokens and stats.texts == len(texts)
         assert stats.second_moment.dtype == torch.float64
         assert stats.second_moment.shape == (lm.adapter.d_mlp, lm.adapter.d_mlp)
-        torch.testing.assert_close(stats.second_moment, expected, rtol=1e-10, atol=1e-14)
+        # transformers 5 computes RoPE tables in float32 whatever the model's dtype, and
+        # float32 cos/sin round differently by tensor length, so rotary models agree to
+        # float32 rounding only; a wrong or missing token would be off by far more.
+        rtol, atol = (1e-6, 1e-12) if arch == "llama" else (1e-10, 1e-14)
+        torch.testing.assert_close(stats.second_moment, expected, rtol=rtol, atol=atol)
     assert not torch.allclose(found[0].second_moment, found[2].second_moment)
 
 
