@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from memloc.core.runs import RunFolder
-from memloc.core.train import TrainConfig, train_run
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.training.train import TrainConfig, train_run
 
 
 def run_or_train(path: str | None, epochs: int) -> RunFolder:

@@ -22,8 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 from _runs import run_or_train
-from memloc.core.splits import RunData
-from memloc.locate.neurons import FlipConfig, FlipData, flip_search, zeroed_weights
+from memloc.core.classifier.splits import RunData
+from memloc.locate.classifier.unit_search import FlipConfig, FlipData, flip_search, zeroed_weights
 
 
 def reference_search(model, adapter, data: FlipData, target: int, config: FlipConfig) -> tuple[bool, list]:

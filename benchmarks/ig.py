@@ -18,8 +18,8 @@ import sys
 import time
 
 import torch
-from memloc.core.lm_loading import load_language_model
-from memloc.locate.attribution import KNConfig, attribute_prompt
+from memloc.core.lm.loading import load_language_model
+from memloc.locate.lm.knowledge_neurons import KNConfig, attribute_prompt
 
 PROMPT = "The Eiffel Tower, the famous landmark, is located in the city of"
 TARGET = "Paris"

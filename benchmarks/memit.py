@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 
 import torch
-from memloc.core.facts import Fact, load_facts
 from memloc.core.hooks import trace
-from memloc.core.lm import encode
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode
 from memloc.core.sites import Site
 from memloc.edit.delta import LayerDelta, WeightDelta, apply
 from memloc.edit.memit import MemitConfig, compute_memit, read_at_positions, subject_keys, subject_states

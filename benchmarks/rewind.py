@@ -22,10 +22,15 @@ import torch
 from _runs import run_or_train
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
-from memloc.core.runs import RunFolder
-from memloc.core.splits import RunData
-from memloc.core.zoo import build_model
-from memloc.locate.rewinding import RewindConfig, default_rewind_epochs, group_tensors, rewind_cells
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.classifier.splits import RunData
+from memloc.core.training.zoo import build_model
+from memloc.locate.classifier.rewinding import (
+    RewindConfig,
+    default_rewind_epochs,
+    group_tensors,
+    rewind_cells,
+)
 
 
 def sync(device: torch.device) -> None:

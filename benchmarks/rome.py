@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from memloc.core.facts import Fact, load_facts
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import LM, encode
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import LM, encode
 from memloc.core.sites import Site
 from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
 from memloc.edit.rome import RomeConfig, compute_rome

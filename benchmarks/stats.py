@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.hooks import trace
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.loading import load_language_model
 from memloc.core.sites import Site
 from memloc.edit.corpus import GenerationConfig, generate_texts
 from memloc.edit.stats import StatsConfig, key_statistics_by_layer

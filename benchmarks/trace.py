@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 import torch
-from memloc.core.facts import Fact
-from memloc.core.lm_loading import load_language_model
-from memloc.locate.tracing import TraceConfig, trace_fact
-from memloc.locate.tracing_figures import trace_heatmaps
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.loading import load_language_model
+from memloc.locate.lm.tracing import TraceConfig, trace_fact
+from memloc.locate.lm.tracing_figures import trace_heatmaps
 
 FACT = Fact("eiffel", "The {} is located in the city of", "Eiffel Tower", "Paris")
 

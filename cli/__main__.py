@@ -1,5 +1,5 @@
 """`python -m memloc.cli` runs the `memloc` command."""
 
-from .app import main
+from memloc.cli.app import main
 
 main()

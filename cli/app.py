@@ -11,12 +11,11 @@ import sys
 from collections.abc import Sequence
 
 import typer
+from memloc.cli import edit, locate, models
+from memloc.cli.demo import demo_command
+from memloc.cli.report import report_command
+from memloc.cli.train import train_command
 from memloc.core.errors import MemlocError
-
-from . import edit, locate, models
-from .demo import demo_command
-from .report import report_command
-from .train import train_command
 
 # Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

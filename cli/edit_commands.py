@@ -9,29 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.errors import MemlocError
-from memloc.core.facts import load_facts, require_edit_targets
-from memloc.core.lm import encode, target_prob
-from memloc.core.lm_loading import load_language_model
-from memloc.core.render import write_report
-from memloc.core.report import Report, provenance
-from memloc.edit.delta import weights_hash
-from memloc.edit.eval_report import eval_section
-from memloc.edit.evaluate import MODES, EvalConfig, evaluate_edits, measure, summarize
-from memloc.edit.ledger import read_ledger, save_edited, undo
-from memloc.edit.monitor import (
-    DEFAULT_UPDATE_RATIO,
-    CollapseError,
-    MonitorConfig,
-    checked_apply,
-    generation_entropy,
-)
-from memloc.edit.stats import StatsConfig
-from memloc.edit.workflow import EditPlan, prepare_editor
-
-from .console import emit_json, emit_table, progress_bar, stderr, stdout
-from .lm_loader import load_lm
-from .options import (
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr, stdout
+from memloc.cli.lm_loader import load_lm
+from memloc.cli.options import (
     DeviceOpt,
     DocStartOpt,
     Dtype,
@@ -45,6 +25,25 @@ from .options import (
     TrustRemoteCodeOpt,
     parse_layers,
 )
+from memloc.core.errors import MemlocError
+from memloc.core.lm.facts import load_facts, require_edit_targets
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode, target_prob
+from memloc.core.render import write_report
+from memloc.core.report import Report, provenance
+from memloc.edit.delta import weights_hash
+from memloc.edit.editors import EditPlan, prepare_editor
+from memloc.edit.eval_report import eval_section
+from memloc.edit.evaluate import MODES, EvalConfig, evaluate_edits, measure, summarize
+from memloc.edit.ledger import read_ledger, save_edited, undo
+from memloc.edit.monitor import (
+    DEFAULT_UPDATE_RATIO,
+    CollapseError,
+    MonitorConfig,
+    checked_apply,
+    generation_entropy,
+)
+from memloc.edit.stats import StatsConfig
 
 
 class Method(str, Enum):

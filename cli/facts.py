@@ -6,17 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact, load_facts
-from memloc.core.lm import LM
-from memloc.locate.attribution import KNConfig
-from memloc.locate.fact_runs import locate_intervention, locate_knowledge_neurons, locate_trace
-from memloc.locate.interventions import InterventionConfig
-from memloc.locate.tracing import TRACE_KINDS, TraceConfig
-
-from .console import emit_json, emit_table, progress_bar, stderr
-from .lm_loader import load_lm
-from .options import (
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.lm_loader import load_lm
+from memloc.cli.options import (
     DeviceOpt,
     DocStartOpt,
     Dtype,
@@ -30,6 +22,13 @@ from .options import (
     TrustRemoteCodeOpt,
     parse_layers,
 )
+from memloc.core.errors import MemlocError
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.model import LM
+from memloc.locate.lm.fact_runs import locate_intervention, locate_knowledge_neurons, locate_trace
+from memloc.locate.lm.interventions import InterventionConfig
+from memloc.locate.lm.knowledge_neurons import KNConfig
+from memloc.locate.lm.tracing import TRACE_KINDS, TraceConfig
 
 FactsOutOpt = Annotated[
     Path | None,
@@ -116,7 +115,7 @@ def trace_command(
 
 
 def _write_report(out: Path) -> None:
-    from memloc.locate.fact_report import write_fact_report
+    from memloc.locate.lm.fact_report import write_fact_report
 
     _md, page = write_fact_report(out)
     stderr.print(f"report: {page}")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from memloc.core.lm import LM
-from memloc.core.lm_loading import load_language_model
-
-from .options import Dtype, document_start
+from memloc.cli.options import Dtype, document_start
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import LM
 
 
 def load_lm(model: str, device: str, dtype: Dtype, trust_remote_code: bool, doc_start: str) -> LM:

@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.devices import resolve_device
-from memloc.core.errors import MemlocError
-from memloc.core.runs import RunFolder
-from memloc.locate.layers import LayersConfig, headline, locate_layers, retrain_summary
-from memloc.locate.neuron_runs import locate_neurons, summary_rows
-from memloc.locate.neurons import FlipConfig
-from memloc.locate.scores import CurvatureConfig, locate_scores
-
-from .console import emit_json, emit_table, progress_bar, stderr
-from .facts import enhance_command, kn_config, knowledge_neurons_command, suppress_command, trace_command
-from .options import (
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.facts import (
+    enhance_command,
+    kn_config,
+    knowledge_neurons_command,
+    suppress_command,
+    trace_command,
+)
+from memloc.cli.options import (
     DeviceOpt,
     DocStartOpt,
     Dtype,
@@ -29,6 +27,13 @@ from .options import (
     SeedOpt,
     TrustRemoteCodeOpt,
 )
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.devices import resolve_device
+from memloc.core.errors import MemlocError
+from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers, retrain_summary
+from memloc.locate.classifier.scores import CurvatureConfig, locate_scores
+from memloc.locate.classifier.unit_runs import locate_neurons, summary_rows
+from memloc.locate.classifier.unit_search import FlipConfig
 
 app = typer.Typer(
     no_args_is_help=True, help="Locate memorization: layers, units, examples; facts in language models."

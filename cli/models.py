@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.lm_loading import load_language_model
-from memloc.core.runs import RunFolder
-
-from .console import emit_json, emit_table
-from .options import DeviceOpt, Dtype, DtypeOpt, Format, FormatOpt, TrustRemoteCodeOpt
+from memloc.cli.console import emit_json, emit_table
+from memloc.cli.options import DeviceOpt, Dtype, DtypeOpt, Format, FormatOpt, TrustRemoteCodeOpt
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.lm.loading import load_language_model
 
 app = typer.Typer(no_args_is_help=True, help="Inspect models: layers, sites and widths.")
 

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from memloc.core.runs import RunFolder
-from memloc.locate.classifier_report import build_report
-
-from .console import emit_json, stdout
-from .options import Format, FormatOpt, RunDirArg
+from memloc.cli.console import emit_json, stdout
+from memloc.cli.options import Format, FormatOpt, RunDirArg
+from memloc.core.classifier.runs import RunFolder
+from memloc.locate.classifier.report import build_report
 
 
 def report_command(

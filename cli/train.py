@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt
+from memloc.core.classifier.runs import RunFolder
 from memloc.core.devices import resolve_device
-from memloc.core.runs import RunFolder
-from memloc.core.train import TrainConfig, train_run
-
-from .console import emit_json, emit_table, progress_bar, stderr
-from .options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt
+from memloc.core.training.train import TrainConfig, train_run
 
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs", "seconds")
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from memloc.core.errors import MemlocError, UnsupportedModelError
+from memloc.core.sites import Site
 from torch import nn
-
-from .errors import MemlocError, UnsupportedModelError
-from .sites import Site
 
 HookIO = Literal["input", "output"]
 

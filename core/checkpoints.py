@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
+from memloc.core.errors import CheckpointError, MemlocError, UnsafePickleError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from .errors import CheckpointError, MemlocError, UnsafePickleError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 

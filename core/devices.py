@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import torch
-
-from .errors import MemlocError
+from memloc.core.errors import MemlocError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

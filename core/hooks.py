@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
+from memloc.core.adapters import HookPoint, resolve_module
+from memloc.core.sites import Site
 from torch import nn
-
-from .adapters import HookPoint, resolve_module
-from .sites import Site
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

@@ -18,8 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
 from matplotlib.figure import Figure
-
-from .checkpoints import atomic_write, atomic_write_text
+from memloc.core.checkpoints import atomic_write, atomic_write_text
 
 
 @dataclass

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .checkpoints import atomic_write_text, file_hash
-from .errors import MemlocError
+from memloc.core.checkpoints import atomic_write_text, file_hash
+from memloc.core.errors import MemlocError
 
 SCHEMA_VERSION = 1
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import MemlocError
+from memloc.core.errors import MemlocError
 
 TRANSFORMER_KINDS = ("resid.pre", "attn.out", "mlp.post", "mlp.out", "resid.post")
 CLASSIFIER_KINDS = ("out", "pre")

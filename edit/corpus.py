@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.errors import DataError
-from memloc.core.lm import LM, cache_keyword, document_start_id
+from memloc.core.lm.model import LM, cache_keyword, document_start_id
 
 GENERATED = "generated"
 CORPUS_SUFFIXES = (".txt", ".jsonl")

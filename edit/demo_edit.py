@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memloc.core.facts import Fact
-from memloc.core.lm import LM, encode, target_prob
-
-from .delta import weights_hash
-from .evaluate import generate
-from .monitor import MonitorConfig, checked_apply
-from .stats import StatsConfig
-from .workflow import EditPlan, prepare_editor
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, encode, target_prob
+from memloc.edit.delta import weights_hash
+from memloc.edit.editors import EditPlan, prepare_editor
+from memloc.edit.evaluate import generate
+from memloc.edit.monitor import MonitorConfig, checked_apply
+from memloc.edit.stats import StatsConfig
 
 
 def _snapshot(lm: LM, fact: Fact, prompts: list[str], tokens: int) -> dict:

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
-from memloc.core.lm import LM
-
-from .delta import Applied, WeightDelta, apply
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM
+from memloc.edit.delta import Applied, WeightDelta, apply
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
 

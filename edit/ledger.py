@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
-from memloc.core.lm import LM
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM
 from memloc.core.report import to_jsonable
-
-from .delta import Applied, WeightDelta, weights_hash
+from memloc.edit.delta import Applied, WeightDelta, weights_hash
 
 LEDGER_VERSION = 1
 

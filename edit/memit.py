@@ -37,13 +37,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact, require_edit_targets
 from memloc.core.hooks import patch
-from memloc.core.lm import LM, encode, run_block
+from memloc.core.lm.facts import Fact, require_edit_targets
+from memloc.core.lm.model import LM, encode, run_block
 from memloc.core.sites import Site
-
-from .delta import LayerDelta, WeightDelta, apply
-from .targets import RewriteBatch, SuffixScorer, TargetConfig, check_target_inputs, rewrite_batch
+from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.targets import RewriteBatch, SuffixScorer, TargetConfig, check_target_inputs, rewrite_batch
 
 Progress = Callable[[int], None]
 

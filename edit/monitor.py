@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.lm import LM
-
-from .delta import Applied, WeightDelta, apply
-from .evaluate import generate, ngram_entropy
+from memloc.core.lm.model import LM
+from memloc.edit.delta import Applied, WeightDelta, apply
+from memloc.edit.evaluate import generate, ngram_entropy
 
 
 class CollapseError(MemlocError):

@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact, require_edit_targets
-from memloc.core.lm import LM
+from memloc.core.lm.facts import Fact, require_edit_targets
+from memloc.core.lm.model import LM
 from memloc.core.sites import Site
-
-from .delta import LayerDelta, WeightDelta
-from .targets import TargetConfig, optimize_target
-from .templates import TemplateConfig, context_templates
+from memloc.edit.delta import LayerDelta, WeightDelta
+from memloc.edit.targets import TargetConfig, optimize_target
+from memloc.edit.templates import TemplateConfig, context_templates
 
 
 @dataclass(frozen=True)

@@ -44,13 +44,12 @@ import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
 from memloc.core.errors import DataError, MemlocError
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import LM, added_prefix, document_start_id
-from memloc.core.lm_loading import cache_root
+from memloc.core.lm.loading import cache_root
+from memloc.core.lm.model import LM, added_prefix, document_start_id
 from memloc.core.sites import Site
+from memloc.edit.corpus import GENERATED, GenerationConfig, generate_texts, read_corpus, texts_hash
+from memloc.edit.delta import weights_hash
 from safetensors import safe_open
-
-from .corpus import GENERATED, GenerationConfig, generate_texts, read_corpus, texts_hash
-from .delta import weights_hash
 
 Progress = Callable[[int, int, str], None]
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact, require_edit_targets
 from memloc.core.hooks import capture_calls, trace
-from memloc.core.lm import LM, cache_keyword, cache_of, encode, layer_kv, run_block
+from memloc.core.lm.facts import Fact, require_edit_targets
+from memloc.core.lm.model import LM, cache_keyword, cache_of, encode, layer_kv, run_block
 from memloc.core.sites import Site
 from transformers.cache_utils import DynamicCache
 

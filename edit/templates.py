@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text
-from memloc.core.lm import LM, cache_keyword, cache_of, document_start_id
-from memloc.core.lm_loading import cache_root
-
-from .delta import weights_hash
+from memloc.core.lm.loading import cache_root
+from memloc.core.lm.model import LM, cache_keyword, cache_of, document_start_id
+from memloc.edit.delta import weights_hash
 
 
 @dataclass(frozen=True)

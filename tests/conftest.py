@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memloc.core.runs import RunFolder
-from memloc.core.train import TrainConfig, train_run
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.training.train import TrainConfig, train_run
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -3,7 +3,7 @@ import torch
 from memloc.core.adapters import ClassifierAdapter, LayerNotFoundError
 from memloc.core.errors import UnsupportedModelError
 from memloc.core.sites import Site
-from memloc.core.zoo import ARCHS, ModelSpec, build_model, default_width
+from memloc.core.training.zoo import ARCHS, ModelSpec, build_model, default_width
 from torch import nn
 
 

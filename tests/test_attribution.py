@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import encode, next_token_probs
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import encode, next_token_probs
 from memloc.core.sites import Site
-from memloc.locate.attribution import (
+from memloc.locate.lm.knowledge_neurons import (
     KNConfig,
     attribute_prompt,
     coarse_neurons,

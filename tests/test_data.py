@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memloc.core.data import FASHION_MNIST_DIR, DataError, inject_noise, load_dataset, stratified_subset
+from memloc.core.classifier.data import (
+    FASHION_MNIST_DIR,
+    DataError,
+    inject_noise,
+    load_dataset,
+    stratified_subset,
+)
 
 
 def write_idx(path, array):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.lm import added_prefix, document_start_id, encode
-from memloc.core.lm_loading import load_language_model, prepend_document_start
+from memloc.core.lm.loading import load_language_model, prepend_document_start
+from memloc.core.lm.model import added_prefix, document_start_id, encode
 from memloc.edit.stats import StatsConfig, key_statistics
 
 FIXTURE_LM = Path(__file__).resolve().parent.parent / "fixtures" / "fixture-lm"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from memloc.core.facts import Fact
+from memloc.core.lm.facts import Fact
 from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
 from memloc.edit.evaluate import (
     EvalConfig,

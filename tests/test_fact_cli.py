@@ -93,7 +93,7 @@ def test_layer_out_of_range_is_one_line(capsys):
 
 
 def test_edit_apply_undo_eval_round_trip(tmp_path, capsys):
-    from memloc.core.lm_loading import load_language_model
+    from memloc.core.lm.loading import load_language_model
     from memloc.edit.delta import weights_hash
 
     edited, restored = tmp_path / "edited", tmp_path / "restored"
@@ -153,10 +153,10 @@ def test_edit_refuses_equal_targets(tmp_path, capsys):
 
 
 def test_last_subject_only_trace_gives_the_same_best_layer_rows():
-    from memloc.core.facts import load_facts
-    from memloc.core.lm_loading import load_language_model
-    from memloc.locate.fact_runs import locate_trace
-    from memloc.locate.tracing import TraceConfig
+    from memloc.core.lm.facts import load_facts
+    from memloc.core.lm.loading import load_language_model
+    from memloc.locate.lm.fact_runs import locate_trace
+    from memloc.locate.lm.tracing import TraceConfig
 
     lm = load_language_model(str(MODEL), device="cpu")
     facts = load_facts(FACTS, limit=3)

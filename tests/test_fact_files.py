@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from memloc.core.errors import DataError
-from memloc.core.facts import Fact, load_facts, require_edit_targets
+from memloc.core.lm.facts import Fact, load_facts, require_edit_targets
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SIMPLE = FIXTURES / "smollm2-facts.jsonl"

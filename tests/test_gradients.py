@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
-from memloc.core.gradients import group_stats, split_gradients
-from memloc.core.zoo import ModelSpec, build_model
+from memloc.core.classifier.gradients import group_stats, split_gradients
+from memloc.core.training.zoo import ModelSpec, build_model
 
 
 def test_clean_and_noisy_parts_sum_to_the_batch_gradient():

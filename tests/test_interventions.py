@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
 from memloc.core.hooks import trace
-from memloc.core.lm import encode, next_token_probs
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import encode, next_token_probs
 from memloc.core.sites import Site
-from memloc.locate.attribution import KNConfig, attribute_prompt
-from memloc.locate.interventions import InterventionConfig, intervene, random_neurons, scaled_neurons
+from memloc.locate.lm.interventions import InterventionConfig, intervene, random_neurons, scaled_neurons
+from memloc.locate.lm.knowledge_neurons import KNConfig, attribute_prompt
 from tiny_lms import tiny_lm
 
 TEXT = "the capital of Zorbia is the city of"

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.adapters import LayerNotFoundError
-from memloc.core.facts import Fact, load_facts
 from memloc.core.hooks import patch
-from memloc.core.lm import encode, target_prob
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode, target_prob
 from memloc.core.sites import Site
 from memloc.edit.delta import apply, weights_hash
-from memloc.edit.neurons import KNEditConfig, NeuronEditError, compute_kn_edit
+from memloc.edit.kn_edit import KNEditConfig, NeuronEditError, compute_kn_edit
 from tiny_lms import tiny_lm
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures"
@@ -127,7 +127,7 @@ def test_kn_eval_keeps_going_past_a_fact_without_neurons(fixture_lm, facts, monk
     """A fact whose neurons are all relation-level gets no edit and is reported, not a crash."""
     from types import SimpleNamespace
 
-    from memloc.edit import workflow
+    from memloc.edit import editors as workflow
     from memloc.edit.evaluate import EvalConfig, evaluate_edits
 
     chosen = facts[:2]

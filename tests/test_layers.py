@@ -5,10 +5,16 @@ import json
 import pytest
 import torch
 from memloc.core.checkpoints import load_into
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import RunFolderError
-from memloc.core.splits import RunData
-from memloc.locate.layers import LayersConfig, locate_layers
-from memloc.locate.rewinding import RetrainConfig, RewindConfig, retrain_group, rewind_cells, rewound
+from memloc.locate.classifier.layers import LayersConfig, locate_layers
+from memloc.locate.classifier.rewinding import (
+    RetrainConfig,
+    RewindConfig,
+    retrain_group,
+    rewind_cells,
+    rewound,
+)
 
 CPU = torch.device("cpu")
 

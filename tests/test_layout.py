@@ -1,8 +1,8 @@
 """Channels-last weights during the flip search: same function, model returned exactly."""
 
 import torch
-from memloc.core.layout import channels_last_on_cpu
-from memloc.core.zoo import ModelSpec, build_model
+from memloc.core.classifier.conv_layout import channels_last_on_cpu
+from memloc.core.training.zoo import ModelSpec, build_model
 
 
 def test_channels_last_keeps_outputs_and_restores_storage():

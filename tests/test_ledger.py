@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from memloc.core.facts import Fact
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.loading import load_language_model
 from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
 from memloc.edit.ledger import LedgerError, save_edited, undo
 from memloc.edit.monitor import CollapseError, MonitorConfig, checked_apply

@@ -9,8 +9,8 @@ import pytest
 import torch
 from memloc.cli.app import main
 from memloc.core.errors import CheckpointError, UnsupportedModelError
-from memloc.core.lm import encode, target_prob
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode, target_prob
 from tiny_lms import tiny_lm
 
 

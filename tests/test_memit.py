@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.adapters import LayerNotFoundError
-from memloc.core.facts import Fact, load_facts
 from memloc.core.hooks import trace
-from memloc.core.lm import encode
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode
 from memloc.core.sites import Site
 from memloc.edit.delta import WeightDelta, apply, weights_hash
 from memloc.edit.memit import (

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 from memloc.core.adapters import ClassifierAdapter
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
-from memloc.core.splits import RunData
-from memloc.locate.neurons import FlipConfig, FlipData, UnitSpace, flip_search, zeroed_weights
+from memloc.locate.classifier.unit_search import FlipConfig, FlipData, UnitSpace, flip_search, zeroed_weights
 from torch import nn
 
 CPU = torch.device("cpu")
@@ -181,7 +181,7 @@ def test_cli_neurons_and_bad_input(tmp_path, capsys, cnn_run):
 
 
 def test_batched_hold_out_drops_equal_early_exit_drops(cnn_setup):
-    from memloc.locate.neurons import _drops
+    from memloc.locate.classifier.unit_search import _drops
 
     model, adapter, data, _ = cnn_setup
     space = UnitSpace(adapter, "mask", include_head=False)
@@ -196,7 +196,7 @@ def test_batched_hold_out_drops_equal_early_exit_drops(cnn_setup):
 
 
 def test_suspects_first_changes_no_drop(cnn_setup):
-    from memloc.locate.neurons import _drop, _Suspects
+    from memloc.locate.classifier.unit_search import _drop, _Suspects
 
     model, adapter, data, _ = cnn_setup
     space = UnitSpace(adapter, "mask", include_head=False)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from memloc.core.adapters import LayerNotFoundError
 from memloc.core.errors import DataError
-from memloc.core.facts import Fact, load_facts
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import encode
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.loading import load_language_model
+from memloc.core.lm.model import encode
 from memloc.core.sites import Site
 from memloc.edit.delta import apply, weights_hash
 from memloc.edit.rome import RomeConfig, compute_rome

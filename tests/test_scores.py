@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from memloc.core.errors import MemlocError
-from memloc.locate.classifier_report import build_report
-from memloc.locate.layers import LayersConfig, locate_layers
-from memloc.locate.scores import (
+from memloc.locate.classifier.layers import LayersConfig, locate_layers
+from memloc.locate.classifier.report import build_report
+from memloc.locate.classifier.scores import (
     CurvatureConfig,
     auroc,
     cumulative_sample_loss,

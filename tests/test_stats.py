@@ -9,7 +9,7 @@ import torch
 from memloc.cli.app import main
 from memloc.core.errors import DataError
 from memloc.core.hooks import trace
-from memloc.core.lm_loading import load_language_model
+from memloc.core.lm.loading import load_language_model
 from memloc.core.sites import Site
 from memloc.edit.corpus import GenerationConfig, generate_texts, read_corpus, texts_hash
 from memloc.edit.stats import StatsConfig, key_statistics, key_statistics_by_layer, spectrum

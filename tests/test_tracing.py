@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
+from memloc.core.lm.facts import Fact
 from memloc.core.sites import Site
-from memloc.locate.tracing import (
+from memloc.locate.lm.tracing import (
     FactTrace,
     TraceConfig,
     TraceReport,
@@ -18,7 +18,7 @@ from memloc.locate.tracing import (
     restored_prob,
     trace_fact,
 )
-from memloc.locate.tracing_figures import token_labels, trace_heatmaps
+from memloc.locate.lm.tracing_figures import token_labels, trace_heatmaps
 from tiny_lms import ARCHITECTURES, tiny_lm
 
 PROMPT = "the {} is located in"

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import tiny_config
 from memloc.core.checkpoints import load_tensors
+from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
-from memloc.core.runs import RunFolder
-from memloc.core.train import TrainConfig, train_run
-from memloc.core.zoo import ModelSpec, build_model
+from memloc.core.training.train import TrainConfig, train_run
+from memloc.core.training.zoo import ModelSpec, build_model
 
 CPU = torch.device("cpu")
 
@@ -37,8 +37,8 @@ def test_epoch_zero_is_the_seeded_initialization(digits_run):
 
 
 def test_dynamics_describe_each_checkpoint(digits_run):
-    from memloc.core.data import load_dataset
-    from memloc.core.evaluation import per_example
+    from memloc.core.classifier.data import load_dataset
+    from memloc.core.classifier.evaluation import per_example
 
     labels, _ = digits_run.load_noise()
     data = load_dataset("digits", limit=300, seed=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from memloc.core.adapters import TransformerAdapter
-from memloc.core.lm import LM
+from memloc.core.lm.model import LM
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM as _Auto
 from transformers import (

@@ -46,9 +46,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from memloc.core.errors import DataError, MemlocError
-from memloc.core.facts import Fact
 from memloc.core.hooks import Transform, capture_calls, patch, trace
-from memloc.core.lm import LM, cache_keyword, encode, layer_kv, run_block
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, cache_keyword, encode, layer_kv, run_block
 from memloc.core.sites import Site
 from transformers.cache_utils import Cache, DynamicCache
 

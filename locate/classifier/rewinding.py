@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
-from memloc.core.splits import RunData
+from memloc.core.classifier.splits import RunData
 from torch import nn
 
 Progress = Callable[[int, int, str], None]

@@ -19,17 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact, require_edit_targets
-from memloc.core.lm import LM, encode
-from memloc.locate.attribution import KNConfig, knowledge_neurons
-from memloc.locate.tracing import TraceConfig, average_best_layer, trace_fact
-
-from .delta import WeightDelta
-from .memit import MemitConfig, compute_memit
-from .neurons import KNEditConfig, compute_kn_edit
-from .rome import RomeConfig, compute_rome
-from .stats import StatsConfig, key_statistics_by_layer
-from .templates import TemplateConfig, context_templates
+from memloc.core.lm.facts import Fact, require_edit_targets
+from memloc.core.lm.model import LM, encode
+from memloc.edit.delta import WeightDelta
+from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
+from memloc.edit.memit import MemitConfig, compute_memit
+from memloc.edit.rome import RomeConfig, compute_rome
+from memloc.edit.stats import StatsConfig, key_statistics_by_layer
+from memloc.edit.templates import TemplateConfig, context_templates
+from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons
+from memloc.locate.lm.tracing import TraceConfig, average_best_layer, trace_fact
 
 METHODS = ("rome", "memit", "kn")
 Editor = Callable[[Sequence[Fact]], WeightDelta]

@@ -19,15 +19,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .adapters import ClassifierAdapter
-from .checkpoints import load_into, load_tensors
-from .data import inject_noise, load_dataset
-from .errors import MemlocError
-from .gradients import group_stats, split_gradients
-from .runs import Dynamics, RunFolder
-from .splits import RunData
-from .zoo import ModelSpec, build_model, check_arch, default_width
+from memloc.core.adapters import ClassifierAdapter
+from memloc.core.checkpoints import load_into, load_tensors
+from memloc.core.classifier.data import inject_noise, load_dataset
+from memloc.core.classifier.gradients import group_stats, split_gradients
+from memloc.core.classifier.runs import Dynamics, RunFolder
+from memloc.core.classifier.splits import RunData
+from memloc.core.errors import MemlocError
+from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 
 # Settings under which each architecture memorizes its noisy labels (noisy-train
 # accuracy >= 0.99) on digits and on Fashion-MNIST-10k at 10-20% noise.

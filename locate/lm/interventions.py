@@ -26,12 +26,11 @@ from typing import Literal
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
 from memloc.core.hooks import patch
-from memloc.core.lm import LM, encode, next_token_probs
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, encode, next_token_probs
 from memloc.core.sites import Site
-
-from .attribution import KNResult
+from memloc.locate.lm.knowledge_neurons import KNResult
 
 Neuron = tuple[int, int]  # (layer, index into mlp.post)
 

@@ -14,15 +14,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from memloc.core.facts import Fact
-from memloc.core.lm import LM, encode
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, encode
 from memloc.core.report import Report, provenance
-
-from .attribution import KNConfig, knowledge_neurons, relation_neurons
-from .graph import fact_neuron_graph, fact_sharing_stats, write_graphml
-from .interventions import InterventionConfig, intervene
-from .results_store import ResultStore, config_key
-from .tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
+from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
+from memloc.locate.lm.interventions import InterventionConfig, intervene
+from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons, relation_neurons
+from memloc.locate.lm.tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
+from memloc.locate.results_store import ResultStore, config_key
 
 Progress = Callable[[int, int, str], None]
 

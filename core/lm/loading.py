@@ -29,11 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-from .adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
-from .devices import resolve_device, resolve_dtype
-from .errors import CheckpointError, MemlocError, UnsupportedModelError
-from .lm import LM, added_prefix
+from memloc.core.adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
+from memloc.core.devices import resolve_device, resolve_dtype
+from memloc.core.errors import CheckpointError, MemlocError, UnsupportedModelError
+from memloc.core.lm.model import LM, added_prefix
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m",)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from .tracing import FactTrace
+from memloc.locate.lm.tracing import FactTrace
 
 _STYLE = {
     "hidden": ("Purples", "Restoring the hidden state", "single restored layer"),

@@ -11,9 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-
-from .tracing import FactTrace
-from .tracing_figures import trace_heatmaps
+from memloc.locate.lm.tracing import FactTrace
+from memloc.locate.lm.tracing_figures import trace_heatmaps
 
 HEATMAPS = 3  # facts whose full trace grids are drawn
 

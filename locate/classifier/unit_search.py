@@ -38,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
+from memloc.core.classifier.conv_layout import channels_last_on_cpu
+from memloc.core.classifier.gradients import frozen_parameters
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
-from memloc.core.gradients import frozen_parameters
 from memloc.core.hooks import patch
-from memloc.core.layout import channels_last_on_cpu
 from memloc.core.sites import Site
-from memloc.core.splits import RunData
 from torch import nn
 
 MODES = ("mask", "weights")

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from memloc.core.checkpoints import atomic_write_text
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError, RunFolderError
 from memloc.core.report import Report, provenance
-from memloc.core.runs import RunFolder
-from memloc.core.splits import RunData
-
-from .graph import example_unit_graph, sharing_stats, write_graphml
-from .neurons import FlipConfig, FlipData, FlipResult, flip_search
+from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
+from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
 
 RESULTS = "locate/neurons.jsonl"
 REPORT_PATH = "locate/neurons_report.json"

@@ -38,11 +38,11 @@ from typing import Literal
 
 import torch
 from captum.attr import IntegratedGradients
+from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
-from memloc.core.gradients import frozen_parameters
 from memloc.core.hooks import patch, trace
-from memloc.core.lm import LM, cache_keyword, cache_of, encode
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, cache_keyword, cache_of, encode
 from memloc.core.sites import Site
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache

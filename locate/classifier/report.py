@@ -6,18 +6,17 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-from memloc.core.runs import RunFolder
-
-from .layers import REPORT_PATH as LAYERS_REPORT
-from .layers import headline, retrain_summary
-from .neuron_runs import REPORT_PATH as NEURONS_REPORT
-from .neuron_runs import summary_rows
-from .scores import REPORT_PATH as SCORES_REPORT
-from .scores import SCORES_PATH as SCORES_FILE
-from .scores import roc
+from memloc.locate.classifier.layers import REPORT_PATH as LAYERS_REPORT
+from memloc.locate.classifier.layers import headline, retrain_summary
+from memloc.locate.classifier.scores import REPORT_PATH as SCORES_REPORT
+from memloc.locate.classifier.scores import SCORES_PATH as SCORES_FILE
+from memloc.locate.classifier.scores import roc
+from memloc.locate.classifier.unit_runs import REPORT_PATH as NEURONS_REPORT
+from memloc.locate.classifier.unit_runs import summary_rows
 
 
 def _grid(rows: list[dict], value: str) -> tuple[list[str], list[int], np.ndarray]:

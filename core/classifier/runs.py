@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from memloc.core.adapters import ClassifierAdapter
+from memloc.core.checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
+from memloc.core.classifier.data import NoisyLabels
+from memloc.core.classifier.gradients import GroupGradientStats
+from memloc.core.errors import RunFolderError
+from memloc.core.report import Report, provenance, to_jsonable
+from memloc.core.training.zoo import ModelSpec, build_model
 from torch import nn
-
-from .adapters import ClassifierAdapter
-from .checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
-from .data import NoisyLabels
-from .errors import RunFolderError
-from .gradients import GroupGradientStats
-from .report import Report, provenance, to_jsonable
-from .zoo import ModelSpec, build_model
 
 _EPOCH_RE = re.compile(r"^epoch_(\d{3,})\.safetensors$")
 

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.facts import Fact
-from memloc.core.lm import LM, target_ids
-
-from .delta import LayerDelta, WeightDelta
+from memloc.core.lm.facts import Fact
+from memloc.core.lm.model import LM, target_ids
+from memloc.edit.delta import LayerDelta, WeightDelta
 
 Neuron = tuple[int, int]  # (layer, index into mlp.post)
 

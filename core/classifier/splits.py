@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from memloc.core.classifier.data import Dataset, NoisyLabels, load_dataset
+from memloc.core.classifier.evaluation import masked_accuracy, per_example
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.errors import RunFolderError
 from torch import nn
-
-from .data import Dataset, NoisyLabels, load_dataset
-from .errors import RunFolderError
-from .evaluation import masked_accuracy, per_example
-from .runs import RunFolder
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+from memloc.core.adapters import TransformerAdapter
+from memloc.core.errors import DataError
 from torch import nn
-
-from .adapters import TransformerAdapter
-from .errors import DataError
 
 
 def added_prefix(tokenizer) -> tuple[int, ...]:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from memloc.core.checkpoints import atomic_write
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
 from memloc.core.report import Report, provenance
-from memloc.core.runs import RunFolder
-from memloc.core.splits import RunData
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from memloc.core.errors import MemlocError
 from torch import nn
-
-from .errors import MemlocError
 
 ARCHS = ("mlp", "cnn", "resnet9")
 

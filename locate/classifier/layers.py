@@ -12,13 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from memloc.core.classifier.runs import RunFolder
+from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
 from memloc.core.report import Report, provenance
-from memloc.core.runs import RunFolder
-from memloc.core.splits import RunData
-
-from .results_store import ResultStore, config_key
-from .rewinding import (
+from memloc.locate.classifier.rewinding import (
     RetrainConfig,
     RewindConfig,
     default_rewind_epochs,
@@ -26,6 +24,7 @@ from .rewinding import (
     retrain_group,
     rewind_cells,
 )
+from memloc.locate.results_store import ResultStore, config_key
 
 Progress = Callable[[int, int, str], None]
 REPORT_PATH = "locate/layers_report.json"  # inside the run folder

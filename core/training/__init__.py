@@ -1,0 +1,1 @@
+"""memloc.core.training."""
