@@ -165,7 +165,7 @@ def undo(lm: LM, folder: str | Path) -> Ledger:
     if found != ledger.edited_hash:
         raise LedgerError(
             f"the ledger in {folder} does not match the model: its weights hash {found[:12]} is not the "
-            f"edited hash {ledger['edited_hash'][:12]} the ledger recorded"
+            f"edited hash {ledger.edited_hash[:12]} the ledger recorded"
         )
     params = dict(lm.model.named_parameters())
     with torch.no_grad():
@@ -179,6 +179,6 @@ def undo(lm: LM, folder: str | Path) -> Ledger:
     if restored != ledger.base_hash:
         raise LedgerError(
             f"after undo the weights hash {restored[:12]} differs from the ledger's base hash "
-            f"{ledger['base_hash'][:12]}; the ledger does not belong to this model's base"
+            f"{ledger.base_hash[:12]}; the ledger does not belong to this model's base"
         )
     return ledger
