@@ -83,7 +83,6 @@ def stats_command(
     Streamed over the corpus in one pass for all layers, resumable (rerun the same
     command after an interruption) and cached; ill-conditioned C are shrunk.
     """
-    from memloc.core.lm.loading import cache_root
     from memloc.edit.corpus import GENERATED, corpus_files
     from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 
@@ -111,9 +110,18 @@ def stats_command(
     with progress_bar("stats") as update:
         found = key_statistics_by_layer(model, wanted, config, cache_dir=cache_dir, progress=update)
     seconds = time.perf_counter() - start
-    rows = [stats.to_dict() for stats in found.values()]
+    _show_stats(
+        lm.model, corpus, config, [stats.to_dict() for stats in found.values()], seconds, cache_dir, fmt
+    )
+
+
+def _show_stats(
+    model: str, corpus: str, config, rows: list[dict], seconds: float, cache_dir: Path | None, fmt: Format
+) -> None:
+    from memloc.core.lm.loading import cache_root
+
     if fmt is Format.json:
-        emit_json({"model": lm.model, "config": asdict(config), "seconds": seconds, "layers": rows})
+        emit_json({"model": model, "config": asdict(config), "seconds": seconds, "layers": rows})
         return
     table = [
         {
@@ -126,7 +134,7 @@ def stats_command(
         }
         for row in rows
     ]
-    emit_table(f"key statistics of {lm.model} ({corpus}, {config.dtype} sums)", table)
+    emit_table(f"key statistics of {model} ({corpus}, {config.dtype} sums)", table)
     folder = (cache_dir or cache_root() / "stats") / rows[0]["key"].rsplit("/", 1)[0]
     stderr.print(f"{seconds:.1f} s; cached in {folder}")
 

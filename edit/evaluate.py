@@ -364,13 +364,8 @@ def evaluate_edits(
         for handle in reversed(handles):
             handle.restore()
     step()
+    rows = tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True))
+    seconds = edit_seconds / max(len(facts), 1)
     return EvalResult(
-        mode,
-        len(facts),
-        summarize(pre),
-        summarize(post),
-        edit_seconds / max(len(facts), 1),
-        tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True)),
-        tuple(unedited),
-        asdict(config),
+        mode, len(facts), summarize(pre), summarize(post), seconds, rows, tuple(unedited), asdict(config)
     )
