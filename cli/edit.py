@@ -10,23 +10,17 @@ from typing import Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
-from memloc.cli.edit_commands import apply_command, eval_command, undo_command
-from memloc.cli.lm_loader import load_lm
+from memloc.cli.defaults import config_default
+from memloc.cli.edit_commands import STATS, apply_command, eval_command, undo_command
 from memloc.cli.options import (
-    DeviceOpt,
-    DocStartOpt,
-    Dtype,
-    DtypeOpt,
+    METHOD_PANEL,
     Format,
     FormatOpt,
-    ModelOpt,
+    LMOptions,
     SeedOpt,
-    TrustRemoteCodeOpt,
+    lm_options,
     parse_layers,
 )
-from memloc.core.lm.loading import cache_root
-from memloc.edit.corpus import GENERATED, corpus_files
-from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 
 app = typer.Typer(no_args_is_help=True, help="Edit facts in language models.")
 app.command("apply")(apply_command)
@@ -40,6 +34,7 @@ LayersOpt = Annotated[
         "--layer",
         help="Layers to take statistics at: repeat it, or give 3,4,5 or 3-5.",
         show_default=False,
+        rich_help_panel=METHOD_PANEL,
     ),
 ]
 
@@ -50,38 +45,37 @@ class Accumulate(str, Enum):
 
 
 @app.command("stats")
+@lm_options
 def stats_command(
-    model: ModelOpt,
+    lm: LMOptions,
     layers: LayersOpt,
     corpus: Annotated[
         str,
         typer.Option(
             "--corpus", help="'generated' (sampled from the model), a .txt/.jsonl file or a folder of them."
         ),
-    ] = "generated",
+    ] = config_default(STATS, "corpus"),
     samples: Annotated[
         int, typer.Option("--samples", help="Texts to use (the first ones of a corpus).")
-    ] = 1000,
+    ] = config_default(STATS, "samples"),
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Tokens per text; longer ones are cut.")
-    ] = 128,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 16,
+    ] = config_default(STATS, "max_tokens"),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = config_default(
+        STATS, "batch_size"
+    ),
     accumulate: Annotated[
         Accumulate, typer.Option("--accumulate", help="Dtype the sums are accumulated in.")
-    ] = Accumulate.float64,
+    ] = Accumulate(config_default(STATS, "dtype")),
     max_condition: Annotated[
         float,
         typer.Option("--max-condition", help="Shrink C toward the identity above this condition number."),
-    ] = 1e6,
+    ] = config_default(STATS, "max_condition"),
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="Where statistics are cached (default ~/.cache/memloc/stats)."),
     ] = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = Dtype.float32,
     seed: SeedOpt = 0,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    doc_start: DocStartOpt = "auto",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Key statistics for ROME/MEMIT, the second moment C = E(k kᵀ) of the FFN keys at some layers.
@@ -89,6 +83,9 @@ def stats_command(
     Streamed over the corpus in one pass for all layers, resumable (rerun the same
     command after an interruption) and cached; ill-conditioned C are shrunk.
     """
+    from memloc.edit.corpus import GENERATED, corpus_files
+    from memloc.edit.stats import StatsConfig, key_statistics_by_layer
+
     wanted = parse_layers(layers)
     config = StatsConfig(
         corpus=corpus,
@@ -103,18 +100,26 @@ def stats_command(
     if corpus != GENERATED:
         corpus_files(corpus)  # a bad path fails before the model loads
     # Our own bar shows the work; transformers' loading bar would only clutter stderr.
-    # (Imported here: transformers takes over a second to import, even for --help.)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
+    model = lm.load()
     for layer in wanted:
-        lm.adapter.check_layer(layer)
+        model.adapter.check_layer(layer)
     start = time.perf_counter()
     with progress_bar("stats") as update:
-        found = key_statistics_by_layer(lm, wanted, config, cache_dir=cache_dir, progress=update)
+        found = key_statistics_by_layer(model, wanted, config, cache_dir=cache_dir, progress=update)
     seconds = time.perf_counter() - start
-    rows = [stats.to_dict() for stats in found.values()]
+    _show_stats(
+        lm.model, corpus, config, [stats.to_dict() for stats in found.values()], seconds, cache_dir, fmt
+    )
+
+
+def _show_stats(
+    model: str, corpus: str, config, rows: list[dict], seconds: float, cache_dir: Path | None, fmt: Format
+) -> None:
+    from memloc.core.lm.loading import cache_root
+
     if fmt is Format.json:
         emit_json({"model": model, "config": asdict(config), "seconds": seconds, "layers": rows})
         return

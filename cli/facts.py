@@ -1,72 +1,92 @@
-"""`memloc locate trace|suppress|enhance` and `locate neurons --model`: facts in language models."""
+"""`memloc locate trace|suppress|enhance|knowledge-neurons`: facts in language models."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
-from memloc.cli.lm_loader import load_lm
+from memloc.cli.defaults import config_default
 from memloc.cli.options import (
-    DeviceOpt,
-    DocStartOpt,
-    Dtype,
-    DtypeOpt,
+    METHOD_PANEL,
+    OUTPUT_PANEL,
     FactsOpt,
     Format,
     FormatOpt,
     LimitFactsOpt,
-    ModelOpt,
+    LMOptions,
     SeedOpt,
-    TrustRemoteCodeOpt,
+    lm_options,
     parse_layers,
 )
-from memloc.core.errors import MemlocError
-from memloc.core.lm.facts import Fact, load_facts
-from memloc.core.lm.model import LM
-from memloc.locate.lm.fact_runs import locate_intervention, locate_knowledge_neurons, locate_trace
-from memloc.locate.lm.interventions import InterventionConfig
-from memloc.locate.lm.knowledge_neurons import KNConfig
-from memloc.locate.lm.tracing import TRACE_KINDS, TraceConfig
+
+if TYPE_CHECKING:
+    from memloc.core.lm.facts import Fact
+    from memloc.core.lm.model import LM
+
+TRACE = "memloc.locate.lm.tracing:TraceConfig"
+KN = "memloc.locate.lm.knowledge_neurons:KNConfig"
+INTERVENTION = "memloc.locate.lm.interventions:InterventionConfig"
+
+
+class TraceKind(str, Enum):
+    """The kinds causal tracing restores (``TRACE_KINDS``; a test keeps them equal)."""
+
+    hidden = "hidden"
+    mlp = "mlp"
+    attn = "attn"
+
 
 FactsOutOpt = Annotated[
     Path | None,
-    typer.Option("--out", help="Folder for results and report; a rerun there skips finished facts."),
+    typer.Option(
+        "--out",
+        help="Folder for results and report; a rerun there skips finished facts.",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
 ]
 
 
-def load_inputs(
-    model: str | None,
-    facts: Path | None,
-    device: str,
-    dtype: Dtype,
-    trust_remote_code: bool,
-    limit: int | None,
-    doc_start: str = "auto",
-) -> tuple[LM, list[Fact]]:
+def load_inputs(lm: LMOptions, facts: Path, limit: int | None) -> tuple[LM, list[Fact]]:
     """Facts first (cheap to validate), then the model."""
-    if model is None or facts is None:
-        raise MemlocError("give both --model (a language model) and --facts (a fact file)")
+    from memloc.core.lm.facts import load_facts
+
     loaded = load_facts(facts, limit=limit)
-    lm = load_lm(model, device, dtype, trust_remote_code, doc_start)
-    return lm, loaded
+    return lm.load(), loaded
 
 
+@lm_options
 def trace_command(
-    model: ModelOpt,
+    lm: LMOptions,
     facts: FactsOpt,
     kinds: Annotated[
-        list[str] | None, typer.Option("--kind", help=f"Restore kind (repeatable): {', '.join(TRACE_KINDS)}.")
+        list[str] | None,
+        typer.Option(
+            "--kind",
+            help=f"Restore kind (repeatable): {', '.join(k.value for k in TraceKind)}.",
+            rich_help_panel=METHOD_PANEL,
+        ),
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", help="Corrupted copies per fact.")] = 10,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Corrupted copies per fact.", rich_help_panel=METHOD_PANEL)
+    ] = config_default(TRACE, "samples"),
     noise: Annotated[
-        float, typer.Option("--noise", help="Noise std as a multiple of the embeddings' std.")
-    ] = 3.0,
+        float,
+        typer.Option(
+            "--noise", help="Noise std as a multiple of the embeddings' std.", rich_help_panel=METHOD_PANEL
+        ),
+    ] = config_default(TRACE, "noise"),
     window: Annotated[
-        int, typer.Option("--window", help="Layers restored around each MLP/attention cell.")
-    ] = 10,
-    batch: Annotated[int, typer.Option("--batch", help="Restored rows per forward pass.")] = 256,
+        int,
+        typer.Option(
+            "--window", help="Layers restored around each MLP/attention cell.", rich_help_panel=METHOD_PANEL
+        ),
+    ] = config_default(TRACE, "window"),
+    batch: Annotated[
+        int, typer.Option("--batch", help="Restored rows per forward pass.", rich_help_panel=METHOD_PANEL)
+    ] = config_default(TRACE, "batch_size"),
     last_subject: Annotated[
         bool,
         typer.Option(
@@ -75,14 +95,13 @@ def trace_command(
     ] = False,
     limit: LimitFactsOpt = None,
     out: FactsOutOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = Dtype.float32,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    doc_start: DocStartOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Causal tracing: how much of the answer each (token, layer) restores; picks best_layer."""
+    from memloc.locate.lm.fact_runs import locate_trace
+    from memloc.locate.lm.tracing import TRACE_KINDS, TraceConfig
+
     config = TraceConfig(
         samples=samples,
         noise=noise,
@@ -91,9 +110,9 @@ def trace_command(
         seed=seed,
         batch_size=batch,
     )
-    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
+    model, loaded = load_inputs(lm, facts, limit)
     with progress_bar("trace") as update:
-        report = locate_trace(lm, loaded, facts, config, out, update, last_subject_only=last_subject)
+        report = locate_trace(model, loaded, facts, config, out, update, last_subject_only=last_subject)
     if out is not None:
         _write_report(out)
     if fmt is Format.json:
@@ -121,21 +140,61 @@ def _write_report(out: Path) -> None:
     stderr.print(f"report: {page}")
 
 
-KNStepsOpt = Annotated[int, typer.Option("--steps", help="Integrated-gradient steps (left Riemann sum).")]
+KNStepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--steps", help="Integrated-gradient steps (left Riemann sum).", rich_help_panel=METHOD_PANEL
+    ),
+]
 KNShareOpt = Annotated[
-    float, typer.Option("--share", help="Refined set: share of a fact's prompts a neuron needs.")
+    float,
+    typer.Option(
+        "--share", help="Refined set: share of a fact's prompts a neuron needs.", rich_help_panel=METHOD_PANEL
+    ),
 ]
 
 
-def kn_config(
-    steps: int,
-    coarse: float,
-    share: float,
-    relation_share: float,
-    layers: list[str] | None,
-    batch: int | None,
-) -> KNConfig:
-    return KNConfig(
+@lm_options
+def knowledge_neurons_command(
+    lm: LMOptions,
+    facts: FactsOpt,
+    steps: KNStepsOpt = config_default(KN, "steps"),
+    coarse: Annotated[
+        float,
+        typer.Option("--coarse", help="Coarse threshold × max attribution.", rich_help_panel=METHOD_PANEL),
+    ] = config_default(KN, "coarse"),
+    share: KNShareOpt = config_default(KN, "share"),
+    relation_share: Annotated[
+        float,
+        typer.Option(
+            "--relation-share",
+            help="Share of a relation's facts for relation neurons.",
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = config_default(KN, "relation_share"),
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layers", help="Only these layers (repeat, 3,4 or 3-5).", rich_help_panel=METHOD_PANEL
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            help="Integrated-gradient rows per pass (default: all steps of a prompt at once).",
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = config_default(KN, "batch_size"),
+    limit: LimitFactsOpt = None,
+    out: FactsOutOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Knowledge neurons of each fact (integrated gradients, Dai et al. 2022). Resumable with --out."""
+    from memloc.locate.lm.fact_runs import locate_knowledge_neurons
+    from memloc.locate.lm.knowledge_neurons import KNConfig
+
+    config = KNConfig(
         steps=steps,
         coarse=coarse,
         share=share,
@@ -143,28 +202,17 @@ def kn_config(
         layers=tuple(parse_layers(layers)) if layers else None,
         batch_size=batch,
     )
-
-
-def knowledge_neurons_command(
-    model: str,
-    facts: Path | None,
-    config: KNConfig,
-    limit: int | None,
-    out: Path | None,
-    device: str,
-    dtype: Dtype,
-    trust_remote_code: bool,
-    fmt: Format,
-    doc_start: str = "auto",
-) -> None:
-    """`memloc locate neurons --model M --facts F`: knowledge neurons of each fact."""
-    lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
+    model, loaded = load_inputs(lm, facts, limit)
     config.validate()
-    config.layer_list(lm)  # one clear line for a layer out of range
+    config.layer_list(model)  # one clear line for a layer out of range
     with progress_bar("knowledge neurons") as update:
-        report = locate_knowledge_neurons(lm, loaded, facts, config, out, update)
+        report = locate_knowledge_neurons(model, loaded, facts, config, out, update)
     if out is not None:
         _write_report(out)
+    _show_knowledge_neurons(report, fmt)
+
+
+def _show_knowledge_neurons(report, fmt: Format) -> None:
     if fmt is Format.json:
         emit_json(
             {
@@ -202,28 +250,36 @@ def knowledge_neurons_command(
 
 def _intervention_command(mode: str):
     def command(
-        model: ModelOpt,
+        lm: LMOptions,
         facts: FactsOpt,
-        steps: KNStepsOpt = 20,
-        share: KNShareOpt = 0.7,
+        steps: KNStepsOpt = config_default(KN, "steps"),
+        share: KNShareOpt = config_default(KN, "share"),
         factor: Annotated[
-            float, typer.Option("--factor", help="enhance: multiply activations by this.")
-        ] = 2.0,
-        controls: Annotated[int, typer.Option("--controls", help="Unrelated control facts per fact.")] = 5,
+            float,
+            typer.Option(
+                "--factor", help="enhance: multiply activations by this.", rich_help_panel=METHOD_PANEL
+            ),
+        ] = config_default(INTERVENTION, "factor"),
+        controls: Annotated[
+            int,
+            typer.Option(
+                "--controls", help="Unrelated control facts per fact.", rich_help_panel=METHOD_PANEL
+            ),
+        ] = config_default(INTERVENTION, "controls"),
         limit: LimitFactsOpt = None,
         out: FactsOutOpt = None,
-        device: DeviceOpt = "auto",
-        dtype: DtypeOpt = Dtype.float32,
-        trust_remote_code: TrustRemoteCodeOpt = False,
-        doc_start: DocStartOpt = "auto",
         seed: SeedOpt = 0,
         fmt: FormatOpt = Format.table,
     ) -> None:
+        from memloc.locate.lm.fact_runs import locate_intervention
+        from memloc.locate.lm.interventions import InterventionConfig
+        from memloc.locate.lm.knowledge_neurons import KNConfig
+
         kn = KNConfig(steps=steps, share=share)
         config = InterventionConfig(mode=mode, factor=factor, controls=controls, seed=seed)
-        lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
+        model, loaded = load_inputs(lm, facts, limit)
         with progress_bar(mode) as update:
-            report = locate_intervention(lm, loaded, facts, kn, config, out, update)
+            report = locate_intervention(model, loaded, facts, kn, config, out, update)
         if out is not None:
             _write_report(out)
         if fmt is Format.json:
@@ -249,7 +305,7 @@ def _intervention_command(mode: str):
     command.__doc__ = (
         f"{what} each fact's own knowledge neurons; compare with random neurons and unrelated control facts."
     )
-    return command
+    return lm_options(command)
 
 
 suppress_command = _intervention_command("suppress")

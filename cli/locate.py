@@ -8,32 +8,14 @@ from typing import Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
-from memloc.cli.facts import (
-    enhance_command,
-    kn_config,
-    knowledge_neurons_command,
-    suppress_command,
-    trace_command,
-)
-from memloc.cli.options import (
-    DeviceOpt,
-    DocStartOpt,
-    Dtype,
-    DtypeOpt,
-    Format,
-    FormatOpt,
-    LimitFactsOpt,
-    RunDirArg,
-    SeedOpt,
-    TrustRemoteCodeOpt,
-)
-from memloc.core.classifier.runs import RunFolder
-from memloc.core.devices import resolve_device
+from memloc.cli.defaults import config_default
+from memloc.cli.facts import enhance_command, knowledge_neurons_command, suppress_command, trace_command
+from memloc.cli.options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
 from memloc.core.errors import MemlocError
-from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers, retrain_summary
-from memloc.locate.classifier.scores import CurvatureConfig, locate_scores
-from memloc.locate.classifier.unit_runs import locate_neurons, summary_rows
-from memloc.locate.classifier.unit_search import FlipConfig
+from typer.core import TyperCommand
+
+LAYERS = "memloc.locate.classifier.layers:LayersConfig"
+FLIP = "memloc.locate.classifier.unit_search:FlipConfig"
 
 app = typer.Typer(
     no_args_is_help=True, help="Locate memorization: layers, units, examples; facts in language models."
@@ -41,6 +23,7 @@ app = typer.Typer(
 app.command("trace")(trace_command)
 app.command("suppress")(suppress_command)
 app.command("enhance")(enhance_command)
+app.command("knowledge-neurons")(knowledge_neurons_command)
 
 
 @app.command("layers")
@@ -64,12 +47,16 @@ def layers_command(
     ] = True,
     retrain_epochs: Annotated[
         int, typer.Option("--retrain-epochs", help="Most epochs of retraining per layer.")
-    ] = 10,
+    ] = config_default(LAYERS, "retrain_epochs"),
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Rewind and retrain each layer group; summarize gradient accounting. Resumable."""
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.devices import resolve_device
+    from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers, retrain_summary
+
     run = RunFolder.open(run_dir)
     config = LayersConfig(
         rewind_epochs=tuple(epochs) if epochs else None,
@@ -105,6 +92,10 @@ def scores_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Per-example memorization scores and their AUROC at flagging mislabeled examples."""
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.devices import resolve_device
+    from memloc.locate.classifier.scores import CurvatureConfig, locate_scores
+
     run = RunFolder.open(run_dir)
     target = resolve_device(device)
     with progress_bar("scores") as update:
@@ -123,52 +114,39 @@ class FlipMode(str, Enum):
     weights = "weights"
 
 
-@app.command("neurons")
+class _ClassifierNeuronsCommand(TyperCommand):
+    """`locate neurons` is for classifiers; language models have their own command."""
+
+    def parse_args(self, ctx, args):  # click calls it with its own types
+        if any(arg == "--model" or arg.startswith("--model=") for arg in args):
+            raise MemlocError(
+                "'locate neurons' takes a classifier run folder; for a language model use "
+                "'memloc locate knowledge-neurons --model M --facts F'"
+            )
+        return super().parse_args(ctx, args)
+
+
+@app.command("neurons", cls=_ClassifierNeuronsCommand)
 def neurons_command(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A run folder from 'memloc train' (classifiers); omit with --model.", show_default=False
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", help="A language model: knowledge neurons of the facts in --facts.", show_default=False
-        ),
-    ] = None,
-    facts: Annotated[
-        Path | None, typer.Option("--facts", help="Fact file (with --model).", show_default=False)
-    ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="LM: integrated-gradient steps.")] = 20,
-    coarse: Annotated[float, typer.Option("--coarse", help="LM: coarse threshold × max attribution.")] = 0.2,
-    share: Annotated[
-        float, typer.Option("--share", help="LM: share of a fact's prompts for the refined set.")
-    ] = 0.7,
-    relation_share: Annotated[
-        float, typer.Option("--relation-share", help="LM: share of a relation's facts for relation neurons.")
-    ] = 0.1,
-    lm_layers: Annotated[
-        list[str] | None, typer.Option("--layers", help="LM: only these layers (repeat, 3,4 or 3-5).")
-    ] = None,
-    limit: LimitFactsOpt = None,
-    dtype: DtypeOpt = Dtype.float32,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    doc_start: DocStartOpt = "auto",
+    run_dir: RunDirArg,
     examples: Annotated[
         str, typer.Option("--examples", help="noisy, clean, both, or comma-separated example ids.")
     ] = "both",
     n: Annotated[
         int, typer.Option("--n", help="Examples per group (noisy/clean), chosen with the seed.")
     ] = 100,
-    max_units: Annotated[int, typer.Option("--max-units", help="Most units to zero per example.")] = 500,
+    max_units: Annotated[
+        int, typer.Option("--max-units", help="Most units to zero per example.")
+    ] = config_default(FLIP, "max_units"),
     collateral: Annotated[
         float, typer.Option("--collateral", help="Most accuracy points the held-out clean set may lose.")
-    ] = 5.0,
+    ] = config_default(FLIP, "collateral"),
     mode: Annotated[
         FlipMode, typer.Option("--mode", help="mask activations, or zero the units' weights.")
     ] = FlipMode.mask,
-    batch: Annotated[int, typer.Option("--batch", help="Target examples per forward pass.")] = 32,
+    batch: Annotated[int, typer.Option("--batch", help="Target examples per forward pass.")] = config_default(
+        FLIP, "batch_size"
+    ),
     include_head: Annotated[
         bool, typer.Option("--include-head", help="Also consider the classifier head's units.")
     ] = False,
@@ -179,15 +157,15 @@ def neurons_command(
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Classifiers: the fewest units that flip each example. LMs (--model): knowledge neurons. Resumable."""
-    if model is not None:
-        config = kn_config(steps, coarse, share, relation_share, lm_layers, batch if batch != 32 else None)
-        knowledge_neurons_command(
-            model, facts, config, limit, out, device, dtype, trust_remote_code, fmt, doc_start
-        )
-        return
-    if run_dir is None:
-        raise MemlocError("give a run folder (classifiers) or --model and --facts (language models)")
+    """The fewest units that flip each example of a classifier. Resumable.
+
+    For a language model's knowledge neurons, see 'memloc locate knowledge-neurons'.
+    """
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.devices import resolve_device
+    from memloc.locate.classifier.unit_runs import locate_neurons, summary_rows
+    from memloc.locate.classifier.unit_search import FlipConfig
+
     run = RunFolder.open(run_dir)
     config = FlipConfig(
         max_units=max_units,

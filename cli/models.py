@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from memloc.cli.console import emit_json, emit_table
 from memloc.cli.options import DeviceOpt, Dtype, DtypeOpt, Format, FormatOpt, TrustRemoteCodeOpt
-from memloc.core.classifier.runs import RunFolder
-from memloc.core.lm.loading import load_language_model
 
 app = typer.Typer(no_args_is_help=True, help="Inspect models: layers, sites and widths.")
 
@@ -39,6 +37,8 @@ def inspect_command(
     if _is_run_folder(target):
         _inspect_run(Path(target), fmt)
         return
+    from memloc.core.lm.loading import load_language_model
+
     lm = load_language_model(target, device=device, dtype=dtype.value, trust_remote_code=trust_remote_code)
     adapter = lm.adapter
     info = {
@@ -64,6 +64,8 @@ def inspect_command(
 
 
 def _inspect_run(root: Path, fmt: Format) -> None:
+    from memloc.core.classifier.runs import RunFolder
+
     run = RunFolder.open(root)
     model, adapter = run.load_model()
     spec = run.spec()

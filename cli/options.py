@@ -1,13 +1,29 @@
-"""Option types shared by the commands, as Annotated aliases."""
+"""Option types shared by the commands, as Annotated aliases.
+
+This module stays light (no torch, no transformers), so that ``--help`` and argument
+errors answer at once: commands import the library inside their bodies.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from memloc.core.errors import MemlocError
+
+if TYPE_CHECKING:
+    from memloc.core.lm.model import LM
+
+# --help panels
+LM_PANEL = "Language model"
+METHOD_PANEL = "Method"
+OUTPUT_PANEL = "Output"
 
 
 class Arch(str, Enum):
@@ -52,17 +68,42 @@ ModelOpt = Annotated[
         "--model",
         help="A Hugging Face model folder, a .gguf file, a hub id (when online) or the alias smollm2-135m.",
         show_default=False,
+        rich_help_panel=LM_PANEL,
     ),
 ]
 FactsOpt = Annotated[
     Path,
-    typer.Option("--facts", help="A CounterFact .json file or a JSONL file of facts.", show_default=False),
+    typer.Option(
+        "--facts",
+        help="A CounterFact .json file or a JSONL file of facts.",
+        show_default=False,
+        rich_help_panel=LM_PANEL,
+    ),
 ]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="Weights and activations dtype.")]
+LMDtypeOpt = Annotated[
+    Dtype, typer.Option("--dtype", help="Weights and activations dtype.", rich_help_panel=LM_PANEL)
+]
+LMDeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto, cpu, cuda or cuda:N (auto picks a GPU when there is one).",
+        rich_help_panel=LM_PANEL,
+    ),
+]
 TrustRemoteCodeOpt = Annotated[
     bool,
     typer.Option(
         "--trust-remote-code", help="Let transformers run the model's own code. Only for trusted models."
+    ),
+]
+LMTrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let transformers run the model's own code. Only for trusted models.",
+        rich_help_panel=LM_PANEL,
     ),
 ]
 DocStartOpt = Annotated[
@@ -71,6 +112,7 @@ DocStartOpt = Annotated[
         "--doc-start",
         help="Token put before every prompt and text, as documents began in pretraining: auto "
         "(smollm2-135m: <|endoftext|>; other models: whatever their tokenizer adds), none, or a token.",
+        rich_help_panel=LM_PANEL,
     ),
 ]
 
@@ -80,7 +122,69 @@ def document_start(value: str) -> str | None:
     return None if value.strip().lower() == "none" else value
 
 
-LimitFactsOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N facts.")]
+LimitFactsOpt = Annotated[
+    int | None, typer.Option("--limit", help="Use only the first N facts.", rich_help_panel=LM_PANEL)
+]
+
+
+@dataclass(frozen=True)
+class LMOptions:
+    """The language-model option group: --model, --device, --dtype, --trust-remote-code, --doc-start."""
+
+    model: str
+    device: str = "auto"
+    dtype: Dtype = Dtype.float32
+    trust_remote_code: bool = False
+    doc_start: str = "auto"
+
+    def load(self) -> LM:
+        """The model, as load_language_model takes these options."""
+        from memloc.core.lm.loading import load_language_model
+
+        return load_language_model(
+            self.model,
+            device=self.device,
+            dtype=self.dtype.value,
+            trust_remote_code=self.trust_remote_code,
+            document_start=document_start(self.doc_start),
+        )
+
+
+_LM_PARAMETERS = {
+    "model": (ModelOpt, inspect.Parameter.empty),
+    "device": (LMDeviceOpt, "auto"),
+    "dtype": (LMDtypeOpt, Dtype.float32),
+    "trust_remote_code": (LMTrustRemoteCodeOpt, False),
+    "doc_start": (DocStartOpt, "auto"),
+}
+
+
+def lm_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the language-model option group; its ``lm`` parameter receives an `LMOptions`.
+
+    Example::
+
+        @lm_options
+        def stats_command(lm: LMOptions, layers: LayersOpt) -> None:
+            model = lm.load()
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "lm" not in signature.parameters:
+        raise TypeError(f"{command.__name__} takes no 'lm' parameter for its LMOptions")
+    kind = inspect.Parameter.KEYWORD_ONLY
+    group = [inspect.Parameter(n, kind, annotation=a, default=d) for n, (a, d) in _LM_PARAMETERS.items()]
+    rest = [p.replace(kind=kind) for p in signature.parameters.values() if p.name != "lm"]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        options = LMOptions(**{name: values.pop(name) for name in _LM_PARAMETERS})
+        return command(lm=options, **values)
+
+    # The group's options come first in --help, as the LM panel.
+    wrapper.__signature__ = signature.replace(parameters=[*group, *rest])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*group, *rest)}
+    del wrapper.__wrapped__  # typer must read the new signature, not the command's
+    return wrapper
 
 
 def parse_layers(values: list[str]) -> list[int]:

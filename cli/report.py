@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from memloc.cli.console import emit_json, stdout
 from memloc.cli.options import Format, FormatOpt, RunDirArg
-from memloc.core.classifier.runs import RunFolder
-from memloc.locate.classifier.report import build_report
 
 
 def report_command(
@@ -20,6 +18,9 @@ def report_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Write report.md (with figures/) and a self-contained report.html for a run."""
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.locate.classifier.report import build_report
+
     md, page = build_report(RunFolder.open(run_dir), out)
     if fmt is Format.json:
         emit_json({"markdown": md, "html": page})

@@ -8,9 +8,6 @@ from typing import Annotated
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt
-from memloc.core.classifier.runs import RunFolder
-from memloc.core.devices import resolve_device
-from memloc.core.training.train import TrainConfig, train_run
 
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs", "seconds")
 
@@ -48,6 +45,10 @@ def train_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train a classifier on noisy labels, saving checkpoints, dynamics and gradient accounting."""
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.devices import resolve_device
+    from memloc.core.training.train import TrainConfig, train_run
+
     config = TrainConfig.for_arch(
         data,
         arch.value,

@@ -49,6 +49,18 @@ class WeightDelta:
     case_ids: tuple[str, ...] = ()
     config: Mapping = field(default_factory=dict)
     info: Mapping = field(default_factory=dict)  # per-method diagnostics (losses, norms)
+    unedited: str | None = None  # why the method left its fact as it was (then ``layers`` is empty)
+    parts: tuple[WeightDelta, ...] = ()  # the deltas a combined one sums, one per fact
+
+    def unedited_cases(self) -> list[str]:
+        """Case ids the method found nothing to edit in, per part when combined."""
+        return [case for part in self.parts or (self,) if part.unedited for case in part.case_ids]
+
+    def info_record(self) -> dict:
+        """Diagnostics as stored in a ledger: ``unedited`` and ``parts`` folded in."""
+        if self.parts:
+            return {"parts": [part.info_record() for part in self.parts]}
+        return {**self.info, "unedited": self.unedited} if self.unedited else dict(self.info)
 
     def layer_ids(self) -> list[int]:
         return [d.layer for d in self.layers]

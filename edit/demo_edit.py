@@ -3,24 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
 
-from memloc.core.lm.facts import Fact
-from memloc.core.lm.model import LM, encode, target_prob
+from memloc.core.lm.facts import Fact, load_facts
+from memloc.core.lm.model import LM
 from memloc.edit.delta import weights_hash
-from memloc.edit.editors import EditPlan, prepare_editor
+from memloc.edit.editors import EditPlan
 from memloc.edit.evaluate import generate
-from memloc.edit.monitor import MonitorConfig, checked_apply
+from memloc.edit.monitor import MonitorConfig
+from memloc.edit.session import apply_edits, rewrite_probs
 from memloc.edit.stats import StatsConfig
 
 
-def _snapshot(lm: LM, fact: Fact, prompts: list[str], tokens: int) -> dict:
-    true = encode(lm.tokenizer, fact.text, fact.subject, fact.target_true)
-    new = encode(lm.tokenizer, fact.text, fact.subject, fact.target_new)
-    return {
-        "p_true": target_prob(lm.model, true, lm.device),
-        "p_new": target_prob(lm.model, new, lm.device),
-        "generations": dict(zip(prompts, generate(lm, prompts, tokens), strict=True)),
-    }
+@dataclass(frozen=True)
+class Snapshot:
+    """The fact's rewrite probabilities and a few greedy generations, at one moment."""
+
+    p_true: float
+    p_new: float
+    generations: dict[str, str]  # prompt -> continuation
+
+
+@dataclass(frozen=True)
+class DemoEdit:
+    """A ROME edit shown before and after, then undone."""
+
+    fact: dict[str, str]  # prompt, target_true, target_new
+    layer: int
+    before: Snapshot
+    after: Snapshot
+    update_ratio: dict[int, float]
+    undone_bit_exact: bool
+
+
+DEMO_FACTS = "smollm2-counterfact.json"  # package data (edit/data), a copy of the fixture
+
+
+def demo_fact() -> Fact:
+    """The first fact of the CounterFact file shipped with memloc (SmolLM2-135M's facts)."""
+    with resources.as_file(resources.files("memloc.edit") / "data" / DEMO_FACTS) as path:
+        return load_facts(path, limit=1)[0]
+
+
+def _snapshot(lm: LM, fact: Fact, prompts: list[str], tokens: int) -> Snapshot:
+    (probs,) = rewrite_probs(lm, [fact])
+    return Snapshot(probs.p_true, probs.p_new, dict(zip(prompts, generate(lm, prompts, tokens), strict=True)))
 
 
 def edit_and_undo(
@@ -29,22 +57,28 @@ def edit_and_undo(
     *,
     stats_samples: int = 200,
     tokens: int = 16,
+    monitor: MonitorConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-) -> dict:
-    """ROME-edit ``fact`` (layer from causal tracing), show before and after, undo and verify."""
+) -> DemoEdit:
+    """ROME-edit ``fact`` (layer from causal tracing), show before and after, undo and verify.
+
+    Example::
+
+        shown = edit_and_undo(load_language_model("smollm2-135m"), fact)
+        shown.after.p_new, shown.undone_bit_exact
+    """
     prompts = [fact.text, *fact.paraphrases[:1], *fact.generation_prompts[:1]]
     base = weights_hash(lm.model)
     before = _snapshot(lm, fact, prompts, tokens)
     plan = EditPlan("rome", stats=StatsConfig(samples=stats_samples), auto_facts=1)
-    editor, info = prepare_editor(lm, [fact], plan, progress)
-    handle, check = checked_apply(lm, editor([fact]), MonitorConfig())
+    outcome = apply_edits(lm, [fact], plan, monitor or MonitorConfig(), progress=progress)
     after = _snapshot(lm, fact, prompts, tokens)
-    handle.restore()
-    return {
-        "fact": {"prompt": fact.text, "target_true": fact.target_true, "target_new": fact.target_new},
-        "layer": info["layers"][0],
-        "before": before,
-        "after": after,
-        "update_ratio": check["update_ratio"],
-        "undone_bit_exact": weights_hash(lm.model) == base,
-    }
+    outcome.restore()
+    return DemoEdit(
+        fact={"prompt": fact.text, "target_true": fact.target_true, "target_new": fact.target_new},
+        layer=outcome.choice.layers[0],
+        before=before,
+        after=after,
+        update_ratio=outcome.checks[0].update_ratio,
+        undone_bit_exact=weights_hash(lm.model) == base,
+    )

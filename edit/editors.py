@@ -15,7 +15,7 @@ neurons for the KN edit) and returns an `Editor`: a function from facts to one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from memloc.core.errors import MemlocError
@@ -89,8 +89,8 @@ def edit_layers(
 
 
 def unedited(fact: Fact, method: str, reason: str) -> WeightDelta:
-    """An empty delta for a fact the method cannot edit; ``info["unedited"]`` says why."""
-    return WeightDelta(method=method, layers=(), case_ids=(fact.case_id,), info={"unedited": reason})
+    """An empty delta for a fact the method cannot edit; its ``unedited`` says why."""
+    return WeightDelta(method=method, layers=(), case_ids=(fact.case_id,), unedited=reason)
 
 
 def combine(deltas: Sequence[WeightDelta], method: str) -> WeightDelta:
@@ -102,25 +102,47 @@ def combine(deltas: Sequence[WeightDelta], method: str) -> WeightDelta:
         layers=tuple(part for d in deltas for part in d.layers),
         case_ids=tuple(c for d in deltas for c in d.case_ids),
         config=deltas[0].config if deltas else {},
-        info={"parts": [dict(d.info) for d in deltas]},
+        parts=tuple(deltas),
     )
+
+
+@dataclass(frozen=True)
+class EditChoice:
+    """What `prepare_editor` chose for a plan: layers, and what it found on the way."""
+
+    method: str
+    layers: tuple[int, ...]
+    auto_layers: bool  # chosen by causal tracing
+    stats: Mapping[int, dict] = field(default_factory=dict)  # key statistics per layer (ROME/MEMIT)
+    templates: tuple[str, ...] = ()
+    neurons: Mapping[str, int] = field(default_factory=dict)  # KN: neurons per case id
+    relation_neurons: Mapping[str, int] = field(default_factory=dict)  # KN: per relation
 
 
 def prepare_editor(
     lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None
-) -> tuple[Editor, dict]:
-    """The editor for ``plan`` and a record of what was chosen (layers, statistics)."""
+) -> tuple[Editor, EditChoice]:
+    """The editor for ``plan`` and a record of what was chosen (layers, statistics).
+
+    Example::
+
+        editor, choice = prepare_editor(lm, facts, EditPlan("rome", layers=(6,)))
+        delta = editor(facts[:1])
+    """
     require_edit_targets(facts)
     layers = edit_layers(lm, facts, plan, progress)
-    info: dict = {"method": plan.method, "layers": list(layers), "auto_layers": plan.layers is None}
+    choice = EditChoice(plan.method, layers, auto_layers=plan.layers is None)
     if plan.method == "kn":
         found = knowledge_neurons(
             lm, facts, plan.kn, progress=lambda n: progress and progress(n, len(facts), "knowledge neurons")
         )
         by_case = found.by_case()
         shared = found.relations
-        info["neurons"] = {f.case_id: len(f.neurons) for f in found.facts}
-        info["relation_neurons"] = {r: len(n) for r, n in shared.items()}
+        choice = replace(
+            choice,
+            neurons={f.case_id: len(f.neurons) for f in found.facts},
+            relation_neurons={r: len(n) for r, n in shared.items()},
+        )
 
         def kn_editor(chosen: Sequence[Fact]) -> WeightDelta:
             deltas = []
@@ -137,14 +159,15 @@ def prepare_editor(
                 deltas.append(compute_kn_edit(lm, fact, neurons, plan.kn_edit, exclude=exclude))
             return combine(deltas, "kn")
 
-        return kn_editor, info
+        return kn_editor, choice
 
     stats = key_statistics_by_layer(
         lm, layers, plan.stats, progress=lambda d, t, s: progress and progress(d, t, f"key statistics: {s}")
     )
-    info["stats"] = {layer: s.to_dict() for layer, s in stats.items()}
     templates = context_templates(lm, plan.templates)
-    info["templates"] = list(templates)
+    choice = replace(
+        choice, stats={layer: s.to_dict() for layer, s in stats.items()}, templates=tuple(templates)
+    )
     if plan.method == "rome":
         base = plan.rome or RomeConfig(layer=layers[0])
         config = replace(base, layer=layers[0])
@@ -154,11 +177,11 @@ def prepare_editor(
                 [compute_rome(lm, f, stats[config.layer], config, templates) for f in chosen], "rome"
             )
 
-        return rome_editor, info
+        return rome_editor, choice
 
     memit = replace(plan.memit, layers=layers)
 
     def memit_editor(chosen: Sequence[Fact]) -> WeightDelta:
         return compute_memit(lm, chosen, stats, memit, templates)
 
-    return memit_editor, info
+    return memit_editor, choice

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from memloc.core.render import Section
+from memloc.core.render import Section, write_report
+from memloc.core.report import Report, provenance
+from memloc.edit.evaluate import EvalConfig, EvalResult
 
 SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
 
 
-def metrics_figure(result: dict) -> Figure:
+def metrics_figure(result: EvalResult) -> Figure:
     """Bars of each score before and after the edits, and P(new) vs P(true) per fact."""
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     bars, scatter = fig.subplots(1, 2, width_ratios=(1.4, 1))
-    names = [m for m in SHOWN if result["pre"].get(m) is not None]
+    names = [m for m in SHOWN if result.pre.get(m) is not None]
     x = np.arange(len(names))
-    for offset, key, color in ((-0.2, "pre", "#9e9e9e"), (0.2, "post", "#1f77b4")):
-        bars.bar(x + offset, [result[key][m] for m in names], 0.4, label=key, color=color)
+    for offset, key, scores, color in (
+        (-0.2, "pre", result.pre, "#9e9e9e"),
+        (0.2, "post", result.post, "#1f77b4"),
+    ):
+        bars.bar(x + offset, [scores[m] for m in names], 0.4, label=key, color=color)
     bars.set_xticks(x, names)
     bars.set_ylim(0, 1.05)
-    bars.set_title(f"{result.get('method', 'edit')} ({result['mode']}, {result['facts']} facts)")
+    bars.set_title(f"{result.method or 'edit'} ({result.mode}, {result.facts} facts)")
     bars.legend()
-    rows = result["per_fact"]
+    rows = result.per_fact
     scatter.scatter(
-        [r["p_true_pre"] for r in rows], [r["p_new_pre"] for r in rows], s=14, c="#9e9e9e", label="before"
+        [r.p_true_pre for r in rows], [r.p_new_pre for r in rows], s=14, c="#9e9e9e", label="before"
     )
     scatter.scatter(
-        [r["p_true_post"] for r in rows], [r["p_new_post"] for r in rows], s=14, c="#1f77b4", label="after"
+        [r.p_true_post for r in rows], [r.p_new_post for r in rows], s=14, c="#1f77b4", label="after"
     )
     scatter.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
     scatter.set_xlabel("P(true target)")
@@ -38,10 +46,10 @@ def metrics_figure(result: dict) -> Figure:
     return fig
 
 
-def eval_section(result: dict) -> Section:
-    section = Section(f"Edit evaluation: {result.get('method', 'edited model')}, {result['mode']} mode")
+def eval_section(result: EvalResult) -> Section:
+    section = Section(f"Edit evaluation: {result.method or 'edited model'}, {result.mode} mode")
     section.paragraphs.append(
-        f"{result['facts']} facts; {result['seconds_per_edit']:.2f} s per edit (computing and applying). "
+        f"{result.facts} facts; {result.seconds_per_edit:.2f} s per edit (computing and applying). "
         "ES/PS: share of rewrite/paraphrase prompts with P(new) > P(true); NS: share of neighborhood "
         "prompts with P(true) > P(new); S: their harmonic mean; EM/PM/NM: mean probability differences; "
         "EA/PA/NA: every target token is the argmax; fluency: weighted bi/tri-gram entropy of greedy "
@@ -51,10 +59,35 @@ def eval_section(result: dict) -> Section:
     section.tables.append(
         (
             "CounterFact metrics",
-            [{"": stage, **{k: result[stage].get(k) for k in keys}} for stage in ("pre", "post")],
+            [
+                {"": stage, **{k: scores.get(k) for k in keys}}
+                for stage, scores in (("pre", result.pre), ("post", result.post))
+            ],
         )
     )
-    section.figures.append(
-        (f"edit_eval_{result.get('method', 'model')}_{result['mode']}", metrics_figure(result))
-    )
+    section.figures.append((f"edit_eval_{result.method or 'model'}_{result.mode}", metrics_figure(result)))
     return section
+
+
+def save_eval_report(
+    out: Path, model: str, result: EvalResult, config: EvalConfig, seed: int, facts: Path
+) -> Path:
+    """Write ``eval_report.json`` (a `Report`) and the HTML/Markdown report into ``out``; the page's path.
+
+    Example::
+
+        page = save_eval_report(Path("eval"), "smollm2-135m", result, EvalConfig(), 0, Path("facts.json"))
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    record = result.to_dict()
+    report = Report(
+        "edit_eval",
+        model,
+        {"eval": asdict(config), "method": result.method},
+        record,
+        {"pre": record["pre"], "post": record["post"]},
+        provenance(seed, {"facts": facts}),
+    )
+    report.save(out / "eval_report.json")
+    _, page = write_report(out, f"memloc edit evaluation: {model}", [eval_section(result)])
+    return page

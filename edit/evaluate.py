@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -209,6 +209,88 @@ MODES = ("single", "batch", "sequential")
 Editor = Callable[[Sequence[Fact]], WeightDelta]
 
 
+@dataclass(frozen=True)
+class FactRow:
+    """One fact's rewrite-prompt probabilities (and fluency) before and after editing."""
+
+    case_id: str
+    p_true_pre: float
+    p_new_pre: float
+    p_true_post: float
+    p_new_post: float
+    fluency_pre: float | None = None
+    fluency_post: float | None = None
+
+    @classmethod
+    def of(cls, pre: FactScores, post: FactScores) -> FactRow:
+        (true0, new0), (true1, new1) = pre.rewrite, post.rewrite
+        return cls(pre.case_id, _p(true0), _p(new0), _p(true1), _p(new1), pre.fluency, post.fluency)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """CounterFact scores before and after editing; JSON only where stored (`to_dict`)."""
+
+    mode: str  # single, batch, sequential, or edited-folder
+    facts: int
+    pre: Mapping[str, float | None]
+    post: Mapping[str, float | None]
+    seconds_per_edit: float
+    per_fact: tuple[FactRow, ...]
+    unedited: tuple[str, ...] = ()  # facts the method found nothing to edit in (scored as they are)
+    config: Mapping | None = None
+    method: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        rows = [asdict(row) for row in self.per_fact]
+        if self.mode == FOLDER_MODE:
+            # The edited-folder record has always been the shorter one; kept as it was.
+            rows = [{k: v for k, v in row.items() if not k.startswith("fluency")} for row in rows]
+            head = {"mode": self.mode, "method": self.method, "facts": self.facts}
+            return {
+                **head,
+                "pre": dict(self.pre),
+                "post": dict(self.post),
+                "seconds_per_edit": 0.0,
+                "per_fact": rows,
+            }
+        record = {
+            "mode": self.mode,
+            "facts": self.facts,
+            "pre": dict(self.pre),
+            "post": dict(self.post),
+            "seconds_per_edit": self.seconds_per_edit,
+            "unedited": list(self.unedited),
+            "per_fact": rows,
+            "config": dict(self.config or {}),
+        }
+        if self.method is not None:
+            record.update(method=self.method, layers=list(self.layers or ()))
+        return record
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EvalResult:
+        """The result `to_dict` stored (e.g. in eval_report.json)."""
+        rows = tuple(FactRow(**row) for row in data["per_fact"])
+        layers = data.get("layers")
+        return cls(
+            data["mode"],
+            data["facts"],
+            data["pre"],
+            data["post"],
+            data["seconds_per_edit"],
+            rows,
+            tuple(data.get("unedited", ())),
+            data.get("config"),
+            data.get("method"),
+            None if layers is None else tuple(layers),
+        )
+
+
+FOLDER_MODE = "edited-folder"
+
+
 def evaluate_edits(
     lm: LM,
     facts: Sequence[Fact],
@@ -217,7 +299,7 @@ def evaluate_edits(
     config: EvalConfig,
     *,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> EvalResult:
     """Measure, edit in ``mode``, measure again; the model is restored at the end.
 
     - ``single``: edit one fact, measure it, restore, next fact.
@@ -226,6 +308,11 @@ def evaluate_edits(
       measure all.
 
     ``seconds_per_edit`` counts computing and applying the edits, not measuring.
+
+    Example::
+
+        result = evaluate_edits(lm, facts, editor, "single", EvalConfig(fluency=False))
+        result.post["ES"]
     """
     if mode not in MODES:
         raise MemlocError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -247,7 +334,7 @@ def evaluate_edits(
 
     def edit(chosen: Sequence[Fact]) -> Applied:
         delta = editor(chosen)
-        unedited.extend(_unedited(delta))
+        unedited.extend(delta.unedited_cases())
         return apply(lm.model, lm.adapter, delta)
 
     try:
@@ -277,34 +364,8 @@ def evaluate_edits(
         for handle in reversed(handles):
             handle.restore()
     step()
-    return {
-        "mode": mode,
-        "facts": len(facts),
-        "pre": summarize(pre),
-        "post": summarize(post),
-        "seconds_per_edit": edit_seconds / max(len(facts), 1),
-        "unedited": unedited,  # facts the method found nothing to edit in (scored as they are)
-        "per_fact": [_fact_row(a, b) for a, b in zip(pre, post, strict=True)],
-        "config": asdict(config),
-    }
-
-
-def _unedited(delta: WeightDelta) -> list[str]:
-    """Case ids a method left unedited (``info["unedited"]``, per part when combined)."""
-    parts = delta.info.get("parts", [delta.info])
-    if len(parts) != len(delta.case_ids):
-        return []
-    return [case for case, info in zip(delta.case_ids, parts, strict=True) if "unedited" in info]
-
-
-def _fact_row(pre: FactScores, post: FactScores) -> dict:
-    (true0, new0), (true1, new1) = pre.rewrite, post.rewrite
-    return {
-        "case_id": pre.case_id,
-        "p_true_pre": _p(true0),
-        "p_new_pre": _p(new0),
-        "p_true_post": _p(true1),
-        "p_new_post": _p(new1),
-        "fluency_pre": pre.fluency,
-        "fluency_post": post.fluency,
-    }
+    rows = tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True))
+    seconds = edit_seconds / max(len(facts), 1)
+    return EvalResult(
+        mode, len(facts), summarize(pre), summarize(post), seconds, rows, tuple(unedited), asdict(config)
+    )

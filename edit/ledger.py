@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +35,59 @@ LEDGER_VERSION = 1
 
 class LedgerError(MemlocError):
     """A ledger is missing, malformed, or does not belong to the model."""
+
+
+@dataclass(frozen=True)
+class LedgerEdit:
+    """One applied edit as the ledger records it."""
+
+    method: str
+    layers: tuple[int, ...]
+    facts: tuple[dict, ...]  # the edited facts' records
+    config: dict
+    info: dict  # the delta's diagnostics (`WeightDelta.info_record`)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """``ledger.json``: the base and edited weights' hashes and every edit between them."""
+
+    base_model: str
+    model_type: str
+    base_hash: str
+    edited_hash: str
+    edits: tuple[LedgerEdit, ...]
+    ledger_version: int = LEDGER_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "ledger_version": self.ledger_version,
+            "base_model": self.base_model,
+            "model_type": self.model_type,
+            "base_hash": self.base_hash,
+            "edited_hash": self.edited_hash,
+            "edits": [to_jsonable(edit) for edit in self.edits],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Ledger:
+        edits = tuple(
+            LedgerEdit(e["method"], tuple(e["layers"]), tuple(e["facts"]), e["config"], e["info"])
+            for e in data["edits"]
+        )
+        version = data.get("ledger_version", LEDGER_VERSION)
+        return cls(
+            data.get("base_model", ""),
+            data.get("model_type", ""),
+            data["base_hash"],
+            data["edited_hash"],
+            edits,
+            version,
+        )
+
+    def methods(self) -> str:
+        """The edit methods used, sorted and comma-separated."""
+        return ",".join(sorted({edit.method for edit in self.edits}))
 
 
 def _fresh_folder(out: Path, source: str) -> None:
@@ -66,30 +119,17 @@ def save_edited(
         for part in delta.layers:
             tensors[f"edit{i}.layer{part.layer}.left"] = part.left
             tensors[f"edit{i}.layer{part.layer}.right"] = part.right
-        edits.append(
-            {
-                "method": delta.method,
-                "layers": delta.layer_ids(),
-                "facts": [asdict(by_id[c]) for c in delta.case_ids if c in by_id],
-                "config": to_jsonable(dict(delta.config)),
-                "info": to_jsonable(dict(delta.info)),
-            }
-        )
-    ledger = {
-        "ledger_version": LEDGER_VERSION,
-        "base_model": lm.source,
-        "model_type": lm.adapter.model_type,
-        "base_hash": base_hash,
-        "edited_hash": weights_hash(lm.model),
-        "edits": edits,
-    }
+        facts_of = tuple(asdict(by_id[c]) for c in delta.case_ids if c in by_id)
+        config, info = to_jsonable(dict(delta.config)), to_jsonable(delta.info_record())
+        edits.append(LedgerEdit(delta.method, tuple(delta.layer_ids()), facts_of, config, info))
+    ledger = Ledger(lm.source, lm.adapter.model_type, base_hash, weights_hash(lm.model), tuple(edits))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         save_tensors(tmp / "ledger.safetensors", tensors)
-        atomic_write_text(tmp / "ledger.json", json.dumps(ledger, indent=2, allow_nan=False))
+        atomic_write_text(tmp / "ledger.json", json.dumps(ledger.to_dict(), indent=2, allow_nan=False))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -99,7 +139,8 @@ def save_edited(
     return out
 
 
-def read_ledger(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_ledger(folder: str | Path) -> tuple[Ledger, dict[str, torch.Tensor]]:
+    """The ledger of an edited folder and its tensors (edit factors, base values)."""
     folder = Path(folder)
     path = folder / "ledger.json"
     if not path.is_file():
@@ -111,20 +152,20 @@ def read_ledger(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     for key in ("base_hash", "edited_hash", "edits"):
         if key not in ledger:
             raise LedgerError(f"{path} lacks the field {key!r}")
-    return ledger, load_tensors(folder / "ledger.safetensors")
+    return Ledger.from_dict(ledger), load_tensors(folder / "ledger.safetensors")
 
 
-def undo(lm: LM, folder: str | Path) -> dict:
+def undo(lm: LM, folder: str | Path) -> Ledger:
     """Restore the base weights of an edited model in place (in memory), bit for bit.
 
     Refuses when the model is not the one the ledger describes.
     """
     ledger, tensors = read_ledger(folder)
     found = weights_hash(lm.model)
-    if found != ledger["edited_hash"]:
+    if found != ledger.edited_hash:
         raise LedgerError(
             f"the ledger in {folder} does not match the model: its weights hash {found[:12]} is not the "
-            f"edited hash {ledger['edited_hash'][:12]} the ledger recorded"
+            f"edited hash {ledger.edited_hash[:12]} the ledger recorded"
         )
     params = dict(lm.model.named_parameters())
     with torch.no_grad():
@@ -135,9 +176,9 @@ def undo(lm: LM, folder: str | Path) -> dict:
                     raise LedgerError(f"the ledger restores {name}, which the model does not have")
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
     restored = weights_hash(lm.model)
-    if restored != ledger["base_hash"]:
+    if restored != ledger.base_hash:
         raise LedgerError(
             f"after undo the weights hash {restored[:12]} differs from the ledger's base hash "
-            f"{ledger['base_hash'][:12]}; the ledger does not belong to this model's base"
+            f"{ledger.base_hash[:12]}; the ledger does not belong to this model's base"
         )
     return ledger

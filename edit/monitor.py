@@ -36,6 +36,15 @@ class MonitorConfig:
     tokens: int = 40
 
 
+@dataclass(frozen=True)
+class MonitorCheck:
+    """What the monitor measured for an edit it let through."""
+
+    update_ratio: dict[int, float]  # ||ΔW||_F / ||W||_F per edited layer
+    entropy_before: float
+    entropy_after: float
+
+
 def update_ratios(lm: LM, delta: WeightDelta) -> dict[int, float]:
     ratios = {}
     for part in delta.layers:
@@ -53,8 +62,14 @@ def generation_entropy(lm: LM, config: MonitorConfig) -> float:
 
 def checked_apply(
     lm: LM, delta: WeightDelta, config: MonitorConfig, baseline: float | None = None
-) -> tuple[Applied, dict]:
-    """Apply ``delta`` unless a check fails; on failure the model is left as it was."""
+) -> tuple[Applied, MonitorCheck]:
+    """Apply ``delta`` unless a check fails; on failure the model is left as it was.
+
+    Example::
+
+        handle, check = checked_apply(lm, delta, MonitorConfig(max_update_ratio=0.5))
+        handle.restore()
+    """
     ratios = update_ratios(lm, delta)
     worst = max(ratios, key=ratios.get)
     if config.max_update_ratio is not None and ratios[worst] > config.max_update_ratio:
@@ -72,4 +87,4 @@ def checked_apply(
             f"rolled back the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: generations "
             f"became repetitive (n-gram entropy {after:.2f} vs {before:.2f} before)"
         )
-    return handle, {"update_ratio": ratios, "entropy_before": before, "entropy_after": after}
+    return handle, MonitorCheck(ratios, before, after)

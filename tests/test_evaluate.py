@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from memloc.core.lm.facts import Fact
 from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
 from memloc.edit.evaluate import (
     EvalConfig,
+    EvalResult,
     FactScores,
     PromptScore,
     evaluate_edits,
@@ -106,9 +108,10 @@ def test_modes_restore_the_model(mode):
     before = weights_hash(lm.model)
     result = evaluate_edits(lm, FACTS, _editor(lm), mode, config)
     assert weights_hash(lm.model) == before
-    assert set(result["pre"]) == set(result["post"]) >= {"ES", "PS", "NS", "S", "EM", "PM", "NM", "fluency"}
-    assert result["pre"] == summarize(measure(lm, FACTS, config))
-    assert result["post"] != result["pre"]
+    assert set(result.pre) == set(result.post) >= {"ES", "PS", "NS", "S", "EM", "PM", "NM", "fluency"}
+    assert result.pre == summarize(measure(lm, FACTS, config))
+    assert result.post != result.pre
+    assert EvalResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
 def test_single_mode_measures_each_fact_under_its_own_edit_only():
@@ -118,4 +121,4 @@ def test_single_mode_measures_each_fact_under_its_own_edit_only():
     result = evaluate_edits(lm, FACTS, edit, "single", config)
     with apply(lm.model, lm.adapter, edit([FACTS[1]])):
         alone = measure(lm, [FACTS[1]], config)[0]
-    assert result["per_fact"][1]["p_new_post"] == pytest.approx(math.exp(-alone.rewrite[1].nll))
+    assert result.per_fact[1].p_new_post == pytest.approx(math.exp(-alone.rewrite[1].nll))

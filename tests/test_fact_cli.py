@@ -64,7 +64,19 @@ def test_unsupported_model_type_lists_the_supported(tmp_path, capsys):
 
 def test_knowledge_neurons_json_report_and_graph(tmp_path, capsys):
     out = tmp_path / "kn"
-    args = ("locate", "neurons", *COMMON, "--facts", FACTS, "--limit", "4", "--steps", "6", "--out", out)
+    args = (
+        "locate",
+        "knowledge-neurons",
+        *COMMON,
+        "--facts",
+        FACTS,
+        "--limit",
+        "4",
+        "--steps",
+        "6",
+        "--out",
+        out,
+    )
     code, stdout, _ = run_cli(capsys, *args, "--format", "json")
     assert code in (0, None)
     result = json.loads(stdout)
@@ -88,8 +100,13 @@ def test_knowledge_neurons_json_report_and_graph(tmp_path, capsys):
 
 
 def test_layer_out_of_range_is_one_line(capsys):
-    code, _, err = run_cli(capsys, "locate", "neurons", *COMMON, "--facts", FACTS, "--layers", "7")
+    code, _, err = run_cli(capsys, "locate", "knowledge-neurons", *COMMON, "--facts", FACTS, "--layers", "7")
     assert_one_line_error(code, err, "layer", "7", "0..3")
+
+
+def test_locate_neurons_with_a_language_model_names_the_new_command(capsys):
+    code, _, err = run_cli(capsys, "locate", "neurons", *COMMON, "--facts", FACTS, "--steps", "6")
+    assert_one_line_error(code, err, "locate knowledge-neurons")
 
 
 def test_edit_apply_undo_eval_round_trip(tmp_path, capsys):

@@ -145,7 +145,7 @@ def test_kn_eval_keeps_going_past_a_fact_without_neurons(fixture_lm, facts, monk
     base = weights_hash(fixture_lm.model)
     result = evaluate_edits(fixture_lm, chosen, editor, "single", EvalConfig(fluency=False))
     assert weights_hash(fixture_lm.model) == base
-    assert result["unedited"] == [chosen[0].case_id]
-    first, second = result["per_fact"]
-    assert first["p_new_post"] == pytest.approx(first["p_new_pre"], abs=1e-6)
-    assert second["p_new_post"] > second["p_new_pre"]
+    assert result.unedited == (chosen[0].case_id,)
+    first, second = result.per_fact
+    assert first.p_new_post == pytest.approx(first.p_new_pre, abs=1e-6)
+    assert second.p_new_post > second.p_new_pre

@@ -92,6 +92,6 @@ def test_monitor_refuses_a_huge_update_and_rolls_back_collapse():
         checked_apply(lm, collapse, MonitorConfig(max_update_ratio=1e9, prompts=config.prompts, tokens=16))
     assert weights_hash(lm.model) == base
     handle, info = checked_apply(lm, _delta(lm, scale=1e-4), config)
-    assert info["update_ratio"][1] < 0.01
+    assert info.update_ratio[1] < 0.01
     handle.restore()
     assert weights_hash(lm.model) == base
