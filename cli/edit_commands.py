@@ -34,7 +34,7 @@ from memloc.core.report import Report, provenance
 from memloc.edit.delta import weights_hash
 from memloc.edit.editors import EditPlan, prepare_editor
 from memloc.edit.eval_report import eval_section
-from memloc.edit.evaluate import MODES, EvalConfig, evaluate_edits, measure, summarize
+from memloc.edit.evaluate import METRICS, MODES, EvalConfig, evaluate_edits, measure, summarize
 from memloc.edit.ledger import read_ledger, save_edited, undo
 from memloc.edit.monitor import (
     DEFAULT_UPDATE_RATIO,
@@ -226,9 +226,7 @@ def eval_command(
     with progress_bar("eval") as update:
         if method is not None:
             editor, info = prepare_editor(lm, loaded, _plan(method, layers, corpus, samples, seed), update)
-            result = evaluate_edits(
-                lm, loaded, editor, mode.value, config, progress=lambda d, t: update(d, t, "editing")
-            )
+            result = evaluate_edits(lm, loaded, editor, mode.value, config, progress=update)
             result.update(method=method.value, layers=info["layers"])
         else:
             result = _measure_folder(lm, model, loaded, config)
@@ -248,10 +246,9 @@ def eval_command(
     if fmt is Format.json:
         emit_json(result)
         return
-    keys = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
     emit_table(
         "CounterFact metrics",
-        [{"metric": k, "pre": result["pre"][k], "post": result["post"][k]} for k in keys],
+        [{"metric": k, "pre": result["pre"][k], "post": result["post"][k]} for k in METRICS],
     )
     stdout.print(f"seconds per edit: {result['seconds_per_edit']:.2f}")
     if result.get("unedited"):

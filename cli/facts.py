@@ -159,7 +159,6 @@ def knowledge_neurons_command(
 ) -> None:
     """`memloc locate neurons --model M --facts F`: knowledge neurons of each fact."""
     lm, loaded = load_inputs(model, facts, device, dtype, trust_remote_code, limit, doc_start)
-    config.validate()
     config.layer_list(lm)  # one clear line for a layer out of range
     with progress_bar("knowledge neurons") as update:
         report = locate_knowledge_neurons(lm, loaded, facts, config, out, update)

@@ -112,7 +112,8 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that runs code when loaded; memloc refused it. "
-                "Convert it to safetensors, or pass --trust-pickle if you trust its source"
+                "Convert it to safetensors, or pass trust_pickle if you trust its source",
+                field="trust_pickle",
             ) from exc
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)

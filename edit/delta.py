@@ -14,12 +14,13 @@ model untouched; `apply` changes the weights and returns a handle whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.checkpoints import state_hash
+from memloc.core.lm.facts import Fact
 from torch import nn
 
 
@@ -52,6 +53,10 @@ class WeightDelta:
 
     def layer_ids(self) -> list[int]:
         return [d.layer for d in self.layers]
+
+
+# An edit method bound to its model and settings: the facts to write -> the update.
+Editor = Callable[[Sequence[Fact]], WeightDelta]
 
 
 def edited_tensors(model: nn.Module, adapter: TransformerAdapter, layers) -> dict[str, torch.Tensor]:

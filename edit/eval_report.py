@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.render import Section
+from memloc.edit.evaluate import METRICS
 
 SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
 
@@ -47,11 +48,10 @@ def eval_section(result: dict) -> Section:
         "EA/PA/NA: every target token is the argmax; fluency: weighted bi/tri-gram entropy of greedy "
         "generations (Meng et al. 2022)."
     )
-    keys = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
     section.tables.append(
         (
             "CounterFact metrics",
-            [{"": stage, **{k: result[stage].get(k) for k in keys}} for stage in ("pre", "post")],
+            [{"": stage, **{k: result[stage].get(k) for k in METRICS}} for stage in ("pre", "post")],
         )
     )
     section.figures.append(

@@ -28,6 +28,7 @@ from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM
 from memloc.core.sites import Site
+from memloc.core.validation import at_least
 from memloc.edit.delta import LayerDelta, WeightDelta
 from memloc.edit.targets import TargetConfig, optimize_target
 from memloc.edit.templates import TemplateConfig, context_templates
@@ -41,6 +42,9 @@ class RomeConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
     consistent_keys: bool = True  # r-ROME: the same k* in the update's direction and its constraint
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "layer")
 
 
 def second_moment(stats: object, width: int, device: torch.device) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.adapters import LayerNotFoundError
+from memloc.core.errors import ConfigError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.loading import load_language_model
@@ -111,8 +112,8 @@ def test_default_lambda_writes_a_real_share_of_a_typical_key_at_any_width(width)
 
 
 def test_non_positive_lambda_is_one_clear_error():
-    with pytest.raises(MemitError, match="mom2_weight must be positive"):
-        mom2_weight_for(MemitConfig(mom2_weight=0.0), 10)
+    with pytest.raises(ConfigError, match="mom2_weight must be positive"):
+        MemitConfig(mom2_weight=0.0)
 
 
 def test_singular_system_is_one_clear_error():

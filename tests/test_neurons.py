@@ -7,7 +7,7 @@ import pytest
 import torch
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import MemlocError
+from memloc.core.errors import ConfigError
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, UnitSpace, flip_search, zeroed_weights
 from torch import nn
 
@@ -142,13 +142,15 @@ def test_pre_mask_equals_zeroed_weights(cnn_setup):
 
 
 def test_bad_configs():
-    for config, needle in [
-        (FlipConfig(max_units=0), "--max-units"),
-        (FlipConfig(mode="gradient"), "--mode"),
-        (FlipConfig(collateral=-1), "--collateral"),
+    for fields, needle in [
+        ({"max_units": 0}, "^max_units must be at least 1"),
+        ({"mode": "gradient"}, "^mode must be one of mask, weights"),
+        ({"collateral": -1}, "^collateral must be at least 0"),
+        ({"batch_size": 0}, "^batch_size must be at least 1"),
     ]:
-        with pytest.raises(MemlocError, match=needle):
-            config.validate()
+        with pytest.raises(ConfigError, match=needle) as caught:
+            FlipConfig(**fields)
+        assert "--" not in str(caught.value) and caught.value.field == next(iter(fields))
 
 
 def test_cli_neurons_and_bad_input(tmp_path, capsys, cnn_run):

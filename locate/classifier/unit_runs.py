@@ -36,7 +36,7 @@ def final_checkpoint(run: RunFolder) -> int:
     if planned not in run.epochs():
         raise RunFolderError(
             f"{run.root} has no final checkpoint (epoch {planned}; last saved {run.epochs()[-1]}); "
-            f"finish it by rerunning its 'memloc train' command"
+            "finish its training first (rerunning it resumes from the last saved epoch)"
         )
     return planned
 
@@ -45,7 +45,7 @@ def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int
     """``n`` seeded noisy and/or clean examples, or explicit comma-separated ids."""
     if which in SELECTIONS:
         if n < 1:
-            raise MemlocError(f"--n must be at least 1, got {n}")
+            raise MemlocError(f"n must be at least 1, got {n}", field="n")
         rng = np.random.default_rng([seed, 0x4E45])
         picked = []
         for group in ("noisy", "clean"):
@@ -57,7 +57,8 @@ def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int
         ids = [int(part) for part in which.split(",") if part.strip()]
     except ValueError:
         raise MemlocError(
-            f"--examples must be noisy, clean, both or comma-separated example ids, got {which!r}"
+            f"examples must be noisy, clean, both or comma-separated example ids, got {which!r}",
+            field="examples",
         ) from None
     bad = [i for i in ids if not 0 <= i < len(mask)]
     if bad or not ids:
@@ -126,7 +127,6 @@ def locate_neurons(
     out: Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Report:
-    config.validate()
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
     targets = choose_examples(labels.mask, examples, n, config.seed)
@@ -135,7 +135,7 @@ def locate_neurons(
     wanted = {"flip": asdict(config), "final_epoch": final}
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
-            f"{path} holds results of other options; pass --out to write elsewhere or remove it"
+            f"{path} holds results of other options; pass another out or remove it", field="out"
         )
     done: dict[int, dict] = {}
     if path.is_file():
