@@ -26,7 +26,7 @@ from torch import nn
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, inputs: Iterable = ()) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, inputs: Iterable = ()) -> Path:
     """Call ``write(tmp)`` and move the temporary file onto ``path`` atomically."""
     path = Path(path)
     guard_not_input(path, inputs)

@@ -104,6 +104,10 @@ def apply(model: nn.Module, adapter: TransformerAdapter, delta: WeightDelta) -> 
 
     The update is formed in float64 on the weight's device and added once, so a delta
     spread over several `LayerDelta`s of one layer is still a single rounding.
+
+        handle = apply(lm.model, lm.adapter, delta)
+        ...  # use the edited model
+        handle.restore()  # or: with apply(lm.model, lm.adapter, delta): ...
     """
     names = {id(p): n for n, p in model.named_parameters()}
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

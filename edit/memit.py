@@ -450,9 +450,12 @@ def compute_memit(
 
     ``stats_by_layer`` maps each edit layer to its key second moment C (a (F, F)
     tensor or `edit.stats.KeyStats`); ``templates`` are the context templates
-    (`edit/templates.context_templates`), each with one ``{}``. ``progress`` is called
-    with the number of units done: first each fact's target, then each layer.
+    (`edit/templates.context_templates`), each with one ``{}``. ``progress`` counts
+    units done out of facts + layers: first each fact's target, then each layer.
     The model is unchanged afterwards.
+
+        config = MemitConfig(layers=(3, 4, 5, 6, 7))
+        delta = compute_memit(lm, facts, key_statistics_by_layer(lm, config.layers, StatsConfig()), config)
 
     ``info``: ``targets`` (per fact: the last z loss ``total``, ``nll``, ``kl``,
     ``decay`` and the Adam ``steps`` taken), ``target_seconds``,

@@ -63,7 +63,7 @@ def checked_apply(
 ) -> tuple[Applied, dict]:
     """Apply ``delta`` unless a check fails; on failure the model is left as it was."""
     ratios = update_ratios(lm, delta)
-    worst = max(ratios, key=ratios.get)
+    worst = max(ratios, key=ratios.__getitem__)
     if config.max_update_ratio is not None and ratios[worst] > config.max_update_ratio:
         raise CollapseError(
             f"refused the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: its update at layer "

@@ -96,6 +96,11 @@ def compute_rome(
     ``second_moment_or_stats`` is C for ``config.layer``: an (F, F) tensor or key statistics
     with ``.matrix()`` (edit/stats.py). ``templates`` default to the model's cached context
     templates for ``config.templates``. ``progress`` is called after every optimisation step.
+
+        stats = key_statistics_by_layer(lm, [6], StatsConfig())
+        delta = compute_rome(lm, fact, stats[6], RomeConfig(layer=6))
+        with apply(lm.model, lm.adapter, delta):
+            ...  # the edited model; the weights are restored on exit
     """
     require_edit_targets([fact])
     model, adapter = lm.model, lm.adapter

@@ -368,6 +368,9 @@ def key_statistics_by_layer(
     ``cache_dir`` defaults to ``cache_root()/stats``. Layers already cached are loaded;
     the others are computed together in one resumable pass over the corpus.
     ``progress(texts_done, total, description)`` is called after every batch.
+
+        stats = key_statistics_by_layer(lm, [5, 6], StatsConfig(samples=1000))
+        c = stats[6].matrix()  # (F, F) float64, shrunk when ill-conditioned
     """
     layers = sorted({lm.adapter.check_layer(layer) for layer in layers})
     if not layers:

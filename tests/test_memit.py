@@ -269,4 +269,5 @@ def test_a_batch_of_many_edits_succeeds_on_many(fixture_lm, fixture_facts, fixtu
     with apply(lm.model, lm.adapter, delta):
         es = sum(flipped(lm, f) for f in facts) / len(facts)
     print(f"MEMIT on the fixture LM, {len(facts)} edits in one batch: ES {es:.2f}")
-    assert es >= 0.15
+    # The current code flips 13 of the 40 (ES 0.33); the bar leaves two facts of margin.
+    assert es >= 0.27, es

@@ -52,6 +52,20 @@ def test_toy_cap_and_budget():
     assert free.flipped and len(free.units) == 2
 
 
+def test_toy_collateral_budget_rejects_a_unit_the_hold_out_set_needs():
+    model, adapter, data = toy()
+    # Hold-out example (2, 0, 0) is class 0 only through h0 (logit0 6 > 3.5, 0 without h0):
+    # removing h0 costs 1 of 4 hold-out examples, 25 points.
+    x_hold = torch.tensor([[2.0, 0.0, 0.0]] + [[0.0, 0.0, 0.0]] * 3)
+    y_hold = torch.tensor([0, 1, 1, 1])
+    data = FlipData(data.x, data.y, data.clean, x_hold, y_hold)
+    (loose,) = flip_search(model, adapter, data, [0], FlipConfig(collateral=30.0, reference_size=4))
+    assert loose.flipped and loose.units == [("hidden", 0)] and loose.collateral_drop == pytest.approx(25.0)
+    (tight,) = flip_search(model, adapter, data, [0], FlipConfig(collateral=5.0, reference_size=4))
+    assert tight.flipped and sorted(tight.units) == [("hidden", 1), ("hidden", 2)]
+    assert tight.collateral_drop <= 5.0
+
+
 @pytest.fixture(scope="module")
 def cnn_setup(cnn_run):
     model, adapter = cnn_run.load_model()

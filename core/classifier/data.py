@@ -99,7 +99,7 @@ def _load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
     missing = [IDX_STEMS[k] for k, p in found.items() if p is None]
     if missing:
         raise DataError(f"{folder} lacks IDX files: {', '.join(missing)}")
-    return {k: _read_idx(p) for k, p in found.items()}
+    return {k: _read_idx(p) for k, p in found.items() if p is not None}
 
 
 def _load_npz(paths: list[Path]) -> dict[str, np.ndarray]:

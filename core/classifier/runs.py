@@ -147,7 +147,11 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 class RunFolder:
-    """Paths and I/O of one run folder."""
+    """Paths and I/O of one run folder.
+
+    run = RunFolder.open("runs/cnn")  # an existing run; RunFolder(path) for a new one
+    model, adapter = run.load_model()
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

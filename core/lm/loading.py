@@ -144,6 +144,9 @@ def load_language_model(
     """Load a supported causal LM and its tokenizer, in eval mode on ``device``.
 
     ``document_start``: see the module docstring ("auto", a token, or None).
+
+        lm = load_language_model("smollm2-135m", device="cpu")
+        lm = load_language_model("path/to/hf-folder", device="cuda", dtype="bfloat16")
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

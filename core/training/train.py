@@ -110,7 +110,11 @@ def train_run(
     trust_pickle: bool = False,
     progress: Progress | None = None,
 ) -> dict:
-    """Train (or resume) the run in ``run`` and return its summary metrics."""
+    """Train (or resume) the run in ``run`` and return its summary metrics.
+
+    config = TrainConfig.for_arch("digits", "cnn", noise=0.1)
+    summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
+    """
     data = load_dataset(config.data, limit=config.limit, seed=config.seed)
     spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
     torch.manual_seed(config.seed)

@@ -50,7 +50,10 @@ class LayersConfig:
 def locate_layers(
     run: RunFolder, device: torch.device, config: LayersConfig, *, progress: Progress | None = None
 ) -> Report:
-    """Rewind and retrain every chosen layer group of a run; resumable."""
+    """Rewind and retrain every chosen layer group of a run; resumable.
+
+    report = locate_layers(RunFolder.open("runs/cnn"), torch.device("cpu"), LayersConfig())
+    """
     began = time.perf_counter()
     final = run.epochs()[-1]
     epochs = (

@@ -137,7 +137,10 @@ def locate_scores(
     curvature: CurvatureConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Report:
-    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report."""
+    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report.
+
+    report = locate_scores(RunFolder.open("runs/cnn"), torch.device("cpu"), curvature=CurvatureConfig())
+    """
     dyn = run.load_dynamics()
     labels, _ = run.load_noise()
     scores = dynamics_scores(dyn.loss, dyn.correct)

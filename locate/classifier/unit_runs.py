@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
 from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
@@ -125,8 +126,12 @@ def locate_neurons(
     examples: str = "both",
     n: int = 100,
     out: Path | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
+    """The fewest units that flip each chosen example (`flip_search`); resumable.
+
+    report = locate_neurons(RunFolder.open("runs/cnn"), torch.device("cpu"), FlipConfig(), n=20)
+    """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
     targets = choose_examples(labels.mask, examples, n, config.seed)

@@ -322,6 +322,8 @@ def flip_search(
 
     The model must be in eval mode; it is left exactly as it came (hooks removed,
     weights restored).
+
+        results = flip_search(model.eval(), adapter, data, [3, 17], FlipConfig(max_units=100))
     """
     if model.training:
         raise MemlocError("flip search needs the model in eval mode (BatchNorm must use running statistics)")

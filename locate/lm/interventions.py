@@ -169,7 +169,10 @@ def intervene(
     """Suppress or enhance each fact's own neurons, random neurons, and check control facts.
 
     ``neurons`` is a `KNResult` or a mapping from case id to (layer, index[, score])
-    rows. ``progress`` is called with the number of facts finished.
+    rows. ``progress(facts done, facts, mode)`` is called after each fact.
+
+        found = knowledge_neurons(lm, facts)
+        result = intervene(lm, facts, found, InterventionConfig(mode="suppress"))
     """
     own = _neuron_sets(neurons)
     missing = [f.case_id for f in facts if f.case_id not in own]
@@ -219,7 +222,7 @@ def random_neurons(lm: LM, neurons: Sequence[Neuron], generator: torch.Generator
     for layer, _ in neurons:
         counts[layer] = counts.get(layer, 0) + 1
     taken = set(neurons)
-    picked = []
+    picked: list[Neuron] = []
     for layer in sorted(counts):
         order = torch.randperm(lm.adapter.d_mlp, generator=generator, device=generator.device).tolist()
         free = [i for i in order if (layer, i) not in taken]

@@ -220,9 +220,12 @@ def knowledge_neurons(
     *,
     progress: Progress | None = None,
 ) -> KNResult:
-    """Coarse, refined and relation-level knowledge neurons of each fact.
+    """Coarse, refined and relation-level knowledge neurons of each fact (Dai et al. 2022).
 
-    ``progress`` is called with the number of facts finished.
+    ``progress(facts done, facts, description)`` is called after each fact.
+
+        lm = load_language_model("smollm2-135m")
+        result = knowledge_neurons(lm, load_facts("facts.json"), KNConfig(steps=20))
     """
     config.layer_list(lm)
     if not facts:

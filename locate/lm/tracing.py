@@ -500,7 +500,10 @@ def trace_fact(
 def trace_facts(
     lm: LM, facts: Sequence[Fact], config: TraceConfig = TraceConfig(), *, progress: Progress | None = None
 ) -> TraceReport:
-    """Causal-trace every fact; the report's ``best_layer`` is the averaged edit-layer choice."""
+    """Causal-trace every fact; the report's ``best_layer`` is the averaged edit-layer choice.
+
+    report = trace_facts(load_language_model("smollm2-135m"), load_facts("facts.json"))
+    """
     report = TraceReport(config)
     for i, fact in enumerate(facts):
         report.facts.append(trace_fact(lm, fact, config))
