@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import typer
 from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
+from memloc.cli.flags import cli_message
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
 from memloc.core.errors import MemlocError
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except MemlocError as exc:
         if debug:
             raise
-        _fail(str(exc), 1)
+        _fail(cli_message(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last finished epoch", 130)
 

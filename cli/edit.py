@@ -96,7 +96,6 @@ def stats_command(
         seed=seed,
         max_condition=max_condition,
     )
-    config.validate()
     if corpus != GENERATED:
         corpus_files(corpus)  # a bad path fails before the model loads
     # Our own bar shows the work; transformers' loading bar would only clutter stderr.

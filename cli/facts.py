@@ -203,7 +203,6 @@ def knowledge_neurons_command(
         batch_size=batch,
     )
     model, loaded = load_inputs(lm, facts, limit)
-    config.validate()
     config.layer_list(model)  # one clear line for a layer out of range
     with progress_bar("knowledge neurons") as update:
         report = locate_knowledge_neurons(model, loaded, facts, config, out, update)

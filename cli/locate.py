@@ -175,7 +175,6 @@ def neurons_command(
         include_head=include_head,
         seed=seed,
     )
-    config.validate()
     target = resolve_device(device)
     with progress_bar("neurons") as update:
         report = locate_neurons(run, target, config, examples=examples, n=n, out=out, progress=update)

@@ -62,7 +62,6 @@ def train_command(
         grad_accounting=grad_accounting,
         init=str(init) if init else None,
     )
-    config.validate()
     target = resolve_device(device)
     with progress_bar("train") as update:
         summary = train_run(RunFolder(out), config, target, trust_pickle=trust_pickle, progress=update)

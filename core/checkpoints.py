@@ -26,7 +26,7 @@ from torch import nn
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, inputs: Iterable = ()) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, inputs: Iterable = ()) -> Path:
     """Call ``write(tmp)`` and move the temporary file onto ``path`` atomically."""
     path = Path(path)
     guard_not_input(path, inputs)
@@ -112,7 +112,8 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that runs code when loaded; memloc refused it. "
-                "Convert it to safetensors, or pass --trust-pickle if you trust its source"
+                "Convert it to safetensors, or pass trust_pickle if you trust its source",
+                field="trust_pickle",
             ) from exc
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)

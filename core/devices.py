@@ -21,7 +21,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if match is None:
         raise MemlocError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise MemlocError(f"device {spec!r} asked for, but CUDA is not available here; use --device cpu")
+        raise MemlocError(
+            f"device {spec!r} asked for, but CUDA is not available here; use device cpu", field="device"
+        )
     index = int(match.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise MemlocError(

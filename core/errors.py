@@ -9,7 +9,29 @@ from __future__ import annotations
 
 
 class MemlocError(Exception):
-    """A problem with the user's input, stated in one line with a way to fix it."""
+    """A problem with the user's input, stated in one line with a way to fix it.
+
+    ``field`` names the parameter or config field the message is about, in its Python
+    spelling; the CLI shows the matching flag in its place (cli/flags.py).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(MemlocError):
+    """A config field holds a value its method cannot use.
+
+    ``ConfigError("max_units", "must be at least 1, got 0", config="FlipConfig")`` reads
+    "max_units must be at least 1, got 0"; ``config`` names the dataclass so that a
+    field shared by several configs can map to different flags.
+    """
+
+    def __init__(self, field: str, problem: str, *, config: str = "") -> None:
+        super().__init__(f"{field} {problem}", field=field)
+        self.problem = problem
+        self.config = config
 
 
 class UnsupportedModelError(MemlocError):
@@ -21,7 +43,7 @@ class CheckpointError(MemlocError):
 
 
 class UnsafePickleError(CheckpointError):
-    """A pickle needs code execution and the user did not pass --trust-pickle."""
+    """A pickle needs code execution and the user did not pass trust_pickle."""
 
 
 class DataError(MemlocError):

@@ -74,3 +74,8 @@ class Unit:
 
     def __str__(self) -> str:
         return f"{self.site}[{self.index}]"
+
+
+# A transformer neuron: (layer, index into that layer's `mlp.post`), the input of the FFN
+# down-projection (DESIGN.md). Knowledge neurons, interventions and neuron edits share it.
+Neuron = tuple[int, int]

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from memloc.core.errors import DataError
 from memloc.core.lm.model import LM, cache_keyword, document_start_id
+from memloc.core.validation import at_least
+from memloc.edit.sampling import top_k_sample
 
 GENERATED = "generated"
 CORPUS_SUFFIXES = (".txt", ".jsonl")
@@ -40,6 +42,9 @@ class GenerationConfig:
     top_k: int = 50
     batch_size: int = 32
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "length", "top_k", "batch_size")
 
     def describe(self) -> str:
         return f"generated:length={self.length}:top_k={self.top_k}:seed={self.seed}"
@@ -145,12 +150,7 @@ def _sample_batch(lm: LM, first: int, size: int, config: GenerationConfig) -> li
     for _ in range(_max_new_tokens(lm, config.length)):
         out = lm.model(input_ids=ids, use_cache=True, **{keyword: cache})
         cache = out[keyword]
-        top = torch.topk(out.logits[:, -1].float(), min(config.top_k, out.logits.shape[-1]), dim=-1)
-        probs = torch.softmax(top.values, dim=-1).cpu()
-        choice = torch.stack(
-            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
-        )
-        ids = top.indices.gather(1, choice.to(device))
+        ids = top_k_sample(out.logits[:, -1], config.top_k, generators)
         tokens.append(ids)
     rows = torch.cat(tokens, dim=1).tolist()
     return [lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]

@@ -14,12 +14,13 @@ model untouched; `apply` changes the weights and returns a handle whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.checkpoints import state_hash
+from memloc.core.lm.facts import Fact
 from torch import nn
 
 
@@ -64,6 +65,10 @@ class WeightDelta:
 
     def layer_ids(self) -> list[int]:
         return [d.layer for d in self.layers]
+
+
+# An edit method bound to its model and settings: the facts to write -> the update.
+Editor = Callable[[Sequence[Fact]], WeightDelta]
 
 
 def edited_tensors(model: nn.Module, adapter: TransformerAdapter, layers) -> dict[str, torch.Tensor]:
@@ -111,6 +116,10 @@ def apply(model: nn.Module, adapter: TransformerAdapter, delta: WeightDelta) -> 
 
     The update is formed in float64 on the weight's device and added once, so a delta
     spread over several `LayerDelta`s of one layer is still a single rounding.
+
+        handle = apply(lm.model, lm.adapter, delta)
+        ...  # use the edited model
+        handle.restore()  # or: with apply(lm.model, lm.adapter, delta): ...
     """
     names = {id(p): n for n, p in model.named_parameters()}
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -15,13 +15,15 @@ neurons for the KN edit) and returns an `Editor`: a function from facts to one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
-from memloc.edit.delta import WeightDelta
+from memloc.core.progress import Progress
+from memloc.core.validation import at_least, one_of
+from memloc.edit.delta import Editor, WeightDelta
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
 from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.rome import RomeConfig, compute_rome
@@ -31,8 +33,6 @@ from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons
 from memloc.locate.lm.tracing import TraceConfig, average_best_layer, trace_fact
 
 METHODS = ("rome", "memit", "kn")
-Editor = Callable[[Sequence[Fact]], WeightDelta]
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class EditPlan:
     kn_edit: KNEditConfig = field(default_factory=KNEditConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise MemlocError(f"unknown edit method {self.method!r}; use one of {', '.join(METHODS)}")
+        one_of(self, "method", METHODS)
+        at_least(self, 1, "auto_facts", "memit_span")
 
 
 def auto_layer(lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None) -> int:
@@ -71,7 +71,9 @@ def auto_layer(lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress
             progress(i + 1, len(chosen), "tracing for the edit layer")
     layer = average_best_layer(traced)
     if layer is None:
-        raise MemlocError("causal tracing found no MLP effect to choose a layer from; pass --layers")
+        raise MemlocError(
+            "causal tracing found no MLP effect to choose a layer from; pass layers", field="layers"
+        )
     return layer
 
 
@@ -133,9 +135,7 @@ def prepare_editor(
     layers = edit_layers(lm, facts, plan, progress)
     choice = EditChoice(plan.method, layers, auto_layers=plan.layers is None)
     if plan.method == "kn":
-        found = knowledge_neurons(
-            lm, facts, plan.kn, progress=lambda n: progress and progress(n, len(facts), "knowledge neurons")
-        )
+        found = knowledge_neurons(lm, facts, plan.kn, progress=progress)
         by_case = found.by_case()
         shared = found.relations
         choice = replace(

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report, provenance
-from memloc.edit.evaluate import EvalConfig, EvalResult
+from memloc.edit.evaluate import METRICS, EvalConfig, EvalResult
 
 SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
 
@@ -55,12 +55,11 @@ def eval_section(result: EvalResult) -> Section:
         "EA/PA/NA: every target token is the argmax; fluency: weighted bi/tri-gram entropy of greedy "
         "generations (Meng et al. 2022)."
     )
-    keys = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
     section.tables.append(
         (
             "CounterFact metrics",
             [
-                {"": stage, **{k: scores.get(k) for k in keys}}
+                {"": stage, **{k: scores.get(k) for k in METRICS}}
                 for stage, scores in (("pre", result.pre), ("post", result.post))
             ],
         )

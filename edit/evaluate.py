@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,7 +28,9 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM
-from memloc.edit.delta import Applied, WeightDelta, apply
+from memloc.core.progress import Progress
+from memloc.core.validation import at_least
+from memloc.edit.delta import Applied, Editor, apply
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
 
@@ -39,6 +41,9 @@ class EvalConfig:
     generation_tokens: int = 100
     generation_prompts: int = 1  # per fact
     fluency: bool = True
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "generation_tokens", "generation_prompts")
 
 
 @dataclass(frozen=True)
@@ -206,8 +211,6 @@ def measure(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactScore
 
 MODES = ("single", "batch", "sequential")
 
-Editor = Callable[[Sequence[Fact]], WeightDelta]
-
 
 @dataclass(frozen=True)
 class FactRow:
@@ -298,7 +301,7 @@ def evaluate_edits(
     mode: str,
     config: EvalConfig,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Measure, edit in ``mode``, measure again; the model is restored at the end.
 
@@ -323,7 +326,7 @@ def evaluate_edits(
         nonlocal done
         done += 1
         if progress is not None:
-            progress(done, total)
+            progress(done, total, "editing")
 
     pre = measure(lm, facts, config)
     step()

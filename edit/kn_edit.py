@@ -28,9 +28,9 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, target_ids
+from memloc.core.sites import Neuron
+from memloc.core.validation import at_least
 from memloc.edit.delta import LayerDelta, WeightDelta
-
-Neuron = tuple[int, int]  # (layer, index into mlp.post)
 
 
 class NeuronEditError(MemlocError):
@@ -43,6 +43,9 @@ class KNEditConfig:
 
     lambda_old: float = 1.0
     lambda_new: float = 8.0
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "lambda_old", "lambda_new")
 
 
 def compute_kn_edit(

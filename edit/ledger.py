@@ -92,9 +92,13 @@ class Ledger:
 
 def _fresh_folder(out: Path, source: str) -> None:
     if Path(source).exists() and Path(source).resolve() == out.resolve():
-        raise MemlocError(f"refusing to write the edited model over its input {source}; choose another --out")
+        raise MemlocError(
+            f"refusing to write the edited model over its input {source}; choose another out", field="out"
+        )
     if out.exists() and any(out.iterdir()):
-        raise MemlocError(f"{out} already exists and is not empty; choose another --out or remove it")
+        raise MemlocError(
+            f"{out} already exists and is not empty; choose another out or remove it", field="out"
+        )
 
 
 def save_edited(
@@ -144,7 +148,7 @@ def read_ledger(folder: str | Path) -> tuple[Ledger, dict[str, torch.Tensor]]:
     folder = Path(folder)
     path = folder / "ledger.json"
     if not path.is_file():
-        raise LedgerError(f"{folder} has no ledger.json; it was not written by 'memloc edit apply'")
+        raise LedgerError(f"{folder} has no ledger.json; it was not written by save_edited")
     try:
         ledger = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

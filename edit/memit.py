@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -40,11 +40,11 @@ from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode, run_block
+from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
+from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import LayerDelta, WeightDelta, apply
 from memloc.edit.targets import RewriteBatch, SuffixScorer, TargetConfig, check_target_inputs, rewrite_batch
-
-Progress = Callable[[int], None]
 
 
 class MemitError(MemlocError):
@@ -63,9 +63,8 @@ class MemitConfig:
     13–17); the default 3–7 was chosen on SmolLM2-135M (30 layers). ``target`` is the
     z optimisation, with MEMIT's clamp of 0.75·||h||. ``mom2_weight`` is λ, the weight
     of the key second moment C that keeps the update small on ordinary keys; ``None``
-    (the default) means ``mom2_per_width`` × F, F the key width (see `mom2_weight_for`).
-    On SmolLM2-135M (layers 3–7, λ = 1,406, C from 200 generated texts, 20 CounterFact
-    facts in one batch): ES 0.90, PS 0.95, NS 0.85; λ = 15,000 gave ES 0.55, PS 0.60.
+    (the default) means ``mom2_per_width`` × F, F the key width (see `mom2_weight_for`;
+    benchmarks/memit.py and the README compare the two on SmolLM2-135M).
     ``batch_size`` is the number of prompts per forward pass when reading keys and
     states, ``target_batch`` the number of facts whose z are optimised together; results
     do not depend on either beyond float rounding.
@@ -78,6 +77,12 @@ class MemitConfig:
     batch_size: int = 64
     target_batch: int = 16
 
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise fail(self, "layers", "is empty; MEMIT needs at least one edit layer")
+        positive(self, "mom2_weight", "mom2_per_width")
+        at_least(self, 1, "batch_size", "target_batch")
+
 
 # --- the solve --------------------------------------------------------------------------
 
@@ -89,23 +94,22 @@ def mom2_weight_for(config: MemitConfig, width: int) -> float:
     the share a / (1 + a) of its residual, a = kᵀC⁻¹k / λ. Scaling the keys scales C and
     kkᵀ alike, so their magnitude cancels; but kᵀC⁻¹k of a key drawn like the statistics
     is F on average (E[kᵀC⁻¹k] = tr(C⁻¹C)). The paper's λ = 15,000 was set for GPT-J,
-    F = 16,384 (a ≈ 1); on SmolLM2-135M (F = 1,536) the same λ makes a ≈ 0.1 for typical
-    keys (0.7 for subject keys, whose kᵀC⁻¹k measured ≈ 11,000 at layer 6), so each
-    layer wrote a third of its share of the residual and batch edits barely flipped.
+    F = 16,384 (a ≈ 1); on a model with F = 1,536 (SmolLM2-135M) the same λ makes a
+    about ten times smaller for typical keys, so each layer writes only a fraction of its
+    share of the residual and batch edits barely flip.
     """
     if config.mom2_weight is not None:
-        if not config.mom2_weight > 0:
-            raise MemitError(f"mom2_weight must be positive, got {config.mom2_weight}")
         return float(config.mom2_weight)
-    if not config.mom2_per_width > 0:
-        raise MemitError(f"mom2_per_width must be positive, got {config.mom2_per_width}")
     return config.mom2_per_width * width
 
 
 def solve_layer_update(
     keys: torch.Tensor, residuals: torch.Tensor, second_moment: torch.Tensor, mom2_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Factors (left (D, n), right (F, n)) of ΔW = R Kᵀ (λC + KKᵀ)⁻¹, and the solver used.
+    """Factors (left (D, n), right (F, n)) of ΔW = R Kᵀ (λC + KKᵀ)⁻¹, and the solver's name.
+
+    The name is always "cholesky", the only solver; it is recorded in the edit's
+    diagnostics so that a report says how each layer was solved.
 
     ``keys`` K is (F, n), ``residuals`` R is (D, n), ``second_moment`` C is (F, F).
     Everything is float64 on the keys' device. λC + KKᵀ is positive definite for any
@@ -309,7 +313,7 @@ def optimize_targets(
         deltas.append(delta)
         records.extend(chunk_records)
         if progress:
-            progress(start + len(chunk))
+            progress(start + len(chunk), len(facts), "targets")
     return torch.cat(deltas), records
 
 
@@ -401,7 +405,7 @@ def spread_update(
     missing = [layer for layer in layers if layer not in stats_by_layer]
     if missing:
         raise MemitError(
-            f"no key statistics for edit layer(s) {missing}; compute them with `memloc edit stats`"
+            f"no key statistics for edit layer(s) {missing}; compute them for these layers first (key_statistics)"
         )
     last = layers[-1]
     targets = targets.to(lm.device, torch.float64)
@@ -429,7 +433,7 @@ def spread_update(
             }
         )
         if progress:
-            progress(step + 1)
+            progress(step + 1, len(layers), "layers")
     return parts, diagnostics
 
 
@@ -446,9 +450,12 @@ def compute_memit(
 
     ``stats_by_layer`` maps each edit layer to its key second moment C (a (F, F)
     tensor or `edit.stats.KeyStats`); ``templates`` are the context templates
-    (`edit/templates.context_templates`), each with one ``{}``. ``progress`` is called
-    with the number of units done: first each fact's target, then each layer.
+    (`edit/templates.context_templates`), each with one ``{}``. ``progress`` counts
+    units done out of facts + layers: first each fact's target, then each layer.
     The model is unchanged afterwards.
+
+        config = MemitConfig(layers=(3, 4, 5, 6, 7))
+        delta = compute_memit(lm, facts, key_statistics_by_layer(lm, config.layers, StatsConfig()), config)
 
     ``info``: ``targets`` (per fact: the last z loss ``total``, ``nll``, ``kl``,
     ``decay`` and the Adam ``steps`` taken), ``target_seconds``,
@@ -464,16 +471,14 @@ def compute_memit(
     start = subject_states(lm, facts, last, config.batch_size)
     site = Site(last, "resid.post")
     check_target_inputs(lm, facts[0], site)
+    total = len(facts) + len(layers)
     deltas, records = optimize_targets(
-        lm, facts, site, config.target, templates, config.target_batch, progress
+        lm, facts, site, config.target, templates, config.target_batch, offset(progress, 0, total)
     )
     targets = start + deltas.to(start.device, torch.float64).T
     middle = time.perf_counter()
 
-    def layer_progress(done: int) -> None:
-        if progress:
-            progress(len(facts) + done)
-
+    layer_progress = offset(progress, len(facts), total)
     parts, diagnostics = spread_update(lm, facts, targets, stats_by_layer, config, templates, layer_progress)
     return WeightDelta(
         method="memit",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.model import LM
+from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import Applied, WeightDelta, apply
 from memloc.edit.evaluate import generate, ngram_entropy
 
@@ -34,6 +35,12 @@ class MonitorConfig:
     min_entropy_ratio: float = 0.6  # post / pre fluency on the neutral prompts
     prompts: tuple[str, ...] = ("The weather today is", "My favorite book is about", "In the morning, I")
     tokens: int = 40
+
+    def __post_init__(self) -> None:
+        positive(self, "max_update_ratio", "min_entropy_ratio")
+        at_least(self, 1, "tokens")
+        if not self.prompts:
+            raise fail(self, "prompts", "is empty; give at least one neutral prompt")
 
 
 @dataclass(frozen=True)
@@ -71,12 +78,13 @@ def checked_apply(
         handle.restore()
     """
     ratios = update_ratios(lm, delta)
-    worst = max(ratios, key=ratios.get)
+    worst = max(ratios, key=ratios.__getitem__)
     if config.max_update_ratio is not None and ratios[worst] > config.max_update_ratio:
         raise CollapseError(
             f"refused the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: its update at layer "
             f"{worst} is {ratios[worst]:.2f} of the weight's norm (limit {config.max_update_ratio}); "
-            "lower the clamp or the learning rate, or raise --max-update-ratio"
+            "lower the clamp or the learning rate, or raise max_update_ratio",
+            field="max_update_ratio",
         )
     before = generation_entropy(lm, config) if baseline is None else baseline
     handle = apply(lm.model, lm.adapter, delta)

@@ -28,6 +28,7 @@ from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM
 from memloc.core.sites import Site
+from memloc.core.validation import at_least
 from memloc.edit.delta import LayerDelta, WeightDelta
 from memloc.edit.targets import TargetConfig, optimize_target
 from memloc.edit.templates import TemplateConfig, context_templates
@@ -41,6 +42,9 @@ class RomeConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
     consistent_keys: bool = True  # r-ROME: the same k* in the update's direction and its constraint
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "layer")
 
 
 def second_moment(stats: object, width: int, device: torch.device) -> torch.Tensor:
@@ -92,6 +96,11 @@ def compute_rome(
     ``second_moment_or_stats`` is C for ``config.layer``: an (F, F) tensor or key statistics
     with ``.matrix()`` (edit/stats.py). ``templates`` default to the model's cached context
     templates for ``config.templates``. ``progress`` is called after every optimisation step.
+
+        stats = key_statistics_by_layer(lm, [6], StatsConfig())
+        delta = compute_rome(lm, fact, stats[6], RomeConfig(layer=6))
+        with apply(lm.model, lm.adapter, delta):
+            ...  # the edited model; the weights are restored on exit
     """
     require_edit_targets([fact])
     model, adapter = lm.model, lm.adapter

@@ -17,6 +17,7 @@ from pathlib import Path
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode, target_prob
+from memloc.core.progress import Progress
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
 from memloc.edit.editors import EditChoice, EditPlan, prepare_editor
 from memloc.edit.evaluate import (
@@ -37,8 +38,6 @@ from memloc.edit.monitor import (
     checked_apply,
     generation_entropy,
 )
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -234,9 +233,7 @@ def evaluate_plan(
         result = evaluate_plan(lm, facts, EditPlan("rome", layers=(6,)), "single", EvalConfig())
     """
     editor, choice = prepare_editor(lm, facts, plan, progress)
-    result = evaluate_edits(
-        lm, facts, editor, mode, config, progress=lambda d, t: progress and progress(d, t, "editing")
-    )
+    result = evaluate_edits(lm, facts, editor, mode, config, progress=progress)
     return replace(result, method=plan.method, layers=choice.layers)
 
 

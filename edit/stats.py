@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,12 +46,13 @@ from memloc.core.errors import DataError, MemlocError
 from memloc.core.hooks import patch, trace
 from memloc.core.lm.loading import cache_root
 from memloc.core.lm.model import LM, added_prefix, document_start_id
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
+from memloc.core.validation import at_least, fail, one_of
 from memloc.edit.corpus import GENERATED, GenerationConfig, generate_texts, read_corpus, texts_hash
 from memloc.edit.delta import weights_hash
 from safetensors import safe_open
 
-Progress = Callable[[int, int, str], None]
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CACHE_FORMAT = 1
 # Target a hair under the limit so that rounding never leaves κ just above it.
@@ -73,14 +74,13 @@ class StatsConfig:
     max_condition: float = 1e6  # shrink when λ_max / λ_min exceeds this
     checkpoint_every: int = 8  # batches between resumable checkpoints
 
-    def validate(self) -> None:
-        if self.dtype not in ACCUMULATION_DTYPES:
-            raise MemlocError(f"stats dtype {self.dtype!r} is not one of {', '.join(ACCUMULATION_DTYPES)}")
-        for name in ("samples", "max_tokens", "batch_size", "generated_length", "top_k", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise MemlocError(f"stats {name} must be at least 1, got {getattr(self, name)}")
+    def __post_init__(self) -> None:
+        one_of(self, "dtype", ACCUMULATION_DTYPES)
+        at_least(
+            self, 1, "samples", "max_tokens", "batch_size", "generated_length", "top_k", "checkpoint_every"
+        )
         if not self.max_condition > 1:
-            raise MemlocError(f"stats max_condition must be above 1, got {self.max_condition}")
+            raise fail(self, "max_condition", f"must be above 1, got {self.max_condition}")
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(
@@ -368,8 +368,10 @@ def key_statistics_by_layer(
     ``cache_dir`` defaults to ``cache_root()/stats``. Layers already cached are loaded;
     the others are computed together in one resumable pass over the corpus.
     ``progress(texts_done, total, description)`` is called after every batch.
+
+        stats = key_statistics_by_layer(lm, [5, 6], StatsConfig(samples=1000))
+        c = stats[6].matrix()  # (F, F) float64, shrunk when ill-conditioned
     """
-    config.validate()
     layers = sorted({lm.adapter.check_layer(layer) for layer in layers})
     if not layers:
         raise MemlocError("no layers given; name at least one layer for the key statistics")

@@ -36,6 +36,7 @@ from memloc.core.hooks import capture_calls, trace
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, cache_keyword, cache_of, encode, layer_kv, run_block
 from memloc.core.sites import Site
+from memloc.core.validation import at_least, fail, positive
 from transformers.cache_utils import DynamicCache
 
 TARGET_KINDS = ("mlp.out", "resid.post")
@@ -55,9 +56,13 @@ class TargetConfig:
     clamp: float = 4.0
     early_stop: float = 0.05
     kl_prompt: str = "{} is a"
-    # δ starts at zero and Adam is deterministic, so the seed only matters if an
-    # initialisation is ever randomised; it is recorded with the edit.
-    seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "steps")
+        positive(self, "lr", "clamp")
+        at_least(self, 0, "kl_weight", "weight_decay", "early_stop")
+        if self.kl_prompt.count("{}") != 1:
+            raise fail(self, "kl_prompt", f"must hold one {{}} for the subject, got {self.kl_prompt!r}")
 
 
 @dataclass(frozen=True)

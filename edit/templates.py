@@ -25,7 +25,9 @@ import torch
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.lm.loading import cache_root
 from memloc.core.lm.model import LM, cache_keyword, cache_of, document_start_id
+from memloc.core.validation import at_least, fail
 from memloc.edit.delta import weights_hash
+from memloc.edit.sampling import top_k_sample
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class TemplateConfig:
     # GPT-2's <|endoftext|>, the document separator the paper samples from).
     start: str = ""
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "top_k")
+        if any(len(pair) != 2 or min(pair) < 0 for pair in self.counts):
+            raise fail(
+                self, "counts", f"must be (how many, new tokens) pairs, none negative, got {self.counts}"
+            )
+
 
 def _start_id(tokenizer, start: str) -> int:
     if start:
@@ -49,13 +58,6 @@ def _start_id(tokenizer, start: str) -> int:
     return document_start_id(tokenizer)
 
 
-def _top_k_sample(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """One token per row, drawn from the renormalised top-k of ``logits`` (B, V)."""
-    top, index = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
-    pick = torch.multinomial(torch.softmax(top, dim=-1), 1, generator=gen)
-    return index.gather(-1, pick)
-
-
 @torch.no_grad()
 def sample_texts(lm: LM, count: int, tokens: int, top_k: int, gen: torch.Generator, start: int) -> list[str]:
     """``count`` texts of ``tokens`` sampled tokens each, generated as one batch with a KV cache."""
@@ -64,7 +66,7 @@ def sample_texts(lm: LM, count: int, tokens: int, top_k: int, gen: torch.Generat
     out = lm.model(input_ids=ids, use_cache=True)
     new = []
     for step in range(tokens):
-        token = _top_k_sample(out.logits[:, -1], top_k, gen)
+        token = top_k_sample(out.logits[:, -1], top_k, gen)
         new.append(token)
         if step + 1 < tokens:
             out = lm.model(input_ids=token, use_cache=True, **{keyword: cache_of(out)})

@@ -98,7 +98,9 @@ def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> dict:
     facts = [n for n, d in graph.nodes(data=True) if d["kind"] == "fact"]
     relation = {n: graph.nodes[n]["relation"] for n in facts}
     neurons = {n: set(graph[n]) for n in facts}
-    same, cross, pairs = [], [], []
+    same: list[bool] = []
+    cross: list[bool] = []
+    pairs: list[dict] = []
     for a, b in itertools.combinations(facts, 2):
         shared = neurons[a] & neurons[b]
         (same if relation[a] == relation[b] else cross).append(bool(shared))

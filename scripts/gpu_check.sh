@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA paths on a GPU machine with torch preinstalled and no network: the test
-# suite (CPU), then training, locate layers/scores/neurons and both benchmarks on
+# suite (CPU), then training, locate layers/scores/neurons and the rewind and flip benchmarks on
 # the GPU, with timings. MEMLOC_FASHION_MNIST may point at Fashion-MNIST's IDX files.
 set -uo pipefail
 cd "$(dirname "$0")/.."

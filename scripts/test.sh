@@ -6,4 +6,5 @@ PY=${PYTHON:-python3}
 bash scripts/setup.sh test
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
+PYTHON="$PY" bash scripts/typecheck.sh
 "$PY" -m pytest -q "$@"

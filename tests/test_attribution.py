@@ -170,8 +170,10 @@ def test_knowledge_neurons_of_a_fact():
     fact = _fact(lm)
     calls = []
     config = KNConfig(steps=8, share=0.6)
-    result = knowledge_neurons(lm, [fact], config, progress=calls.append)
-    assert calls == [1]
+    result = knowledge_neurons(
+        lm, [fact], config, progress=lambda done, total, _: calls.append((done, total))
+    )
+    assert calls == [(1, 1)]
     (kn,) = result.facts
     assert len(kn.coarse) == 3 and len(kn.probabilities) == 3
     assert kn.neuron_set() == refined_neurons(kn.coarse, 0.6)

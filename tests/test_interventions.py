@@ -96,8 +96,14 @@ def test_suppressing_own_neurons_lowers_p_target_and_enhancing_raises_it():
     own = top_neurons(lm, fs[0].text, fs[0].target_true, 5)
     neurons = {f.case_id: own if f.case_id == "c1" else [] for f in fs}
     calls = []
-    down = intervene(lm, fs, neurons, InterventionConfig(controls=2), progress=calls.append)
-    assert calls == [1, 2, 3, 4]
+    down = intervene(
+        lm,
+        fs,
+        neurons,
+        InterventionConfig(controls=2),
+        progress=lambda done, total, _: calls.append((done, total)),
+    )
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     row = down.facts[0]
     assert row.before == pytest.approx(prob(lm, fs[0].text, fs[0].target_true))
     assert row.own < row.before

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.adapters import LayerNotFoundError
+from memloc.core.errors import ConfigError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.loading import load_language_model
@@ -111,8 +112,8 @@ def test_default_lambda_writes_a_real_share_of_a_typical_key_at_any_width(width)
 
 
 def test_non_positive_lambda_is_one_clear_error():
-    with pytest.raises(MemitError, match="mom2_weight must be positive"):
-        mom2_weight_for(MemitConfig(mom2_weight=0.0), 10)
+    with pytest.raises(ConfigError, match="mom2_weight must be positive"):
+        MemitConfig(mom2_weight=0.0)
 
 
 def test_singular_system_is_one_clear_error():
@@ -268,4 +269,5 @@ def test_a_batch_of_many_edits_succeeds_on_many(fixture_lm, fixture_facts, fixtu
     with apply(lm.model, lm.adapter, delta):
         es = sum(flipped(lm, f) for f in facts) / len(facts)
     print(f"MEMIT on the fixture LM, {len(facts)} edits in one batch: ES {es:.2f}")
-    assert es >= 0.15
+    # The current code flips 13 of the 40 (ES 0.33); the bar leaves two facts of margin.
+    assert es >= 0.27, es

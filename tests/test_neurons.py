@@ -7,7 +7,7 @@ import pytest
 import torch
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import MemlocError
+from memloc.core.errors import ConfigError
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, UnitSpace, flip_search, zeroed_weights
 from torch import nn
 
@@ -50,6 +50,20 @@ def test_toy_cap_and_budget():
     assert not capped.flipped and capped.reason == "cap" and len(capped.units) == 1
     (free,) = flip_search(model, adapter, data, [0], FlipConfig(max_units=5, reference_size=4))
     assert free.flipped and len(free.units) == 2
+
+
+def test_toy_collateral_budget_rejects_a_unit_the_hold_out_set_needs():
+    model, adapter, data = toy()
+    # Hold-out example (2, 0, 0) is class 0 only through h0 (logit0 6 > 3.5, 0 without h0):
+    # removing h0 costs 1 of 4 hold-out examples, 25 points.
+    x_hold = torch.tensor([[2.0, 0.0, 0.0]] + [[0.0, 0.0, 0.0]] * 3)
+    y_hold = torch.tensor([0, 1, 1, 1])
+    data = FlipData(data.x, data.y, data.clean, x_hold, y_hold)
+    (loose,) = flip_search(model, adapter, data, [0], FlipConfig(collateral=30.0, reference_size=4))
+    assert loose.flipped and loose.units == [("hidden", 0)] and loose.collateral_drop == pytest.approx(25.0)
+    (tight,) = flip_search(model, adapter, data, [0], FlipConfig(collateral=5.0, reference_size=4))
+    assert tight.flipped and sorted(tight.units) == [("hidden", 1), ("hidden", 2)]
+    assert tight.collateral_drop <= 5.0
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +156,15 @@ def test_pre_mask_equals_zeroed_weights(cnn_setup):
 
 
 def test_bad_configs():
-    for config, needle in [
-        (FlipConfig(max_units=0), "--max-units"),
-        (FlipConfig(mode="gradient"), "--mode"),
-        (FlipConfig(collateral=-1), "--collateral"),
+    for fields, needle in [
+        ({"max_units": 0}, "^max_units must be at least 1"),
+        ({"mode": "gradient"}, "^mode must be one of mask, weights"),
+        ({"collateral": -1}, "^collateral must be at least 0"),
+        ({"batch_size": 0}, "^batch_size must be at least 1"),
     ]:
-        with pytest.raises(MemlocError, match=needle):
-            config.validate()
+        with pytest.raises(ConfigError, match=needle) as caught:
+            FlipConfig(**fields)
+        assert "--" not in str(caught.value) and caught.value.field == next(iter(fields))
 
 
 def test_cli_neurons_and_bad_input(tmp_path, capsys, cnn_run):

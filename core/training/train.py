@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,7 +25,9 @@ from memloc.core.classifier.gradients import group_stats, split_gradients
 from memloc.core.classifier.runs import Dynamics, RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
+from memloc.core.progress import Progress
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
+from memloc.core.validation import at_least, fail, positive
 
 # Settings under which each architecture memorizes its noisy labels (noisy-train
 # accuracy >= 0.99) on digits and on Fashion-MNIST-10k at 10-20% noise.
@@ -35,8 +36,6 @@ TRAINING_DEFAULTS: dict[str, dict] = {
     "cnn": {"epochs": 40, "batch_size": 128, "lr": 2e-3},
     "resnet9": {"epochs": 40, "batch_size": 128, "lr": 2e-3},
 }
-
-Progress = Callable[[int, int, str], None]  # (steps done, steps total, description)
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,12 @@ class TrainConfig:
         chosen = {k: v for k, v in overrides.items() if v is not None}
         return cls(data=data, arch=arch, **{**TRAINING_DEFAULTS[arch], **chosen})
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         check_arch(self.arch)
         if not 0.0 <= self.noise < 1.0:
-            raise MemlocError(f"--noise must be in [0, 1), got {self.noise}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise MemlocError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise MemlocError(f"--limit must be positive, got {self.limit}")
-        if self.lr <= 0:
-            raise MemlocError(f"--lr must be positive, got {self.lr}")
+            raise fail(self, "noise", f"must be in [0, 1), got {self.noise}")
+        at_least(self, 1, "epochs", "batch_size")
+        positive(self, "limit", "lr")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,8 +110,11 @@ def train_run(
     trust_pickle: bool = False,
     progress: Progress | None = None,
 ) -> dict:
-    """Train (or resume) the run in ``run`` and return its summary metrics."""
-    config.validate()
+    """Train (or resume) the run in ``run`` and return its summary metrics.
+
+    config = TrainConfig.for_arch("digits", "cnn", noise=0.1)
+    summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
+    """
     data = load_dataset(config.data, limit=config.limit, seed=config.seed)
     spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
     torch.manual_seed(config.seed)
@@ -167,7 +164,8 @@ def train_run(
             losses = F.cross_entropy(model(x[idx]).float(), given[idx], reduction="none")
             if not torch.isfinite(losses).all():
                 raise MemlocError(
-                    f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower --lr"
+                    f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr",
+                    field="lr",
                 )
             if config.grad_accounting:
                 clean_g, noisy_g = split_gradients(losses, noisy[idx], params)

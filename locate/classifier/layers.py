@@ -8,14 +8,15 @@ Report with the tables ``rewinding``, ``retraining`` and ``gradients``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import MemlocError
+from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
+from memloc.core.validation import at_least, positive
 from memloc.locate.classifier.rewinding import (
     RetrainConfig,
     RewindConfig,
@@ -26,7 +27,6 @@ from memloc.locate.classifier.rewinding import (
 )
 from memloc.locate.results_store import ResultStore, config_key
 
-Progress = Callable[[int, int, str], None]
 REPORT_PATH = "locate/layers_report.json"  # inside the run folder
 
 
@@ -42,14 +42,19 @@ class LayersConfig:
     retrain_lr: float = 1e-3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "retrain_epochs")
+        positive(self, "retrain_lr")
+
 
 def locate_layers(
     run: RunFolder, device: torch.device, config: LayersConfig, *, progress: Progress | None = None
 ) -> Report:
-    """Rewind and retrain every chosen layer group of a run; resumable."""
+    """Rewind and retrain every chosen layer group of a run; resumable.
+
+    report = locate_layers(RunFolder.open("runs/cnn"), torch.device("cpu"), LayersConfig())
+    """
     began = time.perf_counter()
-    if config.retrain_epochs < 1:
-        raise MemlocError(f"--retrain-epochs must be at least 1, got {config.retrain_epochs}")
     final = run.epochs()[-1]
     epochs = (
         tuple(sorted(set(config.rewind_epochs))) if config.rewind_epochs else default_rewind_epochs(final)

@@ -237,7 +237,7 @@ def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None
                 f"{top} (mean noisy/clean norm ratio {np.mean(ratio[top]):.2f})."
             )
     if aurocs:
-        best = max(aurocs, key=aurocs.get)
+        best = max(aurocs, key=aurocs.__getitem__)
         out.append(
             "Mislabeled examples are told apart by "
             + ", ".join(f"{k} (AUROC {v:.3f})" for k, v in aurocs.items())

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.splits import RunData
+from memloc.core.progress import Progress
+from memloc.core.validation import at_least, fail, positive
 from torch import nn
 
-Progress = Callable[[int, int, str], None]
 Cell = dict  # one row of a result table
 
 
@@ -38,6 +39,11 @@ class RewindConfig:
     epochs: tuple[int, ...]
     bn_buffers: bool = True
     batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.epochs or min(self.epochs) < 0:
+            raise fail(self, "epochs", f"must name at least one epoch, none negative, got {self.epochs}")
+        at_least(self, 1, "batch_size")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class RetrainConfig:
     patience: int = 3
     seed: int = 0
     eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "epochs", "batch_size", "eval_batch_size")
+        at_least(self, 0, "patience")
+        positive(self, "lr")
 
 
 def default_rewind_epochs(final_epoch: int, count: int = 5) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
 from memloc.core.report import Report, provenance
+from memloc.core.validation import at_least, positive
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
@@ -44,6 +45,10 @@ class CurvatureConfig:
     samples: int = 10
     batch_size: int = 256
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive(self, "h")
+        at_least(self, 1, "samples", "batch_size")
 
 
 def cumulative_sample_loss(loss: np.ndarray) -> np.ndarray:
@@ -132,7 +137,10 @@ def locate_scores(
     curvature: CurvatureConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Report:
-    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report."""
+    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report.
+
+    report = locate_scores(RunFolder.open("runs/cnn"), torch.device("cpu"), curvature=CurvatureConfig())
+    """
     dyn = run.load_dynamics()
     labels, _ = run.load_noise()
     scores = dynamics_scores(dyn.loss, dyn.correct)

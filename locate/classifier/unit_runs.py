@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
 from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
@@ -36,7 +37,7 @@ def final_checkpoint(run: RunFolder) -> int:
     if planned not in run.epochs():
         raise RunFolderError(
             f"{run.root} has no final checkpoint (epoch {planned}; last saved {run.epochs()[-1]}); "
-            f"finish it by rerunning its 'memloc train' command"
+            "finish its training first (rerunning it resumes from the last saved epoch)"
         )
     return planned
 
@@ -45,7 +46,7 @@ def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int
     """``n`` seeded noisy and/or clean examples, or explicit comma-separated ids."""
     if which in SELECTIONS:
         if n < 1:
-            raise MemlocError(f"--n must be at least 1, got {n}")
+            raise MemlocError(f"n must be at least 1, got {n}", field="n")
         rng = np.random.default_rng([seed, 0x4E45])
         picked = []
         for group in ("noisy", "clean"):
@@ -57,7 +58,8 @@ def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int
         ids = [int(part) for part in which.split(",") if part.strip()]
     except ValueError:
         raise MemlocError(
-            f"--examples must be noisy, clean, both or comma-separated example ids, got {which!r}"
+            f"examples must be noisy, clean, both or comma-separated example ids, got {which!r}",
+            field="examples",
         ) from None
     bad = [i for i in ids if not 0 <= i < len(mask)]
     if bad or not ids:
@@ -124,9 +126,12 @@ def locate_neurons(
     examples: str = "both",
     n: int = 100,
     out: Path | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
-    config.validate()
+    """The fewest units that flip each chosen example (`flip_search`); resumable.
+
+    report = locate_neurons(RunFolder.open("runs/cnn"), torch.device("cpu"), FlipConfig(), n=20)
+    """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
     targets = choose_examples(labels.mask, examples, n, config.seed)
@@ -135,7 +140,7 @@ def locate_neurons(
     wanted = {"flip": asdict(config), "final_epoch": final}
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
-            f"{path} holds results of other options; pass --out to write elsewhere or remove it"
+            f"{path} holds results of other options; pass another out or remove it", field="out"
         )
     done: dict[int, dict] = {}
     if path.is_file():

@@ -44,6 +44,7 @@ from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch
 from memloc.core.sites import Site
+from memloc.core.validation import at_least, one_of
 from torch import nn
 
 MODES = ("mask", "weights")
@@ -61,15 +62,11 @@ class FlipConfig:
     prune: bool = True
     seed: int = 0
 
-    def validate(self) -> None:
-        if self.max_units < 1:
-            raise MemlocError(f"--max-units must be at least 1, got {self.max_units}")
-        if self.collateral < 0:
-            raise MemlocError(f"--collateral must be non-negative, got {self.collateral}")
-        if self.mode not in MODES:
-            raise MemlocError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.batch_size < 1 or self.reference_size < 1 or self.holdout_size < 1:
-            raise MemlocError("--batch, the reference size and the hold-out size must be at least 1")
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_units")
+        at_least(self, 0, "collateral")
+        one_of(self, "mode", MODES)
+        at_least(self, 1, "batch_size", "reference_size", "holdout_size")
 
 
 @dataclass
@@ -325,8 +322,9 @@ def flip_search(
 
     The model must be in eval mode; it is left exactly as it came (hooks removed,
     weights restored).
+
+        results = flip_search(model.eval(), adapter, data, [3, 17], FlipConfig(max_units=100))
     """
-    config.validate()
     if model.training:
         raise MemlocError("flip search needs the model in eval mode (BatchNorm must use running statistics)")
     space = UnitSpace(adapter, config.mode, config.include_head)

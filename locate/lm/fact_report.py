@@ -32,7 +32,9 @@ def mlp_effect_figure(traces: list[FactTrace], best: int | None) -> Figure:
     for row in rows:
         ax.plot(layers, row, color="tab:green", alpha=0.15, lw=1)
     ax.plot(layers, np.nanmean(rows, axis=0), color="tab:green", lw=2.5, label="mean over facts")
-    ax.axhline(np.mean([t.corrupted_prob for t in traces]), color="gray", ls=":", label="corrupted (mean)")
+    ax.axhline(
+        float(np.mean([t.corrupted_prob for t in traces])), color="gray", ls=":", label="corrupted (mean)"
+    )
     if best is not None:
         ax.axvline(best, color="black", ls="--", label=f"best_layer = {best}")
     ax.set_xlabel("layer (center of the restored MLP window)")

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
+from memloc.core.progress import Progress, offset
 from memloc.core.report import Report, provenance
 from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
 from memloc.locate.lm.interventions import InterventionConfig, intervene
 from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons, relation_neurons
 from memloc.locate.lm.tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
 from memloc.locate.results_store import ResultStore, config_key
-
-Progress = Callable[[int, int, str], None]
 
 
 def per_fact(
@@ -172,14 +171,14 @@ def locate_intervention(
     progress: Progress | None = None,
 ) -> Report:
     """Suppress or enhance each fact's own refined neurons, against random neurons and control facts."""
-    rows, _ = neurons_by_fact(lm, facts, kn, out, lambda d, t, s: progress and progress(d, 2 * t, s))
+    rows, _ = neurons_by_fact(lm, facts, kn, out, offset(progress, 0, 2 * len(facts)))
     neurons = {r["case_id"]: r["neurons"] for r in rows}
     result = intervene(
         lm,
         facts,
         neurons,
         config,
-        progress=lambda d: progress and progress(len(facts) + d, 2 * len(facts), config.mode),
+        progress=offset(progress, len(facts), 2 * len(facts)),
     )
     data = result.to_dict()
     return fact_report(config.mode, lm, facts_path, config, data, data["summary"], config.seed, out)

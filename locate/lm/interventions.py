@@ -29,10 +29,10 @@ from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode, next_token_probs
-from memloc.core.sites import Site
+from memloc.core.progress import Progress
+from memloc.core.sites import Neuron, Site
+from memloc.core.validation import at_least, one_of
 from memloc.locate.lm.knowledge_neurons import KNResult
-
-Neuron = tuple[int, int]  # (layer, index into mlp.post)
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,9 @@ class InterventionConfig:
     def scale(self) -> float:
         return 0.0 if self.mode == "suppress" else self.factor
 
-    def validate(self) -> None:
-        if self.mode not in ("suppress", "enhance"):
-            raise MemlocError(f"mode must be 'suppress' or 'enhance', got {self.mode!r}")
-        if self.controls < 0:
-            raise MemlocError(f"controls must be at least 0, got {self.controls}")
+    def __post_init__(self) -> None:
+        one_of(self, "mode", ("suppress", "enhance"))
+        at_least(self, 0, "controls")
 
 
 @dataclass(frozen=True)
@@ -166,14 +164,16 @@ def intervene(
     neurons: KNResult | Mapping[str, Iterable[Sequence[float]]],
     config: InterventionConfig = InterventionConfig(),
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> InterventionResult:
     """Suppress or enhance each fact's own neurons, random neurons, and check control facts.
 
     ``neurons`` is a `KNResult` or a mapping from case id to (layer, index[, score])
-    rows. ``progress`` is called with the number of facts finished.
+    rows. ``progress(facts done, facts, mode)`` is called after each fact.
+
+        found = knowledge_neurons(lm, facts)
+        result = intervene(lm, facts, found, InterventionConfig(mode="suppress"))
     """
-    config.validate()
     own = _neuron_sets(neurons)
     missing = [f.case_id for f in facts if f.case_id not in own]
     if missing:
@@ -212,7 +212,7 @@ def intervene(
             )
         )
         if progress:
-            progress(position + 1)
+            progress(position + 1, len(facts), config.mode)
     return InterventionResult(results, config)
 
 
@@ -222,7 +222,7 @@ def random_neurons(lm: LM, neurons: Sequence[Neuron], generator: torch.Generator
     for layer, _ in neurons:
         counts[layer] = counts.get(layer, 0) + 1
     taken = set(neurons)
-    picked = []
+    picked: list[Neuron] = []
     for layer in sorted(counts):
         order = torch.randperm(lm.adapter.d_mlp, generator=generator, device=generator.device).tolist()
         free = [i for i in order if (layer, i) not in taken]

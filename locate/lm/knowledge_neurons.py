@@ -43,11 +43,12 @@ from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch, trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, cache_keyword, cache_of, encode
-from memloc.core.sites import Site
+from memloc.core.progress import Progress
+from memloc.core.sites import Neuron, Site
+from memloc.core.validation import at_least, fail, in_unit_interval, one_of
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-Neuron = tuple[int, int]  # (layer, index into mlp.post)
 RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -70,19 +71,12 @@ class KNConfig:
     batch_size: int | None = None
     method: Literal["fast", "plain"] = "fast"
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise MemlocError(f"steps must be at least 1, got {self.steps}")
-        for name in ("coarse", "share", "relation_share"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise MemlocError(f"{name} must lie in [0, 1], got {value}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise MemlocError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.method not in ("fast", "plain"):
-            raise MemlocError(f"method must be 'fast' or 'plain', got {self.method!r}")
+    def __post_init__(self) -> None:
+        at_least(self, 1, "steps", "batch_size")
+        in_unit_interval(self, "coarse", "share", "relation_share")
+        one_of(self, "method", ("fast", "plain"))
         if self.layers is not None and not self.layers:
-            raise MemlocError("layers is empty; leave it out to use every layer")
+            raise fail(self, "layers", "is empty; leave it out to use every layer")
 
     def layer_list(self, lm: LM) -> list[int]:
         """The chosen layers in order; a one-line LayerNotFoundError for one the model lacks."""
@@ -210,7 +204,6 @@ def _at_least(share: float, n: int) -> int:
 
 def attribute_prompt(lm: LM, text: str, target: str, config: KNConfig = KNConfig()) -> PromptAttribution:
     """Integrated-gradient attributions of every chosen layer's neurons for one prompt."""
-    config.validate()
     layers = config.layer_list(lm)
     encoded = encode(lm.tokenizer, text, None, target)
     ids = torch.tensor([encoded.ids], device=lm.device)
@@ -225,13 +218,15 @@ def knowledge_neurons(
     facts: Sequence[Fact],
     config: KNConfig = KNConfig(),
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> KNResult:
-    """Coarse, refined and relation-level knowledge neurons of each fact.
+    """Coarse, refined and relation-level knowledge neurons of each fact (Dai et al. 2022).
 
-    ``progress`` is called with the number of facts finished.
+    ``progress(facts done, facts, description)`` is called after each fact.
+
+        lm = load_language_model("smollm2-135m")
+        result = knowledge_neurons(lm, load_facts("facts.json"), KNConfig(steps=20))
     """
-    config.validate()
     config.layer_list(lm)
     if not facts:
         raise MemlocError("no facts to attribute")
@@ -262,7 +257,7 @@ def knowledge_neurons(
             )
         )
         if progress:
-            progress(done)
+            progress(done, len(facts), "knowledge neurons")
     relations = relation_neurons(
         {f.case_id: f.neuron_set() for f in results},
         {f.case_id: f.relation for f in results},

@@ -2,7 +2,7 @@
 
 Corrupt the subject's token embeddings with Gaussian noise, restore the clean
 activation at one (token, layer) inside the corrupted run, and measure how much of
-the clean answer's probability comes back (ALGORITHMS.md part B). Kinds of restoration:
+the clean answer's probability comes back (Meng et al. 2022, section 2.1). Kinds of restoration:
 
 - ``hidden``: the residual stream leaving block l (``resid.post``) at token t;
 - ``mlp`` / ``attn``: the MLP / attention output (``mlp.out`` / ``attn.out``) at token t
@@ -40,7 +40,7 @@ by a constant and does not move the argmax).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -49,14 +49,14 @@ from memloc.core.errors import DataError, MemlocError
 from memloc.core.hooks import Transform, capture_calls, patch, trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, cache_keyword, encode, layer_kv, run_block
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
+from memloc.core.validation import at_least, fail, one_of, positive
 from transformers.cache_utils import Cache, DynamicCache
 
 KIND_SITES = {"hidden": "resid.post", "mlp": "mlp.out", "attn": "attn.out"}
 TRACE_KINDS = tuple(KIND_SITES)
 METHODS = ("fast", "plain")
-
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,14 @@ class TraceConfig:
             object.__setattr__(self, "tokens", tuple(self.tokens))
         unknown = [k for k in self.kinds if k not in KIND_SITES]
         if unknown or not self.kinds:
-            raise MemlocError(
-                f"unknown trace kinds {unknown or '(none)'}; choose from {', '.join(TRACE_KINDS)}"
+            raise fail(
+                self,
+                "kinds",
+                f"holds unknown trace kinds {unknown or '(none)'}; choose from {', '.join(TRACE_KINDS)}",
             )
-        for name in ("samples", "window", "batch_size"):
-            if getattr(self, name) < 1:
-                raise MemlocError(f"trace {name} must be at least 1, got {getattr(self, name)}")
-        if not self.noise > 0:
-            raise MemlocError(f"trace noise must be positive, got {self.noise}")
-        if self.method not in METHODS:
-            raise MemlocError(f"unknown trace method {self.method!r}; choose from {', '.join(METHODS)}")
+        at_least(self, 1, "samples", "window", "batch_size")
+        positive(self, "noise")
+        one_of(self, "method", METHODS)
 
 
 def restored_layers(kind: str, layer: int, n_layers: int, window: int) -> range:
@@ -329,7 +327,7 @@ def _plain_prob(lm: LM, prep: _Prepared, clean: Mapping[Site, torch.Tensor], res
 def _plain_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress | None) -> dict:
     n_layers, n_tokens = lm.adapter.n_layers, prep.ids.shape[1]
     grids = {kind: np.full((n_tokens, n_layers), np.nan) for kind in config.kinds}
-    done = 0
+    done, cells = 0, len(config.kinds) * len(_traced_tokens(config, n_tokens)) * n_layers
     for kind in config.kinds:
         for t in _traced_tokens(config, n_tokens):
             for layer in range(n_layers):
@@ -338,7 +336,7 @@ def _plain_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progres
                 grids[kind][t, layer] = _plain_prob(lm, prep, prep.clean, restore)
                 done += 1
                 if progress:
-                    progress(done)
+                    progress(done, cells, "cells")
     return grids
 
 
@@ -448,7 +446,10 @@ def _restore_rows(rows: torch.Tensor, clean: torch.Tensor) -> Transform:
 def _fast_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress | None) -> dict:
     n_layers, n_tokens = lm.adapter.n_layers, prep.ids.shape[1]
     grids = {kind: np.full((n_tokens, n_layers), np.nan) for kind in config.kinds}
-    done = 0
+    done, rows_in_all = (
+        0,
+        len(config.kinds) * len(_traced_tokens(config, n_tokens)) * n_layers * config.samples,
+    )
     for t in _traced_tokens(config, n_tokens):
         if t < prep.subject[0]:
             # Clean and corrupted runs agree before the subject: restoring is a no-op.
@@ -464,7 +465,7 @@ def _fast_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress
             total.index_add_(0, chunk.cell, _pass(lm, prep, calls, t, chunk).double())
             done += len(chunk)
             if progress:
-                progress(done // config.samples)
+                progress(done // config.samples, rows_in_all // config.samples, "cells")
         for (kind, layer), value in zip(cells, (total / config.samples).tolist(), strict=True):
             grids[kind][t, layer] = value
     return grids
@@ -499,12 +500,15 @@ def trace_fact(
 def trace_facts(
     lm: LM, facts: Sequence[Fact], config: TraceConfig = TraceConfig(), *, progress: Progress | None = None
 ) -> TraceReport:
-    """Causal-trace every fact; the report's ``best_layer`` is the averaged edit-layer choice."""
+    """Causal-trace every fact; the report's ``best_layer`` is the averaged edit-layer choice.
+
+    report = trace_facts(load_language_model("smollm2-135m"), load_facts("facts.json"))
+    """
     report = TraceReport(config)
     for i, fact in enumerate(facts):
         report.facts.append(trace_fact(lm, fact, config))
         if progress:
-            progress(i + 1)
+            progress(i + 1, len(facts), f"fact {fact.case_id}")
     return report
 
 

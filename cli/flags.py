@@ -1,0 +1,75 @@
+"""The command-line flag of each config field and parameter the library names in its errors.
+
+The library's messages speak Python ("max_units must be at least 1"); the CLI shows
+the flag in place of the field ("--max-units must be at least 1"). A field whose
+flag differs between commands is keyed by its config's class name as well.
+"""
+
+from __future__ import annotations
+
+import re
+
+from memloc.core.errors import ConfigError, MemlocError
+
+# (config class, field) -> flag, for the fields whose flag depends on the command.
+BY_CONFIG = {
+    ("FlipConfig", "batch_size"): "--batch",
+    ("KNConfig", "batch_size"): "--batch",
+    ("TraceConfig", "batch_size"): "--batch",
+    ("TraceConfig", "kinds"): "--kind",
+    ("StatsConfig", "dtype"): "--accumulate",
+    ("EvalConfig", "generation_tokens"): "--fluency-tokens",
+    ("LayersConfig", "rewind_epochs"): "--epoch",
+}
+
+# field -> flag everywhere else.
+BY_FIELD = {
+    name: "--" + name.replace("_", "-")
+    for name in [
+        "noise",
+        "epochs",
+        "batch_size",
+        "limit",
+        "lr",
+        "arch",
+        "max_units",
+        "collateral",
+        "mode",
+        "retrain_epochs",
+        "samples",
+        "window",
+        "steps",
+        "coarse",
+        "share",
+        "relation_share",
+        "layers",
+        "factor",
+        "controls",
+        "max_tokens",
+        "max_condition",
+        "corpus",
+        "max_update_ratio",
+        "n",
+        "examples",
+        "out",
+        "trust_pickle",
+        "device",
+    ]
+} | {"document_start": "--doc-start"}
+
+
+def flag_for(field: str, config: str = "") -> str | None:
+    """The flag that sets ``field`` (of the config class ``config``), or None when none does."""
+    return BY_CONFIG.get((config, field)) or BY_FIELD.get(field)
+
+
+def cli_message(exc: MemlocError) -> str:
+    """The error's message with its field replaced by the flag a CLI user passes."""
+    message = str(exc)
+    if exc.field is None:
+        return message
+    flag = flag_for(exc.field, exc.config if isinstance(exc, ConfigError) else "")
+    if flag is None:
+        return message
+    # Whole words only, and never inside a path such as /runs/out/x.
+    return re.sub(rf"(?<![\w/.-]){re.escape(exc.field)}(?![\w/-])", flag, message)
