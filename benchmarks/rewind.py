@@ -62,7 +62,7 @@ def reload_sweep(run: RunFolder, data: RunData, layers: list[str], epochs, devic
                 state[k] = early[k]
             load_into(model, state)
             model.to(device)
-            cells.append({"layer": layer, "epoch": epoch, **data.accuracies(model)})
+            cells.append({"layer": layer, "epoch": epoch, **data.accuracies(model).table_row()})
     return cells
 
 

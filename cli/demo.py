@@ -98,7 +98,7 @@ def demo_command(
         )
         return
     show_summary(summary, fmt)
-    best = headline(layers)["largest_noisy_drop"]
+    best = headline(layers).largest_noisy_drop
     aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.metrics["auroc"].items())
     flips = "Units zeroed to flip an example (mean over flipped): " + ", ".join(
         f"{g} {s['mean_units']:.2f} ({s['flip_rate']:.0%} flip)"

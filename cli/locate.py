@@ -75,7 +75,7 @@ def layers_command(
     emit_table("rewinding (accuracy after rewinding one layer)", report.results["rewinding"])
     if report.results["retraining"]:
         emit_table("retraining (last epoch per layer)", retrain_summary(report.results["retraining"]))
-    best = headline(report)["largest_noisy_drop"]
+    best = headline(report).largest_noisy_drop
     stderr.print(
         f"largest noisy-accuracy drop: {best['layer']} at epoch {best['epoch']} -> {best['noisy_acc']:.3f}"
     )

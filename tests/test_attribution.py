@@ -12,6 +12,7 @@ from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import encode, next_token_probs
 from memloc.core.sites import Site
 from memloc.locate.lm.knowledge_neurons import (
+    FactNeurons,
     KNConfig,
     attribute_prompt,
     coarse_neurons,
@@ -192,6 +193,8 @@ def test_knowledge_neurons_of_a_fact():
     assert data["facts"][0]["case_id"] == "z1"
     assert data["facts"][0]["neurons"][0] == [layer, index, score]
     assert "P36" in data["relations"]
+    # the results store keeps the JSON and reads back the same FactNeurons
+    assert FactNeurons.from_dict(data["facts"][0]) == kn
 
 
 def test_the_model_is_left_as_it_came():

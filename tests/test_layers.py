@@ -30,7 +30,7 @@ def same(a, b):
 def test_rewinding_to_the_final_epoch_changes_nothing(cnn_run):
     model, adapter = cnn_run.load_model()
     data = RunData.load(cnn_run, CPU)
-    final = data.accuracies(model)
+    final = data.accuracies(model).table_row()
     before = snapshot(model)
     cells = rewind_cells(model, adapter, data, cnn_run.load_checkpoint, RewindConfig(epochs=(4,)))
     assert len(cells) == len(adapter.groups)
@@ -65,7 +65,7 @@ def test_a_cell_equals_rebuilding_the_model_by_hand(cnn_run):
     early = cnn_run.load_checkpoint(1)
     state.update({k: early[k] for k in state if k.startswith("blocks.1.")})
     load_into(fresh, state)
-    assert {k: v for k, v in cell.items() if k.endswith("acc")} == data.accuracies(fresh)
+    assert {k: v for k, v in cell.items() if k.endswith("acc")} == data.accuracies(fresh).table_row()
 
 
 def test_batchnorm_buffers_follow_only_when_asked(cnn_run):

@@ -14,6 +14,25 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class Accuracies:
+    """Accuracy of one model on the run's clean and noisy training examples and on the test set."""
+
+    clean_train_acc: float  # clean training examples
+    noisy_train_acc: float  # mislabeled training examples, on their given (wrong) labels
+    noisy_orig_acc: float  # mislabeled training examples, on their original labels
+    test_acc: float
+
+    def table_row(self) -> dict[str, float]:
+        """The columns of the stored layer tables (layers.json), which keep their first names."""
+        return {
+            "clean_acc": self.clean_train_acc,
+            "noisy_acc": self.noisy_train_acc,
+            "noisy_orig_acc": self.noisy_orig_acc,
+            "test_acc": self.test_acc,
+        }
+
+
+@dataclass(frozen=True)
 class RunData:
     """Training images with given/original labels and the noise mask, plus the test set."""
 
@@ -52,25 +71,25 @@ class RunData:
             labels,
         )
 
-    def evaluate(
-        self, model: nn.Module, batch_size: int = 1024
-    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    def evaluate(self, model: nn.Module, batch_size: int = 1024) -> tuple[Accuracies, np.ndarray, np.ndarray]:
         """Accuracies, and per-example training loss and prediction, in one pass per set.
 
-        Accuracies: clean-train and noisy-train on the given labels, noisy-train on the
-        original labels, and test.
+        Example::
+
+            accs, loss, pred = RunData.load(run, device).evaluate(model)
+            accs.clean_train_acc
         """
         loss, pred = per_example(model, self.x_train, self.given, batch_size=batch_size)
         _, test_pred = per_example(model, self.x_test, self.y_test, batch_size=batch_size)
         loss, pred = loss.cpu().numpy(), pred.cpu().numpy()
         mask = self.labels.mask
-        accs = {
-            "clean_acc": masked_accuracy(pred, self.labels.given, ~mask),
-            "noisy_acc": masked_accuracy(pred, self.labels.given, mask),
-            "noisy_orig_acc": masked_accuracy(pred, self.labels.original, mask),
-            "test_acc": masked_accuracy(test_pred.cpu().numpy(), self.y_test.cpu().numpy()),
-        }
+        accs = Accuracies(
+            clean_train_acc=masked_accuracy(pred, self.labels.given, ~mask),
+            noisy_train_acc=masked_accuracy(pred, self.labels.given, mask),
+            noisy_orig_acc=masked_accuracy(pred, self.labels.original, mask),
+            test_acc=masked_accuracy(test_pred.cpu().numpy(), self.y_test.cpu().numpy()),
+        )
         return accs, loss, pred
 
-    def accuracies(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:
+    def accuracies(self, model: nn.Module, batch_size: int = 1024) -> Accuracies:
         return self.evaluate(model, batch_size)[0]

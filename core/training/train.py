@@ -92,14 +92,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _record(model: torch.nn.Module, data: RunData) -> tuple[dict, np.ndarray, np.ndarray]:
     accs, loss, pred = data.evaluate(model)
-    named = {
-        "clean_train_acc": accs["clean_acc"],
-        "noisy_train_acc": accs["noisy_acc"],
-        "noisy_orig_acc": accs["noisy_orig_acc"],
-        "test_acc": accs["test_acc"],
-        "train_loss": float(loss.mean()),
-    }
-    return named, loss, pred
+    return {**asdict(accs), "train_loss": float(loss.mean())}, loss, pred
 
 
 def train_run(

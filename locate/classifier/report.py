@@ -188,13 +188,13 @@ def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None
     ]
     if layers is not None and layers.results["rewinding"]:
         h = headline(layers)
-        best = h["largest_noisy_drop"]
+        best = h.largest_noisy_drop
         out.append(
             f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to "
             f"{best['noisy_acc']:.1%}, with clean accuracy {best['clean_acc']:.1%} and test accuracy {best['test_acc']:.1%}."
         )
-        if h["single_layer_removers"]:
-            names = sorted({r["layer"] for r in h["single_layer_removers"]})
+        if h.single_layer_removers:
+            names = sorted({r["layer"] for r in h.single_layer_removers})
             out.append(
                 "Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
                 f"clean accuracy) for: {', '.join(names)}."
@@ -250,123 +250,151 @@ def load_if_present(path: Path) -> Report | None:
     return Report.load(path) if path.is_file() else None
 
 
+def training_section(train_report: Report) -> Section:
+    """The run's config, its final-epoch accuracies and the training curves."""
+    summary = {
+        k: train_report.metrics[k]
+        for k in ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs")
+    }
+    return Section(
+        "Training",
+        [
+            f"{train_report.model_id}: "
+            + ", ".join(f"{k}={v}" for k, v in train_report.config["train"].items())
+        ],
+        [("final epoch", [summary])],
+        [("training", training_figure(train_report.results["history"]))],
+    )
+
+
+def layer_sections(layers: Report) -> list[Section]:
+    """Rewinding, retraining (when it ran) and gradient accounting of `locate layers`."""
+    bn = "included" if layers.config["rewind"]["bn_buffers"] else "not included"
+    sections = [
+        Section(
+            "Layer rewinding",
+            [
+                "Each cell: one layer group of the final model replaced by its weights at an earlier epoch "
+                f"(BatchNorm buffers {bn})."
+            ],
+            [("rewinding", layers.results["rewinding"])],
+            [("rewinding_heatmaps", rewinding_figure(layers.results["rewinding"]))],
+        )
+    ]
+    if layers.results["retraining"]:
+        sections.append(
+            Section(
+                "Layer retraining",
+                [
+                    "Each curve: one layer reset to its initialization and retrained alone on the clean examples; "
+                    "every other parameter frozen."
+                ],
+                [("last epoch of each retraining", retrain_summary(layers.results["retraining"]))],
+                [("retraining_curves", retraining_figure(layers.results["retraining"]))],
+            )
+        )
+    sections.append(
+        Section(
+            "Gradient accounting",
+            ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
+            [],
+            [("gradients", gradients_figure(layers.results["gradients"]))],
+        )
+    )
+    return sections
+
+
+def _units_lines(summary: dict) -> list[str]:
+    """One sentence per group, and whether mislabeled examples need fewer units."""
+    lines = []
+    for group, stats in summary.items():
+        lines.append(
+            f"{group}: {stats['flip_rate']:.0%} of {stats['examples']} examples flip, with a median of "
+            f"{stats['median_units']} units (mean {stats['mean_units']:.2f})"
+            if stats["median_units"] is not None
+            else f"{group}: none of {stats['examples']} examples flip"
+        )
+    if "noisy" in summary and "clean" in summary and summary["noisy"]["median_units"] is not None:
+        fewer = (summary["noisy"]["mean_units"] or 0) < (summary["clean"]["mean_units"] or 0)
+        lines.append(
+            "Mislabeled (memorized) examples need "
+            + ("fewer" if fewer else "no fewer")
+            + " units than clean ones, "
+            + ("as Maini et al. (2023) found." if fewer else "unlike Maini et al. (2023).")
+        )
+    return lines
+
+
+def units_section(neurons: Report) -> Section:
+    """The flip search of `locate neurons`: units per group, sharing, and their figures."""
+    summary = neurons.metrics
+    sharing = neurons.results["sharing"]
+    sharing_row = {
+        "units": sharing["units"],
+        "shared_units": sharing["shared_units"],
+        "largest_component_examples": sharing["largest_component"]["examples"],
+        "noisy_pairs_sharing": sharing["noisy"]["share_any"],
+        "clean_pairs_sharing": sharing["clean"]["share_any"],
+    }
+    hist, bars = units_figures(neurons.results["records"])
+    flip = neurons.config["flip"]
+    return Section(
+        "Units that flip an example",
+        [
+            *_units_lines(summary),
+            f"Mode {flip['mode']}, cap {flip['max_units']} units, "
+            f"collateral budget {flip['collateral']} points on a held-out clean set.",
+        ],
+        [("per group", summary_rows(summary)), ("sharing between examples", [sharing_row])],
+        [("units_to_flip", hist), ("units_per_layer", bars)],
+    )
+
+
+def scores_section(run: RunFolder, aurocs: dict[str, float]) -> Section:
+    """The example scores of `locate scores`: AUROC, histograms and ROC curves."""
+    with np.load(run.root / SCORES_FILE) as z:
+        noisy = z["noisy"]
+        scores = {k: z[k] for k in aurocs}
+    hist, curves = scores_figures(scores, noisy, aurocs)
+    return Section(
+        "Example scores",
+        ["Larger scores mean more likely memorized; AUROC at flagging the mislabeled examples."],
+        [("AUROC", [aurocs])],
+        [("score_histograms", hist), ("score_roc", curves)],
+    )
+
+
 def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
-    """Write report.md and report.html for a run from whatever analyses it holds."""
+    """Write report.md and report.html for a run from whatever analyses it holds.
+
+    Example::
+
+        md, html = build_report(RunFolder.open("runs/mlp"))
+    """
     if not run.metrics_path.is_file():
         raise RunFolderError(f"{run.root} has no metrics.json; train it first")
     train_report = Report.load(run.metrics_path)
     layers = load_if_present(run.root / LAYERS_REPORT)
     scores_report = load_if_present(run.root / SCORES_REPORT)
     aurocs = scores_report.metrics["auroc"] if scores_report else None
-    sections = [Section("Findings", findings(train_report.metrics, layers, aurocs))]
-    summary = {
-        k: train_report.metrics[k]
-        for k in ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs")
-    }
-    sections.append(
-        Section(
-            "Training",
-            [
-                f"{train_report.model_id}: "
-                + ", ".join(f"{k}={v}" for k, v in train_report.config["train"].items())
-            ],
-            [("final epoch", [summary])],
-            [("training", training_figure(train_report.results["history"]))],
-        )
-    )
+    sections = [
+        Section("Findings", findings(train_report.metrics, layers, aurocs)),
+        training_section(train_report),
+    ]
     missing = []
     if layers is None:
         missing.append(f"memloc locate layers {run.root}")
     else:
-        sections.append(
-            Section(
-                "Layer rewinding",
-                [
-                    "Each cell: one layer group of the final model replaced by its weights at an earlier epoch "
-                    f"(BatchNorm buffers {'included' if layers.config['rewind']['bn_buffers'] else 'not included'})."
-                ],
-                [("rewinding", layers.results["rewinding"])],
-                [("rewinding_heatmaps", rewinding_figure(layers.results["rewinding"]))],
-            )
-        )
-        if layers.results["retraining"]:
-            sections.append(
-                Section(
-                    "Layer retraining",
-                    [
-                        "Each curve: one layer reset to its initialization and retrained alone on the clean examples; "
-                        "every other parameter frozen."
-                    ],
-                    [("last epoch of each retraining", retrain_summary(layers.results["retraining"]))],
-                    [("retraining_curves", retraining_figure(layers.results["retraining"]))],
-                )
-            )
-        sections.append(
-            Section(
-                "Gradient accounting",
-                ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
-                [],
-                [("gradients", gradients_figure(layers.results["gradients"]))],
-            )
-        )
+        sections.extend(layer_sections(layers))
     neurons = load_if_present(run.root / NEURONS_REPORT)
     if neurons is None:
         missing.append(f"memloc locate neurons {run.root}")
     else:
-        summary = neurons.metrics
-        lines = []
-        for group, stats in summary.items():
-            lines.append(
-                f"{group}: {stats['flip_rate']:.0%} of {stats['examples']} examples flip, with a median of "
-                f"{stats['median_units']} units (mean {stats['mean_units']:.2f})"
-                if stats["median_units"] is not None
-                else f"{group}: none of {stats['examples']} examples flip"
-            )
-        if "noisy" in summary and "clean" in summary and summary["noisy"]["median_units"] is not None:
-            fewer = (summary["noisy"]["mean_units"] or 0) < (summary["clean"]["mean_units"] or 0)
-            lines.append(
-                "Mislabeled (memorized) examples need "
-                + ("fewer" if fewer else "no fewer")
-                + " units than clean ones, "
-                + ("as Maini et al. (2023) found." if fewer else "unlike Maini et al. (2023).")
-            )
-        sharing = neurons.results["sharing"]
-        share_rows = summary_rows(summary)
-        sharing_row = {
-            "units": sharing["units"],
-            "shared_units": sharing["shared_units"],
-            "largest_component_examples": sharing["largest_component"]["examples"],
-            "noisy_pairs_sharing": sharing["noisy"]["share_any"],
-            "clean_pairs_sharing": sharing["clean"]["share_any"],
-        }
-        hist, bars = units_figures(neurons.results["records"])
-        sections.append(
-            Section(
-                "Units that flip an example",
-                [
-                    *lines,
-                    f"Mode {neurons.config['flip']['mode']}, cap {neurons.config['flip']['max_units']} units, "
-                    f"collateral budget {neurons.config['flip']['collateral']} points on a held-out clean set.",
-                ],
-                [("per group", share_rows), ("sharing between examples", [sharing_row])],
-                [("units_to_flip", hist), ("units_per_layer", bars)],
-            )
-        )
+        sections.append(units_section(neurons))
     if scores_report is None:
         missing.append(f"memloc locate scores {run.root}")
     else:
-        with np.load(run.root / SCORES_FILE) as z:
-            noisy = z["noisy"]
-            scores = {k: z[k] for k in aurocs}
-        hist, curves = scores_figures(scores, noisy, aurocs)
-        sections.append(
-            Section(
-                "Example scores",
-                ["Larger scores mean more likely memorized; AUROC at flagging the mislabeled examples."],
-                [("AUROC", [aurocs])],
-                [("score_histograms", hist), ("score_roc", curves)],
-            )
-        )
+        sections.append(scores_section(run, aurocs))
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
     return write_report(out or run.root / "report", f"memloc report: {run.root.name}", sections)

@@ -135,7 +135,7 @@ def rewind_cells(
         if loaded is None or loaded[0] != epoch:  # epoch-major order: one checkpoint in memory
             loaded = (epoch, {k: v.to(device) for k, v in checkpoints(epoch).items()})
         with rewound(model, adapter, [layer], loaded[1], config.bn_buffers):
-            cell = {"layer": layer, "epoch": epoch, **data.accuracies(model, config.batch_size)}
+            cell = {"layer": layer, "epoch": epoch, **data.accuracies(model, config.batch_size).table_row()}
         cells.append(cell)
         if on_cell:
             on_cell(cell)
@@ -181,7 +181,8 @@ def retrain_group(
     trainable = _set_trainable(model, adapter, layer)
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     clean = torch.nonzero(~data.noisy).squeeze(1)
-    rows = [{"layer": layer, "epoch": 0, **data.accuracies(model, config.eval_batch_size)}]
+    accs = data.accuracies(model, config.eval_batch_size)
+    rows = [{"layer": layer, "epoch": 0, **accs.table_row()}]
     perfect = 0
     generator = torch.Generator().manual_seed(config.seed)
     steps = math.ceil(len(clean) / config.batch_size)
@@ -193,10 +194,11 @@ def retrain_group(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        rows.append({"layer": layer, "epoch": epoch, **data.accuracies(model, config.eval_batch_size)})
+        accs = data.accuracies(model, config.eval_batch_size)
+        rows.append({"layer": layer, "epoch": epoch, **accs.table_row()})
         if progress:
             progress(epoch)
-        perfect = perfect + 1 if rows[-1]["clean_acc"] == 1.0 else 0
+        perfect = perfect + 1 if accs.clean_train_acc == 1.0 else 0
         if perfect >= config.patience:
             break
     model.eval()

@@ -366,42 +366,117 @@ def _flip_search(
 def _search_chunk(
     model: nn.Module, space: UnitSpace, data: FlipData, chunk: list[int], config: FlipConfig, base_hold: int
 ) -> list[FlipResult]:
-    device = data.x.device
-    b = len(chunk)
-    refs = torch.stack([data.reference(t, config.reference_size, config.seed) for t in chunk])
-    r = refs.shape[1]
-    # rows: the b targets first, then each target's reference batch
-    x_all = torch.cat([data.x[chunk], data.x[refs.flatten()]])
-    y_all = torch.cat([data.y[chunk], data.y[refs.flatten()]])
-    owner = np.concatenate([np.arange(b), np.repeat(np.arange(b), r)])
-    targets_y = data.y[chunk].cpu().numpy()
-    # Search state lives on the CPU, so each step syncs with the device once.
-    zeroed = np.zeros((b, space.total), dtype=bool)
-    banned = np.zeros_like(zeroed)
-    order: list[list[int]] = [[] for _ in range(b)]
-    outcome: dict[int, FlipResult] = {}
-    steps = [0] * b
-    spent = [0.0] * b  # each pass's time is split among the targets it served
-    previous: dict[int, np.ndarray] = {}  # gains at the state before each target's last zeroing
-    suspects = [_Suspects() for _ in range(b)]
+    return _ChunkSearch(model, space, data, chunk, config, base_hold).run()
 
-    def stop(i: int, reason: str) -> FlipResult:
-        return FlipResult(chunk[i], False, [space.unit(u) for u in order[i]], float("nan"), steps[i], reason)
 
-    x_target = data.x[chunk]
+class _ChunkSearch:
+    """The greedy search of one chunk of targets, batched: one gradient pass serves all
+    active targets, and each target's own state (zeroed and banned units, steps, time)
+    is a row of the arrays here.
 
-    def zero_best(i: int, g: np.ndarray) -> bool:
+    Search state lives on the CPU, so each step syncs with the device once.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: UnitSpace,
+        data: FlipData,
+        chunk: list[int],
+        config: FlipConfig,
+        base_hold: int,
+    ) -> None:
+        self.model, self.space, self.data, self.chunk = model, space, data, chunk
+        self.config, self.base_hold = config, base_hold
+        self.device = data.x.device
+        b = self.b = len(chunk)
+        refs = torch.stack([data.reference(t, config.reference_size, config.seed) for t in chunk])
+        self.r = refs.shape[1]
+        # rows: the b targets first, then each target's reference batch
+        self.x_all = torch.cat([data.x[chunk], data.x[refs.flatten()]])
+        self.y_all = torch.cat([data.y[chunk], data.y[refs.flatten()]])
+        self.owner = np.concatenate([np.arange(b), np.repeat(np.arange(b), self.r)])
+        self.targets_y = data.y[chunk].cpu().numpy()
+        self.x_target = data.x[chunk]
+        self.zeroed = np.zeros((b, space.total), dtype=bool)
+        self.banned = np.zeros_like(self.zeroed)
+        self.order: list[list[int]] = [[] for _ in range(b)]
+        self.outcome: dict[int, FlipResult] = {}
+        self.steps = [0] * b
+        self.spent = [0.0] * b  # each pass's time is split among the targets it served
+        self.previous: dict[int, np.ndarray] = {}  # gains at the state before each target's last zeroing
+        self.suspects = [_Suspects() for _ in range(b)]
+        self.own = 0.0  # time of the current pass spent on one target alone, charged to it only
+
+    def run(self) -> list[FlipResult]:
+        """Step every unfinished target once per pass until all are finished."""
+        while len(self.outcome) < self.b:
+            tick = time.perf_counter()
+            active = np.array([i for i in range(self.b) if i not in self.outcome])
+            gains, preds = self._gains(active)
+            flipped_now = [i for j, i in enumerate(active) if preds[j] != self.targets_y[i]]
+            drop_of = dict(zip(flipped_now, self._drops(flipped_now), strict=True))
+            self.own = 0.0
+            for j, i in enumerate(active):
+                if i in drop_of:
+                    # Finishes target i, or leaves it at a state that no longer flips, whose
+                    # gains the next pass computes.
+                    self.settle_rejections(i, drop_of[i])
+                elif len(self.order[i]) >= self.config.max_units:
+                    self.outcome[i] = self.stop(i, "cap")
+                else:
+                    self.previous[i] = gains[j]
+                    self.zero_best(i, gains[j])
+            share = (time.perf_counter() - tick - self.own) / len(active)
+            for i in active:
+                self.spent[i] += share
+        results = [self.outcome[i] for i in range(self.b)]
+        for i, result in enumerate(results):
+            result.seconds = self.spent[i]
+        return results
+
+    def _gains(self, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each active target's gain per unit (-inf where zeroed or banned), and its prediction."""
+        n, device = len(active), self.device
+        position = np.full(self.b, -1)
+        position[active] = np.arange(n)
+        keep = np.flatnonzero(position[self.owner] >= 0)  # targets first, in order, then references
+        rows = torch.from_numpy(position[self.owner[keep]]).to(device)
+        keep_t = torch.from_numpy(keep).to(device)
+        masks = torch.from_numpy(~self.zeroed[active]).to(device, torch.float32).requires_grad_(True)
+        allowed = torch.from_numpy(~(self.zeroed[active] | self.banned[active])).to(device)
+        with self.space.masked(self.model, masks[rows]):
+            logits = self.model(self.x_all[keep_t])
+        ce = F.cross_entropy(logits.float(), self.y_all[keep_t], reduction="none")
+        objective = ce[n:].view(n, self.r).mean(1) - ce[:n]
+        (gain,) = torch.autograd.grad(objective.sum(), masks)
+        gains = gain.masked_fill(~allowed, float("-inf")).cpu().numpy()
+        return gains, logits[:n].argmax(1).cpu().numpy()
+
+    def _drops(self, targets: list[int]) -> list[float]:
+        """The collateral drop of each target's current set (+inf over budget)."""
+        sets = [self.order[i] for i in targets]
+        hints = [self.suspects[i] for i in targets]
+        return _drops(
+            self.model, self.space, self.data, sets, self.base_hold, self.config.collateral, suspects=hints
+        )
+
+    def stop(self, i: int, reason: str) -> FlipResult:
+        units = [self.space.unit(u) for u in self.order[i]]
+        return FlipResult(self.chunk[i], False, units, float("nan"), self.steps[i], reason)
+
+    def zero_best(self, i: int, g: np.ndarray) -> bool:
         """Zero target i's unit of largest gain in ``g``; False (and stop) when none lowers J."""
         unit = int(np.argmax(g))
         if not g[unit] > 0:
-            outcome[i] = stop(i, "no unit lowers J")
+            self.outcome[i] = self.stop(i, "no unit lowers J")
             return False
-        zeroed[i, unit] = True
-        order[i].append(unit)
-        steps[i] += 1
+        self.zeroed[i, unit] = True
+        self.order[i].append(unit)
+        self.steps[i] += 1
         return True
 
-    def settle_rejections(i: int, drop: float) -> None:
+    def settle_rejections(self, i: int, drop: float) -> None:
         """From a flipped state of target i: finish it, or reject units until the state
         stops flipping.
 
@@ -413,80 +488,32 @@ def _search_chunk(
         and one hold-out check per unit. The decisions are those of the batched
         loop, which would reach the same states one pass at a time.
         """
-        nonlocal own
+        model, space, data, config, base_hold = self.model, self.space, self.data, self.config, self.base_hold
         start = time.perf_counter()
         try:
             while True:
                 if drop <= config.collateral:
-                    outcome[i] = _finish(
-                        model, space, data, chunk[i], order[i], drop, steps[i], config, base_hold, suspects[i]
-                    )
+                    self.outcome[i] = _finish(
+                        model, space, data, self.chunk[i], self.order[i], drop, self.steps[i], config, base_hold,
+                        self.suspects[i],
+                    )  # fmt: skip
                     return
-                last = order[i].pop()
-                zeroed[i, last] = False
-                banned[i, last] = True
-                if not zero_best(i, np.where(zeroed[i] | banned[i], -np.inf, previous[i])):
+                last = self.order[i].pop()
+                self.zeroed[i, last] = False
+                self.banned[i, last] = True
+                if not self.zero_best(
+                    i, np.where(self.zeroed[i] | self.banned[i], -np.inf, self.previous[i])
+                ):
                     return
-                mask = torch.from_numpy(~zeroed[i : i + 1]).to(device, torch.float32)
-                if int(_predict(model, space, x_target[i : i + 1], mask)[0]) == int(targets_y[i]):
+                mask = torch.from_numpy(~self.zeroed[i : i + 1]).to(self.device, torch.float32)
+                if int(_predict(model, space, self.x_target[i : i + 1], mask)[0]) == int(self.targets_y[i]):
                     return
-                drop = _drop(model, space, data, order[i], base_hold, config.collateral, suspects[i])
+                drop = _drop(
+                    model, space, data, self.order[i], base_hold, config.collateral, self.suspects[i]
+                )
         finally:
-            spent[i] += time.perf_counter() - start
-            own += time.perf_counter() - start
-
-    while len(outcome) < b:
-        tick = time.perf_counter()
-        active = np.array([i for i in range(b) if i not in outcome])
-        n = len(active)
-        position = np.full(b, -1)
-        position[active] = np.arange(n)
-        keep = np.flatnonzero(position[owner] >= 0)  # targets first, in order, then references
-        rows = torch.from_numpy(position[owner[keep]]).to(device)
-        keep_t = torch.from_numpy(keep).to(device)
-        masks = torch.from_numpy(~zeroed[active]).to(device, torch.float32).requires_grad_(True)
-        allowed = torch.from_numpy(~(zeroed[active] | banned[active])).to(device)
-        with space.masked(model, masks[rows]):
-            logits = model(x_all[keep_t])
-        ce = F.cross_entropy(logits.float(), y_all[keep_t], reduction="none")
-        objective = ce[n:].view(n, r).mean(1) - ce[:n]
-        (gain,) = torch.autograd.grad(objective.sum(), masks)
-        gains = gain.masked_fill(~allowed, float("-inf")).cpu().numpy()
-        preds = logits[:n].argmax(1).cpu().numpy()
-        flipped_now = [i for j, i in enumerate(active) if preds[j] != targets_y[i]]
-        drop_of = dict(
-            zip(
-                flipped_now,
-                _drops(
-                    model,
-                    space,
-                    data,
-                    [order[i] for i in flipped_now],
-                    base_hold,
-                    config.collateral,
-                    suspects=[suspects[i] for i in flipped_now],
-                ),
-                strict=True,
-            )
-        )
-        own = 0.0  # time spent on one target alone, charged to it only
-        for j, i in enumerate(active):
-            if i in drop_of:
-                # Finishes target i, or leaves it at a state that no longer flips, whose
-                # gains the next pass computes.
-                settle_rejections(i, drop_of[i])
-            elif len(order[i]) >= config.max_units:
-                outcome[i] = stop(i, "cap")
-            else:
-                previous[i] = gains[j]
-                zero_best(i, gains[j])
-        share = (time.perf_counter() - tick - own) / n
-        for i in active:
-            spent[i] += share
-    results = [outcome[i] for i in range(b)]
-    for i, result in enumerate(results):
-        result.seconds = spent[i]
-    return results
+            self.spent[i] += time.perf_counter() - start
+            self.own += time.perf_counter() - start
 
 
 def _finish(

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from memloc.core.lm.facts import Fact
@@ -20,29 +21,44 @@ from memloc.core.progress import Progress, offset
 from memloc.core.report import Report, provenance
 from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
 from memloc.locate.lm.interventions import InterventionConfig, intervene
-from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons, relation_neurons
+from memloc.locate.lm.knowledge_neurons import FactNeurons, KNConfig, knowledge_neurons, relation_neurons
 from memloc.locate.lm.tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
 from memloc.locate.results_store import ResultStore, config_key
+
+T = TypeVar("T")
 
 
 def per_fact(
     name: str,
     config: object,
     facts: Sequence[Fact],
-    compute: Callable[[Fact], dict],
+    compute: Callable[[Fact], T],
     out: Path | None,
     progress: Progress | None = None,
-) -> list[dict]:
-    """``compute(fact)`` for every fact, reusing results stored in ``out/<name>.json``."""
+    *,
+    encode: Callable[[T], object],
+    decode: Callable[[Any], T],
+) -> list[T]:
+    """``compute(fact)`` for every fact, reusing results stored in ``out/<name>.json``.
+
+    Results stay typed; ``encode``/``decode`` turn them into the store's JSON and back.
+
+    Example::
+
+        traces = per_fact("trace", config, facts, lambda f: trace_fact(lm, f, config), out,
+                          encode=FactTrace.to_dict, decode=FactTrace.from_dict)
+    """
     store = ResultStore(out / f"{name}.json") if out is not None else None
     key = config_key(config)
     results = []
     for i, fact in enumerate(facts):
-        found = store.get(key, fact.case_id) if store is not None else None
-        if found is None:
+        stored = store.get(key, fact.case_id) if store is not None else None
+        if stored is not None:
+            found = decode(stored)
+        else:
             found = compute(fact)
             if store is not None:
-                store.put(key, fact.case_id, found)
+                store.put(key, fact.case_id, encode(found))
         results.append(found)
         if progress is not None:
             progress(i + 1, len(facts), f"fact {fact.case_id}")
@@ -89,15 +105,15 @@ def locate_trace(
     ``best_layer`` reads, at a fraction of the cost.
     """
 
-    def one(fact: Fact) -> dict:
+    def one(fact: Fact) -> FactTrace:
         chosen = config
         if last_subject_only:
             chosen = replace(config, tokens=(encode(lm.tokenizer, fact.text, fact.subject).last_subject,))
-        return trace_fact(lm, fact, chosen).to_dict()
+        return trace_fact(lm, fact, chosen)
 
     key = {"config": config, "last_subject_only": True} if last_subject_only else config
-    rows = per_fact("trace", key, facts, one, out, progress)
-    traces = [FactTrace.from_dict(r) for r in rows]
+    codec = {"encode": FactTrace.to_dict, "decode": FactTrace.from_dict}
+    traces = per_fact("trace", key, facts, one, out, progress, **codec)
     best = average_best_layer(traces)
     metrics = {
         "best_layer": best,
@@ -105,7 +121,7 @@ def locate_trace(
         "mean_clean_prob": float(np.mean([t.clean_prob for t in traces])),
         "mean_corrupted_prob": float(np.mean([t.corrupted_prob for t in traces])),
     }
-    results = {"best_layer": best, "facts": rows}
+    results = {"best_layer": best, "facts": [t.to_dict() for t in traces]}  # the Report stores JSON
     return fact_report("trace", lm, facts_path, config, results, metrics, config.seed, out)
 
 
@@ -115,22 +131,24 @@ def neurons_by_fact(
     config: KNConfig,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[FactNeurons], dict]:
     """Each fact's knowledge neurons (resumable per fact), and the relation-level neurons."""
-    rows = per_fact(
+    found = per_fact(
         "neurons",
         config,
         facts,
-        lambda f: knowledge_neurons(lm, [f], config).facts[0].to_dict(),
+        lambda f: knowledge_neurons(lm, [f], config).facts[0],
         out,
         progress,
+        encode=FactNeurons.to_dict,
+        decode=FactNeurons.from_dict,
     )
     relations = relation_neurons(
-        {r["case_id"]: {(n[0], n[1]) for n in r["neurons"]} for r in rows},
-        {r["case_id"]: r["relation"] for r in rows},
+        {f.case_id: f.neuron_set() for f in found},
+        {f.case_id: f.relation for f in found},
         config.relation_share,
     )
-    return rows, {k: [list(n) for n in v] for k, v in relations.items()}
+    return found, {k: [list(n) for n in v] for k, v in relations.items()}
 
 
 def locate_knowledge_neurons(
@@ -142,7 +160,8 @@ def locate_knowledge_neurons(
     progress: Progress | None = None,
 ) -> Report:
     """Knowledge neurons (Dai et al. 2022) of every fact, relation neurons and the fact–neuron graph."""
-    rows, relations = neurons_by_fact(lm, facts, config, out, progress)
+    found, relations = neurons_by_fact(lm, facts, config, out, progress)
+    rows = [f.to_dict() for f in found]  # the Report stores JSON, and the graph reads these rows
     graph = fact_neuron_graph(rows)
     sharing = fact_sharing_stats(graph)
     if out is not None:
@@ -171,8 +190,8 @@ def locate_intervention(
     progress: Progress | None = None,
 ) -> Report:
     """Suppress or enhance each fact's own refined neurons, against random neurons and control facts."""
-    rows, _ = neurons_by_fact(lm, facts, kn, out, offset(progress, 0, 2 * len(facts)))
-    neurons = {r["case_id"]: r["neurons"] for r in rows}
+    found, _ = neurons_by_fact(lm, facts, kn, out, offset(progress, 0, 2 * len(facts)))
+    neurons = {f.case_id: f.neurons for f in found}
     result = intervene(
         lm,
         facts,
@@ -180,5 +199,5 @@ def locate_intervention(
         config,
         progress=offset(progress, len(facts), 2 * len(facts)),
     )
-    data = result.to_dict()
-    return fact_report(config.mode, lm, facts_path, config, data, data["summary"], config.seed, out)
+    data = result.to_dict()  # the Report stores JSON
+    return fact_report(config.mode, lm, facts_path, config, data, result.summary(), config.seed, out)

@@ -122,6 +122,20 @@ class FactNeurons:
             "per_layer": {str(layer): n for layer, n in sorted(self.per_layer.items())},
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FactNeurons:
+        """Read back what `to_dict` stored."""
+        return cls(
+            case_id=data["case_id"],
+            relation=data["relation"],
+            target=data["target"],
+            prompts=list(data["prompts"]),
+            probabilities=list(data["probabilities"]),
+            neurons=[(int(layer), int(index), score) for layer, index, score in data["neurons"]],
+            coarse=[[(int(layer), int(index)) for layer, index in c] for c in data["coarse"]],
+            per_layer={int(layer): n for layer, n in data["per_layer"].items()},
+        )
+
 
 @dataclass
 class KNResult:
