@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from memloc.core.errors import MemlocError, UnsupportedModelError
@@ -57,7 +57,7 @@ def _owns(prefix: str, key: str) -> bool:
 
 def _unit_layer(path: str, module: nn.Module) -> tuple[str, int, Literal["channel", "feature"]]:
     """The module's last conv or linear layer: its path, and its output channels or features."""
-    last: tuple[str, nn.Module] | None = None
+    last: tuple[str, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear] | None = None
     for name, sub in module.named_modules():
         if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             last = (name, sub)
@@ -146,9 +146,9 @@ class ClassifierAdapter:
     def unit_weights(self, model: nn.Module, group: str | int) -> list[tuple[torch.Tensor, int]]:
         """The tensors whose slices along ``dim`` are a unit's own weights (weight, bias)."""
         layer = resolve_module(model, self.group(group).unit_module)
-        tensors = [(layer.weight, 0)]
+        tensors = [(module_tensor(layer, "weight"), 0)]
         if getattr(layer, "bias", None) is not None:
-            tensors.append((layer.bias, 0))
+            tensors.append((module_tensor(layer, "bias"), 0))
         return tensors
 
     # --- tensors of a group -------------------------------------------------------
@@ -182,6 +182,14 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path)
     except AttributeError as exc:
         raise LayerNotFoundError(f"module path {path!r} is not in the model") from exc
+
+
+def module_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """A module's parameter or buffer ``name`` (``nn.Module`` attributes are untyped)."""
+    value = getattr(module, name)
+    if not isinstance(value, torch.Tensor):
+        raise MemlocError(f"{type(module).__name__}.{name} is not a tensor")
+    return value
 
 
 # --- transformers ---------------------------------------------------------------------
@@ -303,10 +311,10 @@ class TransformerAdapter:
                 f"model type {model_type!r} is not supported; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         blocks = resolve_module(model, card.blocks)
-        n_layers = len(blocks)
+        n_layers = len(cast(nn.ModuleList, blocks))
         down = resolve_module(model, f"{card.blocks}.0.{card.down}")
-        d_mlp, d_model = _down_shape(down.weight, card.down_layout)
-        return cls(card, model_type, n_layers, d_model, d_mlp)
+        d_mlp, d_model = _down_shape(module_tensor(down, "weight"), card.down_layout)
+        return cls(card, str(model_type), n_layers, d_model, d_mlp)
 
     # --- addressing -------------------------------------------------------------
 
@@ -340,24 +348,24 @@ class TransformerAdapter:
     # --- modules and weights ----------------------------------------------------
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return resolve_module(model, self.card.blocks)
+        return cast(nn.ModuleList, resolve_module(model, self.card.blocks))
 
     def embedding(self, model: nn.Module) -> nn.Embedding:
-        return resolve_module(model, self.card.embed)
+        return cast(nn.Embedding, resolve_module(model, self.card.embed))
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return resolve_module(model, self.card.final_norm)
 
     def unembedding(self, model: nn.Module) -> torch.Tensor:
         """The (vocab, D) unembedding matrix."""
-        return resolve_module(model, self.card.unembed).weight
+        return module_tensor(resolve_module(model, self.card.unembed), "weight")
 
     def down_proj(self, model: nn.Module, layer: int) -> nn.Module:
         return resolve_module(model, f"{self.block_path(layer)}.{self.card.down}")
 
     def down_weight(self, model: nn.Module, layer: int) -> torch.Tensor:
         """The down-projection's weight as stored (see ``down_layout``)."""
-        return self.down_proj(model, layer).weight
+        return module_tensor(self.down_proj(model, layer), "weight")
 
     def down_matrix(self, model: nn.Module, layer: int) -> torch.Tensor:
         """The down-projection as a (D, F) matrix W with ``mlp.out = W @ mlp.post (+ bias)``.

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,10 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, list[dict]]] = field(default_factory=list)
     figures: list[tuple[str, Figure]] = field(default_factory=list)  # (file stem, figure)
+
+
+def _write_bytes(tmp: Path, *, data: bytes) -> None:
+    tmp.write_bytes(data)
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -90,7 +95,7 @@ def write_report(folder: str | Path, title: str, sections: list[Section]) -> tup
             page.append(f"<h3>{html.escape(caption)}</h3>{_html_table(rows)}")
         for stem, fig in section.figures:
             data = png_bytes(fig)
-            atomic_write(folder / "figures" / f"{stem}.png", lambda tmp, data=data: tmp.write_bytes(data))
+            atomic_write(folder / "figures" / f"{stem}.png", partial(_write_bytes, data=data))
             md += [f"![{stem}](figures/{stem}.png)", ""]
             encoded = base64.b64encode(data).decode()
             page.append(

@@ -153,7 +153,7 @@ def _sample_batch(lm: LM, first: int, size: int, config: GenerationConfig) -> li
         ids = top_k_sample(out.logits[:, -1], config.top_k, generators)
         tokens.append(ids)
     rows = torch.cat(tokens, dim=1).tolist()
-    return [lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    return [text.strip() for text in lm.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def generate_texts(

@@ -89,9 +89,9 @@ def score_targets(
         for i, (p, t) in enumerate(chunk):
             # The token at position j is predicted by the logits at j − 1.
             positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
-            target = torch.tensor(t)
-            picked = logp[i, positions, target]
-            argmax = bool((logp[i, positions].argmax(-1) == target).all())
+            wanted = torch.tensor(t)
+            picked = logp[i, positions, wanted]
+            argmax = bool((logp[i, positions].argmax(-1) == wanted).all())
             out.append(PromptScore(float(-picked.mean()), argmax))
     return out
 
@@ -188,7 +188,7 @@ def generate(lm: LM, prompts: Sequence[str], tokens: int) -> list[str]:
     with torch.no_grad(), warnings.catch_warnings():
         # transformers' own generate() still passes the renamed past_key_values keyword.
         warnings.filterwarnings("ignore", message=".*past_key_values.*")
-        out = lm.model.generate(
+        out = lm.model.generate(  # type: ignore[operator]  # transformers types generate loosely
             **enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
         )
     return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)

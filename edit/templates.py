@@ -71,7 +71,7 @@ def sample_texts(lm: LM, count: int, tokens: int, top_k: int, gen: torch.Generat
         if step + 1 < tokens:
             out = lm.model(input_ids=token, use_cache=True, **{keyword: cache_of(out)})
     rows = torch.cat(new, dim=1).tolist()
-    return [lm.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+    return list(lm.tokenizer.batch_decode(rows, skip_special_tokens=True))
 
 
 def as_template(text: str) -> str:

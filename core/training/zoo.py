@@ -68,7 +68,8 @@ class _Declared(nn.Module):
     group_names: tuple[str, ...] = ()
 
     def layer_groups(self) -> list[tuple[str, str]]:
-        paths = [f"blocks.{i}" for i in range(len(self.blocks))] + ["head"]
+        blocks: nn.ModuleList = self.blocks  # type: ignore[assignment]  # every zoo model declares it
+        paths = [f"blocks.{i}" for i in range(len(blocks))] + ["head"]
         return list(zip(self.group_names, paths, strict=True))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import numpy as np
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
-from memloc.core.report import Report, provenance
+from memloc.core.report import Report, provenance, to_jsonable
 from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
 from memloc.locate.lm.interventions import InterventionConfig, intervene
 from memloc.locate.lm.knowledge_neurons import FactNeurons, KNConfig, knowledge_neurons, relation_neurons
@@ -78,7 +78,7 @@ def fact_report(
     report = Report(
         method=method,
         model_id=lm.source,
-        config=asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config),
+        config=to_jsonable(config),
         results=results,
         metrics=metrics,
         provenance=provenance(seed, {"facts": facts_path}),
@@ -112,8 +112,9 @@ def locate_trace(
         return trace_fact(lm, fact, chosen)
 
     key = {"config": config, "last_subject_only": True} if last_subject_only else config
-    codec = {"encode": FactTrace.to_dict, "decode": FactTrace.from_dict}
-    traces = per_fact("trace", key, facts, one, out, progress, **codec)
+    traces = per_fact(
+        "trace", key, facts, one, out, progress, encode=FactTrace.to_dict, decode=FactTrace.from_dict
+    )
     best = average_best_layer(traces)
     metrics = {
         "best_layer": best,
