@@ -29,7 +29,6 @@ exact without a mask), and the solve never forms an inverse.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.hooks import patch
+from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode, run_block
 from memloc.core.sites import Site
@@ -129,10 +128,6 @@ def solve_layer_update(
 # --- reading activations at the subject's last token ------------------------------------
 
 
-class _StopForwardError(Exception):
-    """Raised by a hook once the deepest site needed has been read."""
-
-
 def read_at_positions(
     lm: LM, prompts: Sequence[tuple[tuple[int, ...], int]], site: Site, batch_size: int
 ) -> torch.Tensor:
@@ -153,16 +148,11 @@ def read_at_positions(
         for row, i in enumerate(chunk):
             ids[row, : len(prompts[i][0])] = torch.tensor(prompts[i][0], device=dev)
         where = torch.tensor([prompts[i][1] for i in chunk], device=dev)
-        got: list[torch.Tensor] = []
-
-        def grab(act: torch.Tensor, where: torch.Tensor = where, got: list = got) -> torch.Tensor:
-            got.append(act[torch.arange(len(where), device=act.device), where.to(act.device)])
-            raise _StopForwardError
-
-        stop = contextlib.suppress(_StopForwardError)
-        with torch.no_grad(), patch(lm.model, lm.adapter, {site: grab}), stop:
+        with torch.no_grad(), trace(lm.model, lm.adapter, [site], stop=True) as seen:
             lm.model(input_ids=ids, use_cache=False)
-        out[torch.tensor(chunk, device=dev)] = got[0].to(dev, torch.float64)
+        act = seen[site]
+        got = act[torch.arange(len(where), device=act.device), where.to(act.device)]
+        out[torch.tensor(chunk, device=dev)] = got.to(dev, torch.float64)
     return out
 
 
