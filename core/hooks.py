@@ -4,6 +4,8 @@ In the spirit of baukit's TraceDict: hooks are registered on enter and always
 removed in ``finally``, so an exception in the body never leaves a hook behind.
 This is the only file that registers forward hooks. `capture_calls` records a
 block's whole call (arguments, masks, cache) so that it can be run again by hand.
+``trace(..., stop=True)`` ends the forward pass once every site has been read, like
+baukit's ``stop=True``, so that no caller needs its own exception for that.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from memloc.core.sites import Site
 from torch import nn
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _StopForwardError(Exception):
+    """Raised by a hook of ``trace(..., stop=True)`` once every site is read; swallowed there."""
 
 
 class SiteAdapter(Protocol):
@@ -69,8 +75,10 @@ def _hooked(
     adapter: SiteAdapter,
     fns: Mapping[Site, Transform | None],
     detach: bool,
+    stop: bool = False,
 ) -> Iterator[dict[Site, torch.Tensor]]:
     seen: dict[Site, torch.Tensor] = {}
+    pending = set(fns)
     handles = []
     try:
         for site, fn in fns.items():
@@ -78,9 +86,14 @@ def _hooked(
 
             def store(act: torch.Tensor, site: Site = site) -> None:
                 seen[site] = act.detach() if detach else act
+                pending.discard(site)
+                if stop and not pending:
+                    raise _StopForwardError
 
             handles.append(_register(resolve_module(model, point.module), point, fn, store))
         yield seen
+    except _StopForwardError:
+        pass  # the forward pass was ended on purpose, once every site was read
     finally:
         for handle in handles:
             handle.remove()
@@ -88,14 +101,26 @@ def _hooked(
 
 @contextmanager
 def trace(
-    model: nn.Module, adapter: SiteAdapter, sites: Iterable[Site], *, detach: bool = True
+    model: nn.Module,
+    adapter: SiteAdapter,
+    sites: Iterable[Site],
+    *,
+    detach: bool = True,
+    stop: bool = False,
 ) -> Iterator[dict[Site, torch.Tensor]]:
     """Record the activation at each site during forward passes in the body.
 
     Yields a dict filled by each forward pass (the last pass wins). With
-    ``detach=False`` the recorded tensors stay in the autograd graph.
+    ``detach=False`` the recorded tensors stay in the autograd graph. With ``stop=True``
+    the forward pass ends as soon as every site has been read, so nothing after the
+    last one runs (later blocks, the unembedding); that also ends the body, so the
+    model call should be its last statement::
+
+        with trace(model, adapter, [Site(3, "mlp.post")], stop=True) as seen:
+            model(input_ids=ids)
+        keys = seen[Site(3, "mlp.post")]
     """
-    with _hooked(model, adapter, dict.fromkeys(sites), detach) as seen:
+    with _hooked(model, adapter, dict.fromkeys(sites), detach, stop) as seen:
         yield seen
 
 

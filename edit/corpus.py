@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 from memloc.core.errors import DataError
-from memloc.core.lm.model import LM, cache_keyword, document_start_id
+from memloc.core.lm.model import LM, document_start_id
+from memloc.core.lm.prefix_runner import cache_keyword
 from memloc.core.validation import at_least
 from memloc.edit.sampling import top_k_sample
 

@@ -29,22 +29,27 @@ exact without a mask), and the solve never forms an inverse.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.hooks import patch
+from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
-from memloc.core.lm.model import LM, encode, run_block
+from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import LayerDelta, WeightDelta, apply
-from memloc.edit.targets import RewriteBatch, SuffixScorer, TargetConfig, check_target_inputs, rewrite_batch
+from memloc.edit.targets import (
+    RewriteBatch,
+    SuffixScorer,
+    TargetConfig,
+    check_target_inputs,
+    optimize_rows,
+    rewrite_batch,
+)
 
 
 class MemitError(MemlocError):
@@ -133,10 +138,6 @@ def solve_layer_update(
 # --- reading activations at the subject's last token ------------------------------------
 
 
-class _StopForwardError(Exception):
-    """Raised by a hook once the deepest site needed has been read."""
-
-
 def read_at_positions(
     lm: LM, prompts: Sequence[tuple[tuple[int, ...], int]], site: Site, batch_size: int
 ) -> torch.Tensor:
@@ -157,16 +158,11 @@ def read_at_positions(
         for row, i in enumerate(chunk):
             ids[row, : len(prompts[i][0])] = torch.tensor(prompts[i][0], device=dev)
         where = torch.tensor([prompts[i][1] for i in chunk], device=dev)
-        got: list[torch.Tensor] = []
-
-        def grab(act: torch.Tensor, where: torch.Tensor = where, got: list = got) -> torch.Tensor:
-            got.append(act[torch.arange(len(where), device=act.device), where.to(act.device)])
-            raise _StopForwardError
-
-        stop = contextlib.suppress(_StopForwardError)
-        with torch.no_grad(), patch(lm.model, lm.adapter, {site: grab}), stop:
+        with torch.no_grad(), trace(lm.model, lm.adapter, [site], stop=True) as seen:
             lm.model(input_ids=ids, use_cache=False)
-        out[torch.tensor(chunk, device=dev)] = got[0].to(dev, torch.float64)
+        act = seen[site]
+        got = act[torch.arange(len(where), device=act.device), where.to(act.device)]
+        out[torch.tensor(chunk, device=dev)] = got.to(dev, torch.float64)
     return out
 
 
@@ -237,56 +233,6 @@ def _facts_batch(
     return batch, [b.n_target for b in singles]
 
 
-class _FactsScorer(SuffixScorer):
-    """`SuffixScorer` over several facts' rows; δ is (facts, D), one row per fact.
-
-    The KL rows sit after all rewrite rows (one per fact), so this scorer returns the
-    KL log-probabilities as (facts, V).
-    """
-
-    def __init__(self, lm: LM, batch: RewriteBatch, site: Site, n_facts: int, n_templates: int) -> None:
-        super().__init__(lm, batch, site)
-        dev = batch.ids.device
-        self.n_facts = n_facts
-        facts = torch.arange(n_facts, device=dev)
-        self.fact_of_row = torch.cat([facts.repeat_interleave(n_templates), facts])
-        self.kl_indices = (batch.n_rewrite + facts) * self.width
-
-    def v0s(self) -> torch.Tensor:
-        """(facts, D): each fact's clean activation, mean over its rewrite prompts."""
-        return self.clean[self.site].view(self.n_facts, -1, self.clean[self.site].shape[-1]).mean(1)
-
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model, adapter = self.lm.model, self.lm.adapter
-        h = torch.cat([(self.base[:, 0] + delta[self.fact_of_row])[:, None], self.base[:, 1:]], dim=1)
-        cache = self._cache(range(self.first, adapter.n_layers))
-        for block, call in zip(adapter.blocks(model)[self.first :], self.calls, strict=True):
-            h = run_block(block, call, h, cache)
-        flat = h.reshape(-1, h.shape[-1])
-        picked = flat[torch.cat([self.target_index, self.kl_indices])]
-        logits = model.get_output_embeddings()(adapter.final_norm(model)(picked))
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        n_tokens = len(self.target_index)
-        token_logp = logp[:n_tokens].gather(1, self.batch.target_ids[:, None])[:, 0]
-        return token_logp, logp[n_tokens:]
-
-
-def _adam_rows(delta: torch.Tensor, grad: torch.Tensor, state: dict, active: torch.Tensor, lr: float) -> None:
-    """One step of torch's Adam (defaults) on the active rows only; frozen rows keep δ and state.
-
-    Stepping a row with a zero gradient would still move it through its momentum, so
-    facts that reached the early-stop loss are masked out instead.
-    """
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    state["step"] += 1
-    step = state["step"]
-    m, v = state["m"], state["v"]
-    m[active] = torch.lerp(m[active], grad[active], 1 - beta1)
-    v[active] = v[active] * beta2 + (1 - beta2) * grad[active] * grad[active]
-    denom = v[active].sqrt() / math.sqrt(1 - beta2**step) + eps
-    delta[active] -= (lr / (1 - beta1**step)) * m[active] / denom
-
-
 def optimize_targets(
     lm: LM,
     facts: Sequence[Fact],
@@ -298,9 +244,9 @@ def optimize_targets(
 ) -> tuple[torch.Tensor, list[dict]]:
     """δ (facts, D) for every fact: `edit/targets.optimize_delta` run on many facts at once.
 
-    The facts' losses are independent and Adam acts element-wise, so optimising the sum
-    with per-fact clamping and per-fact early stopping gives each fact the δ it would get
-    alone (up to float rounding). Returns δ and per fact the last losses and steps.
+    One row per fact in `edit/targets.optimize_rows`, with per-fact clamping and early
+    stopping, so each fact gets the δ it would get alone (up to float rounding). Returns δ
+    and per fact the last losses and steps.
     """
     if facts_per_batch < 1:
         raise MemitError(f"target_batch must be at least 1, got {facts_per_batch}")
@@ -308,64 +254,18 @@ def optimize_targets(
     for start in range(0, len(facts), facts_per_batch):
         chunk = facts[start : start + facts_per_batch]
         batch, n_tokens = _facts_batch(lm, chunk, templates, config.kl_prompt)
-        scorer = _FactsScorer(lm, batch, site, len(chunk), len(templates))
-        delta, chunk_records = _optimize_rows(scorer, scorer.v0s(), n_tokens, len(templates), config)
-        deltas.append(delta)
-        records.extend(chunk_records)
+        scorer = SuffixScorer(lm, batch, site, n_facts=len(chunk))
+        # Which fact each scored target token belongs to (prompt-major within a fact).
+        owner = torch.repeat_interleave(
+            torch.arange(len(chunk), device=lm.device),
+            torch.tensor(n_tokens, device=lm.device) * len(templates),
+        )
+        out = optimize_rows(scorer, scorer.v0s(), owner, config)
+        deltas.append(out.delta)
+        records.extend({**rows[-1], "steps": n} for rows, n in zip(out.losses, out.steps, strict=True))
         if progress:
             progress(start + len(chunk), len(facts), "targets")
     return torch.cat(deltas), records
-
-
-def _optimize_rows(
-    scorer: _FactsScorer, v0: torch.Tensor, n_tokens: list[int], n_templates: int, config: TargetConfig
-) -> tuple[torch.Tensor, list[dict]]:
-    k = len(n_tokens)
-    dev = v0.device
-    # Which fact each scored target token belongs to (prompt-major within a fact).
-    owner = torch.repeat_interleave(
-        torch.arange(k, device=dev), torch.tensor(n_tokens, device=dev) * n_templates
-    )
-    delta = torch.zeros_like(v0, requires_grad=True)
-    state = {"step": 0, "m": torch.zeros_like(v0), "v": torch.zeros_like(v0)}
-    v0_norm = v0.norm(dim=1)
-    max_norm = config.clamp * v0_norm
-    active = torch.ones(k, dtype=torch.bool, device=dev)
-    steps = torch.zeros(k, dtype=torch.long, device=dev)
-    last: torch.Tensor | None = None
-    logp0: torch.Tensor | None = None
-    for _ in range(config.steps):
-        token_logp, kl_logp = scorer(delta)
-        if logp0 is None:
-            logp0 = kl_logp.detach()
-        nll = -torch.zeros(k, device=dev, dtype=token_logp.dtype).index_add(
-            0, owner, token_logp
-        ) / torch.bincount(owner, minlength=k)
-        kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
-        decay = delta.norm(dim=1) / v0_norm**2
-        loss = nll + config.kl_weight * kl + config.weight_decay * decay
-        if not torch.isfinite(loss).all():
-            raise MemlocError(
-                f"the target optimisation produced a non-finite loss at step {int(steps.max()) + 1}"
-            )
-        now = torch.stack([loss, nll, kl, decay], dim=1).detach()
-        last = now if last is None else torch.where(active[:, None], now, last)
-        active = active & (nll.detach() >= config.early_stop)
-        if not active.any():
-            break
-        (grad,) = torch.autograd.grad(loss[active].sum(), [delta])
-        with torch.no_grad():
-            _adam_rows(delta, grad, state, active, config.lr)
-            norm = delta.norm(dim=1)
-            over = active & (norm > max_norm)
-            delta[over] *= (max_norm[over] / norm[over])[:, None]
-        steps += active.long()
-    assert last is not None
-    records = [
-        {"total": row[0], "nll": row[1], "kl": row[2], "decay": row[3], "steps": int(n)}
-        for row, n in zip(last.tolist(), steps.tolist(), strict=True)
-    ]
-    return delta.detach(), records
 
 
 # --- the edit ---------------------------------------------------------------------------

@@ -20,13 +20,14 @@ Sequential Model Editing") uses the same k* in both places; memloc does so by de
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
 from memloc.edit.delta import LayerDelta, WeightDelta
@@ -89,13 +90,13 @@ def compute_rome(
     config: RomeConfig,
     templates: Sequence[str] | None = None,
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> WeightDelta:
     """The rank-one `WeightDelta` that rewrites ``fact`` to its target_new; the model is left unchanged.
 
     ``second_moment_or_stats`` is C for ``config.layer``: an (F, F) tensor or key statistics
     with ``.matrix()`` (edit/stats.py). ``templates`` default to the model's cached context
-    templates for ``config.templates``. ``progress`` is called after every optimisation step.
+    templates for ``config.templates``. ``progress(steps, total, description)`` follows the optimisation.
 
         stats = key_statistics_by_layer(lm, [6], StatsConfig())
         delta = compute_rome(lm, fact, stats[6], RomeConfig(layer=6))

@@ -36,14 +36,13 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
 from memloc.core.errors import DataError, MemlocError
-from memloc.core.hooks import patch, trace
+from memloc.core.hooks import trace
 from memloc.core.lm.loading import cache_root
 from memloc.core.lm.model import LM, added_prefix, document_start_id
 from memloc.core.progress import Progress
@@ -256,10 +255,6 @@ def _generated_texts(lm: LM, config: StatsConfig, path: Path, progress: Progress
 # --- streaming ------------------------------------------------------------------------
 
 
-class _ForwardDoneError(Exception):
-    """Raised by a hook once the deepest traced layer has been seen."""
-
-
 def _tokenize(lm: LM, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     limit = getattr(lm.model.config, "max_position_embeddings", None)
     cut = min(max_tokens, limit) if limit else max_tokens
@@ -294,20 +289,8 @@ def accumulate_keys(
     (later blocks, the unembedding) is computed.
     """
     sites = [Site(layer, "mlp.post") for layer in layers]
-    deepest = max(sites, key=lambda site: site.layer)
-    last: dict[Site, torch.Tensor] = {}
-
-    def stop(act: torch.Tensor) -> torch.Tensor:
-        last[deepest] = act.detach()
-        raise _ForwardDoneError
-
-    with (
-        trace(lm.model, lm.adapter, [s for s in sites if s != deepest]) as earlier,
-        patch(lm.model, lm.adapter, {deepest: stop}),
-        suppress(_ForwardDoneError),
-    ):
+    with trace(lm.model, lm.adapter, sites, stop=True) as acts:
         lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    acts = {**earlier, **last}
     for site in sites:
         total = sums[site.layer]
         act = acts[site]

@@ -11,7 +11,9 @@ without its last token. The loss is
     + weight_decay · ||δ|| / ||v0||²
 
 minimised with Adam; after each step ||δ|| is clamped to clamp · ||v0||, and the loop stops
-once the NLL part drops below ``early_stop``. v0 is the clean activation at the site,
+once the NLL part drops below ``early_stop``. One loop (`optimize_rows`) optimises the δ of
+many facts at once, one row each, with per-row clamps and early stops (MEMIT); ROME is its
+one-row case (`optimize_delta`). v0 is the clean activation at the site,
 averaged over the rewrite prompts. The KL direction and position follow the reference
 ROME code: the divergence of the edited distribution from the clean one, measured where δ
 is added in the essence prompt, so the subject's other attributes are preserved.
@@ -20,28 +22,30 @@ Speed. Only positions at or after a row's subject token depend on δ, and only l
 the site. So the clean batch is run once (no gradients) and then every step runs just the
 blocks above the site, on just the tokens from the subject's last token on, with the
 earlier tokens' keys and values taken from the clean pass; logits are formed only where a
-loss needs them (final norm and unembedding of those rows). The result is the same as a
+loss needs them (final norm and unembedding of those rows). The cache and the block calls
+come from core/lm/prefix_runner.py. The result is the same as a
 full forward pass with the activation patched (a test checks this).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.hooks import capture_calls, trace
+from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
-from memloc.core.lm.model import LM, cache_keyword, cache_of, encode, layer_kv, run_block
+from memloc.core.lm.model import LM, encode
+from memloc.core.lm.prefix_runner import BlockRunner, PrefixCache, cache_inputs
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
-from transformers.cache_utils import DynamicCache
 
 TARGET_KINDS = ("mlp.out", "resid.post")
 
-# score(δ) -> (log P of each target token, prompt-major (N·m,); log-probabilities at the KL position (V,))
+# score(δ) -> (log P of each target token, prompt-major; log-probabilities at the KL position(s)).
+# δ (D,) gives KL log-probabilities (V,); δ (k, D), one row per fact, gives (k, V).
 Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -148,7 +152,101 @@ def check_target_inputs(lm: LM, fact: Fact, site: Site) -> None:
         raise MemlocError(f"the target site must be one of {', '.join(TARGET_KINDS)}, got {site}")
 
 
-# --- the optimisation loop, shared with any other way of scoring δ ---------------------------------
+# --- the optimisation loop: δ for many rows at once; ROME is the one-row case -------------------------
+
+
+@dataclass(frozen=True)
+class RowsOutcome:
+    """What `optimize_rows` found for each row (one row = one fact's δ)."""
+
+    delta: torch.Tensor  # (k, D)
+    losses: tuple[tuple[dict[str, float], ...], ...]  # per row, per step it was evaluated at
+    steps: tuple[int, ...]  # Adam updates applied to each row
+    first_token_logp: torch.Tensor  # the scorer's token log-probabilities at δ = 0
+
+
+def optimize_rows(
+    scorer: Scorer,
+    v0: torch.Tensor,
+    owner: torch.Tensor | None,
+    config: TargetConfig,
+    progress: Progress | None = None,
+) -> RowsOutcome:
+    """Adam on δ (k, D), one row per fact, each row with its own loss, clamp and early stop.
+
+    ``scorer(δ)`` returns the log-probability of every target token (any order) and the
+    KL log-probabilities (k, V); ``owner[i]`` is the row of token i (None: all are row 0's,
+    for one row). The rows' losses are
+    independent and Adam acts element-wise, so optimising their sum gives each row the δ
+    it would get alone (up to float rounding). A row whose NLL drops below ``early_stop``
+    is frozen: torch's Adam still moves a parameter with a zero gradient through its
+    momentum, so a frozen row is put back after every step (it never resumes, so its
+    stale Adam state is never read). ``progress(steps, config.steps, description)`` follows the steps.
+
+    Usage::
+
+        out = optimize_rows(scorer, v0s, owner, TargetConfig(clamp=0.75))
+        z = v0s + out.delta
+    """
+    k = v0.shape[0]
+    delta = torch.zeros_like(v0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=config.lr)
+    v0_norm = v0.norm(dim=1)
+    max_norm = config.clamp * v0_norm
+    active = torch.ones(k, dtype=torch.bool, device=v0.device)
+    steps = torch.zeros(k, dtype=torch.long, device=v0.device)
+    losses: list[list[dict[str, float]]] = [[] for _ in range(k)]
+    logp0 = first = None
+    for step in range(config.steps):
+        token_logp, kl_logp = scorer(delta)
+        if logp0 is None:
+            logp0, first = kl_logp.detach(), token_logp.detach()
+        nll = _mean_nll(token_logp, owner, k)
+        kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
+        decay = delta.norm(dim=1) / v0_norm**2
+        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        if not torch.isfinite(loss).all():
+            raise MemlocError(f"the target optimisation produced a non-finite loss at step {step + 1}")
+        now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
+        for row in torch.nonzero(active).squeeze(1).tolist():
+            losses[row].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
+        active = active & (nll.detach() >= config.early_stop)
+        if not active.any():
+            break
+        _adam_step(opt, delta, loss, active, max_norm)
+        steps += active.long()
+        if progress is not None:
+            progress(step + 1, config.steps, "target steps")
+    return RowsOutcome(delta.detach(), tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+
+
+def _mean_nll(token_logp: torch.Tensor, owner: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(k,) mean NLL of each row's target tokens."""
+    if owner is None:
+        return -token_logp.mean()[None]
+    total = torch.zeros(k, device=token_logp.device, dtype=token_logp.dtype).index_add(0, owner, token_logp)
+    return -total / torch.bincount(owner, minlength=k)
+
+
+def _adam_step(
+    opt: torch.optim.Adam,
+    delta: torch.Tensor,
+    loss: torch.Tensor,
+    active: torch.Tensor,
+    max_norm: torch.Tensor,
+) -> None:
+    """One Adam update of the active rows of δ on the sum of their losses, then each row's norm clamp."""
+    (grad,) = torch.autograd.grad(loss[active].sum(), [delta])
+    delta.grad = grad
+    frozen = None if bool(active.all()) else ~active
+    kept = None if frozen is None else delta.detach()[frozen].clone()
+    opt.step()
+    with torch.no_grad():
+        if frozen is not None:
+            delta[frozen] = kept
+        norm = delta.norm(dim=1)
+        over = active & (norm > max_norm)
+        delta[over] *= (max_norm[over] / norm[over])[:, None]
 
 
 def optimize_delta(
@@ -156,44 +254,25 @@ def optimize_delta(
     v0: torch.Tensor,
     n_target: int,
     config: TargetConfig,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, float]], int, float, float]:
-    """Adam on δ; returns (δ, losses per evaluated step, updates applied, p_new before, after)."""
-    delta = torch.zeros_like(v0, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=config.lr)
-    v0_norm = v0.norm()
-    max_norm = config.clamp * v0_norm
-    logp0: torch.Tensor | None = None
-    losses: list[dict[str, float]] = []
-    p_before = math.nan
-    steps = 0
-    for _ in range(config.steps):
-        token_logp, kl_logp = scorer(delta)
-        if logp0 is None:
-            logp0 = kl_logp.detach()
-            p_before = _p_new(token_logp.detach(), n_target)
-        nll = -token_logp.mean()
-        kl = torch.sum(kl_logp.exp() * (kl_logp - logp0))
-        decay = delta.norm() / v0_norm**2
-        loss = nll + config.kl_weight * kl + config.weight_decay * decay
-        losses.append({"total": loss.item(), "nll": nll.item(), "kl": kl.item(), "decay": decay.item()})
-        if not math.isfinite(losses[-1]["total"]):
-            raise MemlocError(f"the target optimisation produced a non-finite loss at step {len(losses)}")
-        if losses[-1]["nll"] < config.early_stop:
-            break
-        (grad,) = torch.autograd.grad(loss, [delta])
-        delta.grad = grad
-        opt.step()
-        with torch.no_grad():
-            norm = delta.norm()
-            if norm > max_norm:
-                delta.mul_(max_norm / norm)
-        steps += 1
-        if progress is not None:
-            progress(steps)
+    """Adam on one δ (D,), the one-row case of `optimize_rows`.
+
+    ``scorer(δ)`` returns the target tokens' log-probabilities, prompt-major (N·m,), and
+    the KL log-probabilities (V,). Returns (δ, losses per evaluated step, updates applied,
+    p_new before, p_new after).
+    """
+
+    def one_row(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        token_logp, kl_logp = scorer(delta[0])
+        return token_logp, kl_logp[None]
+
+    out = optimize_rows(one_row, v0[None], None, config, progress)
+    delta = out.delta[0]
     with torch.no_grad():
         token_logp, _ = scorer(delta)
-    return delta.detach(), losses, steps, p_before, _p_new(token_logp, n_target)
+    p_before, p_after = _p_new(out.first_token_logp, n_target), _p_new(token_logp, n_target)
+    return delta, list(out.losses[0]), out.steps[0], p_before, p_after
 
 
 def _p_new(token_logp: torch.Tensor, n_target: int) -> float:
@@ -207,21 +286,22 @@ class SuffixScorer:
     """Scores δ by running only the blocks above ``site`` on the tokens from each subject's last token on.
 
     Row i of the suffix holds tokens ``subject_last[i] ..`` of row i; the tokens before it
-    enter as keys/values from the clean pass (masked per row), at their true positions.
+    enter as keys/values from the clean pass (masked per row), at their true positions,
+    through `core.lm.prefix_runner`. One batch may hold ``n_facts`` facts (MEMIT): each
+    fact's rewrite rows in turn, then one KL row per fact (`edit.memit` builds it). δ is
+    (D,) for one fact, with KL log-probabilities (V,); or (facts, D), with (facts, V).
     """
 
-    def __init__(self, lm: LM, batch: RewriteBatch, site: Site, trace_sites: Iterable[Site] = ()) -> None:
+    def __init__(
+        self, lm: LM, batch: RewriteBatch, site: Site, trace_sites: Iterable[Site] = (), n_facts: int = 1
+    ) -> None:
         model, adapter = lm.model, lm.adapter
-        self.lm, self.batch, self.site = lm, batch, site
-        self.first = site.layer + 1
-        n_layers = adapter.n_layers
-        self.cache_kw = cache_keyword(model)
+        self.lm, self.batch, self.site, self.n_facts = lm, batch, site, n_facts
         resid = Site(site.layer, "resid.post")
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
-            out = model(input_ids=batch.ids, attention_mask=batch.attention_mask, use_cache=True)
-        clean_kv = cache_of(out)
+            self.kv, _ = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
         # Clean activations at the subject's last token of each rewrite prompt.
         n = batch.n_rewrite
         self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}
@@ -237,51 +317,43 @@ class SuffixScorer:
         suffix_ids = torch.where(valid, batch.ids[rows[:, None], safe], batch.ids[:, -1:].expand_as(safe))
         before = torch.arange(self.prefix, device=starts.device)[None] < starts[:, None]
         mask = torch.cat([before, valid], dim=1).long()
-        self.prefix_kv = {
-            j: tuple(t[:, :, : self.prefix] for t in layer_kv(clean_kv, j)) for j in range(n_layers)
-        }
-
-        # A probe pass over the suffix records how the model calls each block above the site
+        # The probe pass over the suffix records how the model calls each block above the site
         # (masks, rotary embeddings, positions), so the steps can call them directly.
-        probe_sites = [Site(j, "resid.pre") for j in range(self.first, n_layers)]
-        with torch.no_grad(), capture_calls(model, adapter, probe_sites) as calls:
-            model(
-                input_ids=suffix_ids,
-                attention_mask=mask,
-                position_ids=pos,
-                use_cache=True,
-                **{self.cache_kw: self._cache(range(n_layers))},
-            )
-        self.calls = [calls[s] for s in probe_sites]
+        self.runner = BlockRunner(
+            lm,
+            range(site.layer + 1, adapter.n_layers),
+            input_ids=suffix_ids,
+            attention_mask=mask,
+            position_ids=pos,
+            **cache_inputs(model, self.kv.fresh(length=self.prefix)),
+        )
 
-        # Where logits are needed, as indices into the flattened (B·S) suffix.
+        facts = torch.arange(n_facts, device=starts.device)
+        self.fact_of_row = torch.cat([facts.repeat_interleave(n // n_facts), facts])
+        # Where logits are needed, as indices into the flattened (B·S) suffix: target tokens, then KL rows.
         self.target_index = batch.target_rows * width + (batch.target_pos - starts[batch.target_rows])
-        self.kl_index = batch.kl_row * width
+        self.picked = torch.cat([self.target_index, (n + facts) * width])
         self.width = width
-
-    def _cache(self, layers: Iterable[int]) -> DynamicCache:
-        cache = DynamicCache()
-        if self.prefix > 0:
-            for j in layers:
-                cache.update(*self.prefix_kv[j], j)
-        return cache
 
     @property
     def v0(self) -> torch.Tensor:
+        """(D,): the clean activation, mean over the rewrite prompts (one fact)."""
         return self.clean[self.site].mean(0)
 
+    def v0s(self) -> torch.Tensor:
+        """(facts, D): each fact's clean activation, mean over its rewrite prompts."""
+        return self.clean[self.site].view(self.n_facts, -1, self.clean[self.site].shape[-1]).mean(1)
+
     def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model, adapter = self.lm.model, self.lm.adapter
-        h = torch.cat([(self.base[:, 0] + delta)[:, None], self.base[:, 1:]], dim=1)
-        cache = self._cache(range(self.first, adapter.n_layers))
-        for block, call in zip(adapter.blocks(model)[self.first :], self.calls, strict=True):
-            h = run_block(block, call, h, cache)
-        flat = h.reshape(-1, h.shape[-1])
-        picked = flat[torch.cat([self.target_index, self.target_index.new_tensor([self.kl_index])])]
-        logits = model.get_output_embeddings()(adapter.final_norm(model)(picked))
+        one = delta.dim() == 1
+        shift = delta if one else delta[self.fact_of_row]
+        h = torch.cat([(self.base[:, 0] + shift)[:, None], self.base[:, 1:]], dim=1)
+        h = self.runner.run(h, self.kv.fresh(self.runner.layers, length=self.prefix))
+        logits = self.runner.logits(h.reshape(-1, h.shape[-1])[self.picked])
         logp = torch.log_softmax(logits.float(), dim=-1)
-        token_logp = logp[:-1].gather(1, self.batch.target_ids[:, None])[:, 0]
-        return token_logp, logp[-1]
+        n_tokens = len(self.target_index)
+        token_logp = logp[:n_tokens].gather(1, self.batch.target_ids[:, None])[:, 0]
+        return token_logp, logp[n_tokens] if one else logp[n_tokens:]
 
 
 def optimize_target(
@@ -292,7 +364,7 @@ def optimize_target(
     templates: Iterable[str],
     *,
     trace_sites: Iterable[Site] = (),
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> TargetResult:
     """v* for one fact at ``site`` (Site(l, "mlp.out") for ROME, Site(L, "resid.post") for MEMIT).
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.lm.loading import cache_root
-from memloc.core.lm.model import LM, cache_keyword, cache_of, document_start_id
+from memloc.core.lm.model import LM, document_start_id
+from memloc.core.lm.prefix_runner import cache_keyword, cache_of
 from memloc.core.validation import at_least, fail
 from memloc.edit.delta import weights_hash
 from memloc.edit.sampling import top_k_sample

@@ -65,3 +65,33 @@ def test_trace_without_detach_keeps_graph():
         y = model(x).sum()
     (grad,) = torch.autograd.grad(y, seen[Site(0, "out")])
     assert grad.tolist() == [[1.0, 2.0, 4.0]]
+
+
+class Counted(nn.Module):
+    """Wraps a module and counts its forward calls."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_trace_with_stop_runs_nothing_after_the_last_site():
+    model = nn.Sequential(*(Counted(nn.Linear(3, n)) for n in (3, 3, 2)))
+    adapter = ClassifierAdapter.from_modules(model, [("a", "0"), ("b", "1"), ("c", "2")])
+    x = torch.tensor([[1.0, -2.0, 3.0]])
+    after = []
+    # Sites in any order: the pass stops once both are read, i.e. after module 1.
+    with trace(model, adapter, [Site(1, "out"), Site(0, "out")], stop=True) as seen:
+        model(x)
+        after.append("body went on")
+    assert [m.calls for m in model] == [1, 1, 0]
+    assert after == []
+    torch.testing.assert_close(seen[Site(1, "out")], model[1].inner(model[0].inner(x)))
+    assert hook_count(model) == 0
+    with trace(model, adapter, [Site(1, "out")]) as seen:
+        model(x)
+    assert [m.calls for m in model] == [2, 2, 1]

@@ -8,7 +8,6 @@ CounterFact convention (Meng et al. 2022).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -107,40 +106,3 @@ def target_prob(model: nn.Module, encoded: Encoded, device: torch.device) -> flo
     ids = torch.tensor([encoded.ids], device=device)
     with torch.no_grad():
         return next_token_probs(model, ids)[0, encoded.target[0]].item()
-
-
-def cache_keyword(model: nn.Module) -> str:
-    """The keyword that hands a KV cache to the model: transformers 5 renamed past_key_values to cache."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def cache_of(output: object) -> object:
-    """The KV cache a forward pass returned, under either name."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def layer_kv(cache: object, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's (keys, values) from a transformers cache."""
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]  # transformers 4.x
-
-
-def run_block(block: nn.Module, call: tuple[tuple, dict], h: torch.Tensor, cache: object) -> torch.Tensor:
-    """Call a block as the model did in a recorded probe call, on hidden states ``h`` with ``cache``.
-
-    ``call`` is the (args, kwargs) that `core.hooks.capture_calls` recorded; any cache
-    object in it is replaced by ``cache``.
-    """
-    from transformers.cache_utils import Cache
-
-    args, kwargs = call
-    args = tuple(cache if isinstance(a, Cache) else a for a in args)
-    kwargs = {k: cache if isinstance(v, Cache) else v for k, v in kwargs.items()}
-    if args:
-        args = (h, *args[1:])
-    else:
-        kwargs["hidden_states"] = h
-    out = block(*args, **kwargs)
-    return out[0] if isinstance(out, tuple) else out

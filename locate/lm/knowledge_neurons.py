@@ -21,7 +21,7 @@ Two exact ways to compute the same attributions:
 - ``plain`` (the reference approach): per layer, the full prompt with the m steps as
   rows of one batch.
 - ``fast``: the prompt prefix (all tokens but the last) runs once and its key/value
-  cache is kept; then the m steps of EVERY layer are rows of one batch over the last
+  cache is kept (`core.lm.prefix_runner.PrefixCache`); then the m steps of EVERY layer are rows of one batch over the last
   token only (rows = layers x steps, each row patching its own layer).
 
 Both go through captum's ``IntegratedGradients`` (method ``riemann_left``, whose alphas
@@ -42,12 +42,12 @@ from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch, trace
 from memloc.core.lm.facts import Fact
-from memloc.core.lm.model import LM, cache_keyword, cache_of, encode
+from memloc.core.lm.model import LM, encode
+from memloc.core.lm.prefix_runner import PrefixCache, cache_inputs
 from memloc.core.progress import Progress
 from memloc.core.sites import Neuron, Site
 from memloc.core.validation import at_least, fail, in_unit_interval, one_of
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache
 
 RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -383,22 +383,13 @@ def _score(logits: torch.Tensor, target: int, log_prob: bool) -> torch.Tensor:
 # --- key/value cache of the prefix --------------------------------------------------------
 
 
-def _prefix_cache(
-    model: torch.nn.Module, prefix: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer, the prefix's (key, value), each (1, heads, T-1, head_dim); None without a prefix."""
+def _prefix_cache(model: torch.nn.Module, prefix: torch.Tensor) -> PrefixCache | None:
+    """The prefix's keys and values (one row); None without a prefix."""
     if prefix.shape[1] == 0:
         return None
-    out = model(input_ids=prefix, use_cache=True)
-    cache = cache_of(out)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return PrefixCache.run(model, input_ids=prefix)[0]
 
 
-def _cache_kwargs(
-    model: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]] | None, rows: int
-) -> dict:
+def _cache_kwargs(model: torch.nn.Module, kv: PrefixCache | None, rows: int) -> dict:
     """A fresh cache holding the prefix repeated over ``rows`` (a forward pass extends it in place)."""
-    if kv is None:
-        return {}
-    data = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv]
-    return {cache_keyword(model): DynamicCache(data, config=model.config), "use_cache": True}
+    return {} if kv is None else cache_inputs(model, kv.fresh(rows=rows))

@@ -46,13 +46,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from memloc.core.errors import DataError, MemlocError
-from memloc.core.hooks import Transform, capture_calls, patch, trace
+from memloc.core.hooks import Transform, patch, trace
 from memloc.core.lm.facts import Fact
-from memloc.core.lm.model import LM, cache_keyword, encode, layer_kv, run_block
+from memloc.core.lm.model import LM, encode
+from memloc.core.lm.prefix_runner import BlockRunner, PrefixCache, cache_inputs
 from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, one_of, positive
-from transformers.cache_utils import Cache, DynamicCache
 
 KIND_SITES = {"hidden": "resid.post", "mlp": "mlp.out", "attn": "attn.out"}
 TRACE_KINDS = tuple(KIND_SITES)
@@ -213,9 +213,9 @@ class _Prepared:
     noise: torch.Tensor  # (S, subject tokens, D)
     noise_std: float
     clean: dict[Site, torch.Tensor]  # site -> (T, D) clean activation
-    clean_kv: Cache
+    clean_kv: PrefixCache
     clean_prob: float
-    corrupted_kv: Cache  # (S rows) keys and values of the corrupted run
+    corrupted_kv: PrefixCache  # (S rows) keys and values of the corrupted run
     entries: list[torch.Tensor]  # j -> (S, T, D) corrupted resid.pre of block j; j = L is the output
     corrupted_prob: float
 
@@ -251,10 +251,6 @@ def _composed(fns: Sequence[Transform]) -> Transform:
     return apply
 
 
-def _with_cache(model: torch.nn.Module, cache: Cache) -> dict:
-    return {cache_keyword(model): cache, "use_cache": True}
-
-
 def _target_probs(logits: torch.Tensor, target: int) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[:, target]
 
@@ -276,21 +272,21 @@ def _prepare(lm: LM, fact: Fact, config: TraceConfig) -> _Prepared:
     noise = (torch.randn(shape, generator=generator, device=device) * noise_std).to(embedding.dtype)
 
     sites = [Site(j, kind) for kind in KIND_SITES.values() for j in range(n_layers)]
-    clean_kv = DynamicCache()
     with trace(model, adapter, sites) as seen:
-        logits = model(input_ids=ids, **_with_cache(model, clean_kv)).logits[:, -1]
+        clean_kv, out = PrefixCache.run(model, input_ids=ids)
+        logits = out.logits[:, -1]
     clean = {site: seen[site][0] for site in sites}
     clean_prob = _target_probs(logits, enc.target[0]).item()
 
     first = Site(0, "resid.pre")
     inner = [Site(j, "resid.pre") for j in range(1, n_layers)] + [Site(n_layers - 1, "resid.post")]
-    corrupted_kv = DynamicCache()
     rows = ids.expand(config.samples, -1)
     with (
         patch(model, adapter, {first: _corrupt(noise, enc.subject)}) as noised,
         trace(model, adapter, inner) as seen,
     ):
-        logits = model(input_ids=rows, **_with_cache(model, corrupted_kv)).logits[:, -1]
+        corrupted_kv, out = PrefixCache.run(model, input_ids=rows)
+        logits = out.logits[:, -1]
     entries = [noised[first]] + [seen[site] for site in inner]
     corrupted_prob = _target_probs(logits, enc.target[0]).mean().item()
     return _Prepared(
@@ -343,26 +339,12 @@ def _plain_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progres
 # --- the fast path ----------------------------------------------------------------------
 
 
-def _prefix_cache(kv: Cache, layers: range, prefix: int, rows: Sequence[torch.Tensor] | None) -> DynamicCache:
-    """A cache holding the first ``prefix`` tokens; ``rows[j]`` picks the samples for layer j."""
-    cache = DynamicCache()
-    if prefix == 0:
-        return cache
-    for j in layers:
-        keys, values = layer_kv(kv, j)
-        pick = slice(None) if rows is None else rows[j].to(keys.device)
-        cache.update(keys[pick, :, :prefix], values[pick, :, :prefix], j)
-    return cache
-
-
-def _probe_calls(lm: LM, prep: _Prepared, t: int) -> dict[Site, tuple[tuple, dict]]:
-    """The arguments each block gets when the model runs tokens t.. after a cached prefix."""
-    n_layers = lm.adapter.n_layers
-    cache = _prefix_cache(prep.clean_kv, range(n_layers), t, None)
-    sites = [Site(j, "resid.pre") for j in range(n_layers)]
-    with capture_calls(lm.model, lm.adapter, sites) as calls:
-        lm.model(input_ids=prep.ids[:, t:], **_with_cache(lm.model, cache))
-    return dict(calls)
+def _probe(lm: LM, prep: _Prepared, t: int) -> BlockRunner:
+    """Every block, called as the model calls it on tokens t.. after a cached prefix."""
+    cache = prep.clean_kv.fresh(length=t)
+    return BlockRunner(
+        lm, range(lm.adapter.n_layers), input_ids=prep.ids[:, t:], **cache_inputs(lm.model, cache)
+    )
 
 
 @dataclass
@@ -396,16 +378,15 @@ def _rows_at(cells: list[tuple[str, int]], samples: int, n_layers: int, window: 
     return _Rows(cell, sample, kind, start, end)
 
 
-def _pass(lm: LM, prep: _Prepared, calls: dict, t: int, rows: _Rows) -> torch.Tensor:
+def _pass(lm: LM, prep: _Prepared, runner: BlockRunner, t: int, rows: _Rows) -> torch.Tensor:
     """P(target) of each row: run tokens t.. through the blocks each row needs."""
     model, adapter = lm.model, lm.adapter
     n_layers = adapter.n_layers
-    blocks = adapter.blocks(model)
     first = int(rows.start[0])
     starts = rows.start.tolist()
     active = [int(np.searchsorted(starts, j, side="right")) for j in range(n_layers + 1)]
     picks = {j: rows.sample[: active[j]] for j in range(first, n_layers)}
-    cache = _prefix_cache(prep.corrupted_kv, range(first, n_layers), t, picks)
+    cache = prep.corrupted_kv.fresh(range(first, n_layers), length=t, rows=picks)
 
     hidden = TRACE_KINDS.index("hidden")
     fns: dict[Site, Transform] = {}
@@ -429,8 +410,8 @@ def _pass(lm: LM, prep: _Prepared, calls: dict, t: int, rows: _Rows) -> torch.Te
                     entered[is_hidden, 0] = prep.clean[Site(j - 1, "resid.post")][t].to(entry.device)
                 h = entered if h is None else torch.cat([h, entered.to(h.device)])
             if j < n_layers:
-                h = run_block(blocks[j], calls[Site(j, "resid.pre")], h, cache)
-    logits = model.get_output_embeddings()(adapter.final_norm(model)(h[:, -1:]))[:, -1]
+                h = runner.block(j, h, cache)
+    logits = runner.logits(h[:, -1:])[:, -1]
     return _target_probs(logits, prep.target)
 
 
@@ -458,11 +439,11 @@ def _fast_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress
             continue
         cells = [(kind, layer) for kind in config.kinds for layer in range(n_layers)]
         rows = _rows_at(cells, config.samples, n_layers, config.window, prep.ids.device)
-        calls = _probe_calls(lm, prep, t)
+        runner = _probe(lm, prep, t)
         total = torch.zeros(len(cells), dtype=torch.float64, device=prep.ids.device)
         for begin in range(0, len(rows), config.batch_size):
             chunk = rows[begin : begin + config.batch_size]
-            total.index_add_(0, chunk.cell, _pass(lm, prep, calls, t, chunk).double())
+            total.index_add_(0, chunk.cell, _pass(lm, prep, runner, t, chunk).double())
             done += len(chunk)
             if progress:
                 progress(done // config.samples, rows_in_all // config.samples, "cells")
