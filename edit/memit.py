@@ -42,6 +42,7 @@ from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
     RewriteBatch,
     SuffixScorer,
@@ -250,7 +251,8 @@ def optimize_targets(
     """
     if facts_per_batch < 1:
         raise MemitError(f"target_batch must be at least 1, got {facts_per_batch}")
-    deltas, records = [], []
+    deltas: list[torch.Tensor] = []
+    records: list[dict] = []
     for start in range(0, len(facts), facts_per_batch):
         chunk = facts[start : start + facts_per_batch]
         batch, n_tokens = _facts_batch(lm, chunk, templates, config.kl_prompt)
@@ -271,9 +273,9 @@ def optimize_targets(
 # --- the edit ---------------------------------------------------------------------------
 
 
-def second_moment_of(stats: object) -> torch.Tensor:
+def second_moment_of(stats: torch.Tensor | KeyStats) -> torch.Tensor:
     """C from a (F, F) tensor or from key statistics with ``.matrix()`` (edit/stats.py)."""
-    return stats.matrix() if hasattr(stats, "matrix") else stats
+    return stats if isinstance(stats, torch.Tensor) else stats.matrix()
 
 
 def check_layers(lm: LM, layers: Sequence[int]) -> tuple[int, ...]:
@@ -291,7 +293,7 @@ def spread_update(
     lm: LM,
     facts: Sequence[Fact],
     targets: torch.Tensor,
-    stats_by_layer: Mapping[int, object],
+    stats_by_layer: Mapping[int, torch.Tensor | KeyStats],
     config: MemitConfig,
     templates: Sequence[str],
     progress: Progress | None = None,
@@ -340,7 +342,7 @@ def spread_update(
 def compute_memit(
     lm: LM,
     facts: Sequence[Fact],
-    stats_by_layer: Mapping[int, object],
+    stats_by_layer: Mapping[int, torch.Tensor | KeyStats],
     config: MemitConfig = MemitConfig(),
     templates: Sequence[str] = ("{}",),
     *,

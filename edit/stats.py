@@ -380,7 +380,7 @@ def key_statistics_by_layer(
             _save_cached(folder, stats)
             found[layer] = stats
         _partial_file(folder, missing).unlink(missing_ok=True)
-    return {layer: found[layer] for layer in layers}
+    return {layer: stats for layer, stats in found.items() if stats is not None}
 
 
 def key_statistics(

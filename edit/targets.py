@@ -217,6 +217,7 @@ def optimize_rows(
         steps += active.long()
         if progress is not None:
             progress(step + 1, config.steps, "target steps")
+    assert first is not None  # config.steps ≥ 1, so the loop ran at least once
     return RowsOutcome(delta.detach(), tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
 
 
@@ -242,7 +243,7 @@ def _adam_step(
     kept = None if frozen is None else delta.detach()[frozen].clone()
     opt.step()
     with torch.no_grad():
-        if frozen is not None:
+        if frozen is not None and kept is not None:
             delta[frozen] = kept
         norm = delta.norm(dim=1)
         over = active & (norm > max_norm)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from memloc.core.hooks import capture_calls
@@ -45,7 +46,7 @@ def cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def cache_of(output: object) -> Cache:
+def cache_of(output: Any) -> Cache:
     """The KV cache a forward pass returned, under either name."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -58,12 +59,13 @@ def cache_inputs(model: nn.Module, cache: Cache) -> dict:
 
 def layer_kv(cache: Cache, layer: int) -> KV:
     """One layer's (keys, values) from a transformers cache."""
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]  # transformers 4.x
+    shim: Any = cache  # the layout differs between transformers versions
+    if hasattr(shim, "layers"):
+        return shim.layers[layer].keys, shim.layers[layer].values
+    return shim.key_cache[layer], shim.value_cache[layer]  # transformers 4.x
 
 
-def new_cache(config: object | None = None) -> Cache:
+def new_cache(config: Any = None) -> Cache:
     """An empty cache; with the model's config its layers have the model's own types (sliding windows)."""
     if config is None:
         return DynamicCache()
@@ -110,7 +112,7 @@ class PrefixCache:
         return cls(tuple(layer_kv(cache, j) for j in range(len(cache))), config)
 
     @classmethod
-    def run(cls, model: nn.Module, **inputs: object) -> tuple[PrefixCache, object]:
+    def run(cls, model: nn.Module, **inputs: object) -> tuple[PrefixCache, Any]:
         """Run ``model(**inputs)`` with a cache; returns the prefix cache and the model's output.
 
         Hooks active around the call (`core.hooks.trace`, `patch`) see and change it as usual.

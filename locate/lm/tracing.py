@@ -374,8 +374,8 @@ def _rows_at(cells: list[tuple[str, int]], samples: int, n_layers: int, window: 
         start = layer + 1 if kind == "hidden" else layers.start
         table += [(start, c, s, TRACE_KINDS.index(kind), layers.stop) for s in range(samples)]
     table.sort()
-    start, cell, sample, kind, end = (torch.tensor(col, device=device) for col in zip(*table, strict=True))
-    return _Rows(cell, sample, kind, start, end)
+    columns = [torch.tensor(col, device=device) for col in zip(*table, strict=True)]
+    return _Rows(cell=columns[1], sample=columns[2], kind=columns[3], start=columns[0], end=columns[4])
 
 
 def _pass(lm: LM, prep: _Prepared, runner: BlockRunner, t: int, rows: _Rows) -> torch.Tensor:
@@ -409,8 +409,9 @@ def _pass(lm: LM, prep: _Prepared, runner: BlockRunner, t: int, rows: _Rows) -> 
                     is_hidden = (rows.kind[new] == hidden).to(entry.device)
                     entered[is_hidden, 0] = prep.clean[Site(j - 1, "resid.post")][t].to(entry.device)
                 h = entered if h is None else torch.cat([h, entered.to(h.device)])
-            if j < n_layers:
+            if j < n_layers and h is not None:
                 h = runner.block(j, h, cache)
+    assert h is not None  # every row enters at some layer
     logits = runner.logits(h[:, -1:])[:, -1]
     return _target_probs(logits, prep.target)
 
@@ -468,7 +469,7 @@ def trace_fact(
         prompt=fact.text,
         target=fact.target_true,
         target_token=prep.target,
-        tokens=[lm.tokenizer.decode([i]) for i in prep.ids[0].tolist()],
+        tokens=list(lm.tokenizer.batch_decode([[i] for i in prep.ids[0].tolist()])),
         subject=prep.subject,
         clean_prob=prep.clean_prob,
         corrupted_prob=prep.corrupted_prob,
