@@ -112,16 +112,16 @@ class LayersResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayersResult:
-        config, results, metrics = data["config"], data["results"], data["metrics"]
+        config, stored, metrics = data["config"], data["results"], data["metrics"]
         rewind = config["rewind"]
         retrain = config["retrain"]
         return cls(
             rewind=RewindConfig(**{**rewind, "epochs": tuple(rewind["epochs"])}),
             retrain=RetrainConfig(**retrain) if retrain is not None else None,
             layers=tuple(config["layers"]),
-            rewinding=_cells(results["rewinding"]),
-            retraining=_cells(results["retraining"]),
-            gradients=tuple(GradientRow.from_dict(r) for r in results["gradients"]),
+            rewinding=_cells(stored["rewinding"]),
+            retraining=_cells(stored["retraining"]),
+            gradients=tuple(GradientRow.from_dict(r) for r in stored["gradients"]),
             final=Accuracies.from_table_row(metrics["final"]),
             final_epoch=metrics["final_epoch"],
             seconds=metrics["seconds"],

@@ -92,14 +92,14 @@ class ScoresResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoresResult:
-        config, results, metrics = data["config"], data["results"], data["metrics"]
+        config, stored, metrics = data["config"], data["results"], data["metrics"]
         curvature = config["curvature"]
         return cls(
             epochs=config["epochs"],
             curvature=CurvatureConfig(**curvature) if curvature is not None else None,
-            scores_file=results["scores_file"],
-            examples=results["examples"],
-            noisy=results["noisy"],
+            scores_file=stored["scores_file"],
+            examples=stored["examples"],
+            noisy=stored["noisy"],
             auroc=dict(metrics["auroc"]),
         )
 

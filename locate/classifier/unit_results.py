@@ -138,16 +138,16 @@ class NeuronsResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NeuronsResult:
-        config, results, metrics = data["config"], data["results"], data["metrics"]
+        config, stored, metrics = data["config"], data["results"], data["metrics"]
         noisy, clean = metrics.get("noisy"), metrics.get("clean")
         return cls(
             flip=FlipConfig(**config["flip"]),
             examples=config["examples"],
             n=config["n"],
-            records=tuple(FlipRecord.from_dict(r) for r in results["records"]),
-            sharing=SharingStats.from_dict(results["sharing"]),
-            graphml=results["graphml"],
-            jsonl=results["jsonl"],
+            records=tuple(FlipRecord.from_dict(r) for r in stored["records"]),
+            sharing=SharingStats.from_dict(stored["sharing"]),
+            graphml=stored["graphml"],
+            jsonl=stored["jsonl"],
             noisy=GroupSummary.from_dict(noisy) if noisy is not None else None,
             clean=GroupSummary.from_dict(clean) if clean is not None else None,
         )
