@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from memloc.core.adapters import ClassifierAdapter
@@ -161,7 +162,9 @@ class _Cells:
             progress=rewind_progress,
         )
         return tuple(
-            LayerCell.from_dict(store.get(section, _cell_key(g, e))) for g in layers for e in rewind.epochs
+            LayerCell.from_dict(cast(dict, store.get(section, _cell_key(g, e))))
+            for g in layers
+            for e in rewind.epochs
         )
 
     def retraining(self, retrain: RetrainConfig, done: int) -> tuple[LayerCell, ...]:
@@ -185,7 +188,7 @@ class _Cells:
             done += retrain.epochs
             if progress:
                 progress(done, self.total, f"retrained {layer}")
-            retraining.extend(LayerCell.from_dict(r) for r in rows)
+            retraining.extend(LayerCell.from_dict(r) for r in cast(list, rows))
         model.load_state_dict(final_state)
         return tuple(retraining)
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -86,7 +87,10 @@ def summarize(records: Sequence[FlipRecord]) -> dict[str, GroupSummary]:
             mean_units=statistics.mean(counts) if counts else None,
             median_units=statistics.median(counts) if counts else None,
             layer_share={k: v / total for k, v in sorted(layers.items())} if total else {},
-            mean_collateral_drop=statistics.mean(r.collateral_drop for r in flipped) if flipped else None,
+            # A flipped record always carries its measured drop.
+            mean_collateral_drop=statistics.mean(cast(float, r.collateral_drop) for r in flipped)
+            if flipped
+            else None,
             seconds_per_example=statistics.mean(r.seconds for r in recs),
         )
     return out
