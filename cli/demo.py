@@ -87,11 +87,11 @@ def demo_command(
     if fmt is Format.json:
         emit_json(
             {
-                "train": summary,
+                "train": summary.to_dict(),
                 "run_dir": str(run.root),
-                "auroc": scores.metrics["auroc"],
-                "rewinding": layers.results["rewinding"],
-                "neurons": neurons.metrics,
+                "auroc": scores.auroc,
+                "rewinding": [c.to_dict() for c in layers.rewinding],
+                "neurons": {g: s.to_dict() for g, s in neurons.groups().items()},
                 "report": str(page),
                 "lm_edit": edit,
             }
@@ -99,20 +99,20 @@ def demo_command(
         return
     show_summary(summary, fmt)
     best = headline(layers).largest_noisy_drop
-    aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.metrics["auroc"].items())
+    aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.auroc.items())
     flips = "Units zeroed to flip an example (mean over flipped): " + ", ".join(
-        f"{g} {s['mean_units']:.2f} ({s['flip_rate']:.0%} flip)"
-        for g, s in neurons.metrics.items()
-        if s["mean_units"] is not None
+        f"{g} {s.mean_units:.2f} ({s.flip_rate:.0%} flip)"
+        for g, s in neurons.groups().items()
+        if s.mean_units is not None
     )
     stdout.print(
-        f"\nThe model memorized {summary['noisy_train_acc']:.1%} of the {summary['noisy_examples']} "
-        f"mislabeled examples (on their wrong labels) while reaching {summary['test_acc']:.1%} test accuracy.\n"
+        f"\nThe model memorized {summary.noisy_train_acc:.1%} of the {summary.noisy_examples} "
+        f"mislabeled examples (on their wrong labels) while reaching {summary.test_acc:.1%} test accuracy.\n"
         f"  config and labels : {run.config_path}, {run.noise_path}\n"
-        f"  checkpoints       : {run.checkpoints}/epoch_000..{summary['epochs']:03d}.safetensors\n"
+        f"  checkpoints       : {run.checkpoints}/epoch_000..{summary.epochs:03d}.safetensors\n"
         f"  dynamics          : {run.dynamics_path} (per-example loss/prediction per epoch, gradient accounting)\n"
         f"  metrics           : {run.metrics_path}\n"
-        f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to {best['noisy_acc']:.1%}.\n"
+        f"Rewinding {best.layer} to epoch {best.epoch} lowers noisy accuracy the most, to {best.noisy_acc:.1%}.\n"
         f"AUROC at flagging the mislabeled examples: {aurocs}.\n"
         f"{flips}\n"
         f"  layer analyses    : {run.root / 'locate'}\n"

@@ -68,17 +68,17 @@ def layers_command(
     )
     target = resolve_device(device)
     with progress_bar("layers") as update:
-        report = locate_layers(run, target, config, progress=update)
+        result = locate_layers(run, target, config, progress=update)
     if fmt is Format.json:
-        emit_json({**report.results, "final": report.metrics["final"], "config": report.config})
+        emit_json(result.summary())
         return
-    emit_table("rewinding (accuracy after rewinding one layer)", report.results["rewinding"])
-    if report.results["retraining"]:
-        emit_table("retraining (last epoch per layer)", retrain_summary(report.results["retraining"]))
-    best = headline(report).largest_noisy_drop
-    stderr.print(
-        f"largest noisy-accuracy drop: {best['layer']} at epoch {best['epoch']} -> {best['noisy_acc']:.3f}"
-    )
+    emit_table("rewinding (accuracy after rewinding one layer)", [c.to_dict() for c in result.rewinding])
+    if result.retraining:
+        emit_table(
+            "retraining (last epoch per layer)", [c.to_dict() for c in retrain_summary(result.retraining)]
+        )
+    best = headline(result).largest_noisy_drop
+    stderr.print(f"largest noisy-accuracy drop: {best.layer} at epoch {best.epoch} -> {best.noisy_acc:.3f}")
 
 
 @app.command("scores")
@@ -99,14 +99,14 @@ def scores_command(
     run = RunFolder.open(run_dir)
     target = resolve_device(device)
     with progress_bar("scores") as update:
-        report = locate_scores(
+        result = locate_scores(
             run, target, curvature=CurvatureConfig(seed=seed) if curvature else None, progress=update
         )
     if fmt is Format.json:
-        emit_json({"auroc": report.metrics["auroc"], **report.results})
+        emit_json(result.summary())
         return
-    emit_table("AUROC at flagging mislabeled examples", [report.metrics["auroc"]])
-    stderr.print(f"per-example scores: {report.results['scores_file']}")
+    emit_table("AUROC at flagging mislabeled examples", [dict(result.auroc)])
+    stderr.print(f"per-example scores: {result.scores_file}")
 
 
 class FlipMode(str, Enum):
@@ -177,12 +177,12 @@ def neurons_command(
     )
     target = resolve_device(device)
     with progress_bar("neurons") as update:
-        report = locate_neurons(run, target, config, examples=examples, n=n, out=out, progress=update)
+        result = locate_neurons(run, target, config, examples=examples, n=n, out=out, progress=update)
     if fmt is Format.json:
-        emit_json({**report.metrics, "sharing": report.results["sharing"], "jsonl": report.results["jsonl"]})
+        emit_json(result.summary())
         return
-    rows = summary_rows(report.metrics)
+    rows = summary_rows(result.groups())
     emit_table("units to flip an example", rows)
-    shares = [{"group": g, **s["layer_share"]} for g, s in report.metrics.items()]
+    shares = [{"group": g, **s.layer_share} for g, s in result.groups().items()]
     emit_table("share of units per layer", shares)
-    stderr.print(f"per-example results: {report.results['jsonl']}; graph: {report.results['graphml']}")
+    stderr.print(f"per-example results: {result.jsonl}; graph: {result.graphml}")

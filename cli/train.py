@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt
+
+if TYPE_CHECKING:
+    from memloc.core.classifier.run_results import TrainSummary
 
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs", "seconds")
 
@@ -68,9 +71,9 @@ def train_command(
     show_summary(summary, fmt)
 
 
-def show_summary(summary: dict, fmt: Format) -> None:
+def show_summary(summary: TrainSummary, fmt: Format) -> None:
     if fmt is Format.json:
-        emit_json(summary)
+        emit_json(summary.to_dict())
         return
-    emit_table("training summary", [{k: summary[k] for k in SUMMARY_KEYS}])
-    stderr.print(f"run folder: {summary['run_dir']}")
+    emit_table("training summary", [{k: getattr(summary, k) for k in SUMMARY_KEYS}])
+    stderr.print(f"run folder: {summary.run_dir}")

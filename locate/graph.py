@@ -11,44 +11,95 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
 
+if TYPE_CHECKING:
+    from memloc.locate.classifier.unit_results import FlipRecord
 
-def example_unit_graph(records: Iterable[dict]) -> nx.Graph:
+
+def example_unit_graph(records: Iterable[FlipRecord]) -> nx.Graph:
     graph = nx.Graph()
     for rec in records:
-        if not rec["flipped"]:
+        if not rec.flipped:
             continue
-        node = f"example:{rec['id']}"
-        graph.add_node(node, kind="example", group=rec["group"], n_units=rec["n_units"])
-        for layer, index in rec["units"]:
+        node = f"example:{rec.id}"
+        graph.add_node(node, kind="example", group=rec.group, n_units=rec.n_units)
+        for layer, index in rec.units:
             unit = f"unit:{layer}:{index}"
             graph.add_node(unit, kind="unit", layer=layer, index=int(index))
             graph.add_edge(node, unit)
     return graph
 
 
-def _within_group_overlap(graph: nx.Graph, group: str) -> dict:
+@dataclass(frozen=True)
+class GroupOverlap:
+    """How often two flipped examples of one group share a unit, and their mean Jaccard overlap."""
+
+    examples: int
+    pairs: int
+    share_any: float | None  # None when the group has fewer than two flipped examples
+    mean_jaccard: float | None
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    nodes: int
+    examples: int
+    units: int
+
+
+@dataclass(frozen=True)
+class SharingStats:
+    """Units shared between examples, the largest component, and noisy vs clean sharing.
+
+    Example::
+
+        stats = sharing_stats(example_unit_graph(records))
+        stats.noisy.share_any, stats.largest_component.examples
+    """
+
+    units: int
+    shared_units: int  # units in the flip sets of two or more examples
+    max_examples_per_unit: int
+    largest_component: ComponentSize
+    components: int
+    noisy: GroupOverlap
+    clean: GroupOverlap
+    noisy_share_more_than_clean: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SharingStats:
+        return cls(
+            **{
+                **data,
+                "largest_component": ComponentSize(**data["largest_component"]),
+                "noisy": GroupOverlap(**data["noisy"]),
+                "clean": GroupOverlap(**data["clean"]),
+            }
+        )
+
+
+def _within_group_overlap(graph: nx.Graph, group: str) -> GroupOverlap:
     """How often two examples of one group share at least one unit, and their mean Jaccard overlap."""
     examples = [n for n, d in graph.nodes(data=True) if d["kind"] == "example" and d["group"] == group]
     units = {n: set(graph[n]) for n in examples}
     pairs = list(itertools.combinations(examples, 2))
     if not pairs:
-        return {"examples": len(examples), "pairs": 0, "share_any": None, "mean_jaccard": None}
+        return GroupOverlap(len(examples), 0, None, None)
     shares = [bool(units[a] & units[b]) for a, b in pairs]
     jaccard = [len(units[a] & units[b]) / len(units[a] | units[b]) for a, b in pairs]
-    return {
-        "examples": len(examples),
-        "pairs": len(pairs),
-        "share_any": float(np.mean(shares)),
-        "mean_jaccard": float(np.mean(jaccard)),
-    }
+    return GroupOverlap(len(examples), len(pairs), float(np.mean(shares)), float(np.mean(jaccard)))
 
 
-def sharing_stats(graph: nx.Graph) -> dict:
+def sharing_stats(graph: nx.Graph) -> SharingStats:
     """Units shared between examples, the largest component, and noisy vs clean sharing."""
     units = [n for n, d in graph.nodes(data=True) if d["kind"] == "unit"]
     degrees = [graph.degree(u) for u in units]
@@ -56,22 +107,22 @@ def sharing_stats(graph: nx.Graph) -> dict:
     largest = components[0] if components else set()
     noisy, clean = _within_group_overlap(graph, "noisy"), _within_group_overlap(graph, "clean")
     more = None
-    if noisy["share_any"] is not None and clean["share_any"] is not None:
-        more = noisy["share_any"] > clean["share_any"]
-    return {
-        "units": len(units),
-        "shared_units": int(sum(d >= 2 for d in degrees)),
-        "max_examples_per_unit": int(max(degrees, default=0)),
-        "largest_component": {
-            "nodes": len(largest),
-            "examples": sum(1 for n in largest if n.startswith("example:")),
-            "units": sum(1 for n in largest if n.startswith("unit:")),
-        },
-        "components": len(components),
-        "noisy": noisy,
-        "clean": clean,
-        "noisy_share_more_than_clean": more,
-    }
+    if noisy.share_any is not None and clean.share_any is not None:
+        more = noisy.share_any > clean.share_any
+    return SharingStats(
+        units=len(units),
+        shared_units=int(sum(d >= 2 for d in degrees)),
+        max_examples_per_unit=int(max(degrees, default=0)),
+        largest_component=ComponentSize(
+            nodes=len(largest),
+            examples=sum(1 for n in largest if n.startswith("example:")),
+            units=sum(1 for n in largest if n.startswith("unit:")),
+        ),
+        components=len(components),
+        noisy=noisy,
+        clean=clean,
+        noisy_share_more_than_clean=more,
+    )
 
 
 def fact_neuron_graph(facts: Iterable[dict]) -> nx.Graph:

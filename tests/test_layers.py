@@ -7,7 +7,7 @@ import torch
 from memloc.core.checkpoints import load_into
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import RunFolderError
-from memloc.locate.classifier.layers import LayersConfig, locate_layers
+from memloc.locate.classifier.layers import LayersConfig, load_layers, locate_layers
 from memloc.locate.classifier.rewinding import (
     RetrainConfig,
     RewindConfig,
@@ -117,24 +117,25 @@ def test_retraining_uses_only_clean_examples(cnn_run, monkeypatch):
 
 def test_locate_layers_is_resumable_and_reports_every_table(cnn_run):
     config = LayersConfig(rewind_epochs=(0, 2), retrain_epochs=1)
-    report = locate_layers(cnn_run, CPU, config)
-    assert len(report.results["rewinding"]) == 4 * 2
-    assert len(report.results["gradients"]) == 4 * 4
-    assert {r["layer"] for r in report.results["retraining"]} == {"conv1", "conv2", "fc1", "head"}
-    assert set(report.results["rewinding"][0]) == {
+    result = locate_layers(cnn_run, CPU, config)
+    assert len(result.rewinding) == 4 * 2
+    assert len(result.gradients) == 4 * 4
+    assert {r.layer for r in result.retraining} == {"conv1", "conv2", "fc1", "head"}
+    assert list(result.rewinding[0].to_dict()) == [
         "layer",
         "epoch",
         "clean_acc",
         "noisy_acc",
         "noisy_orig_acc",
         "test_acc",
-    }
+    ]
     calls = []
     again = locate_layers(cnn_run, CPU, config, progress=lambda d, t, s: calls.append(s))
     assert not any(s.startswith(("rewind ", "retrain ")) for s in calls)
-    assert again.results == report.results
+    assert again.results_dict() == result.results_dict()
     stored = json.loads((cnn_run.root / "locate/layers_report.json").read_text())
-    assert stored["results"]["rewinding"] == report.results["rewinding"]
+    assert stored["results"]["rewinding"] == [c.to_dict() for c in result.rewinding]
+    assert load_layers(cnn_run) == again  # the stored report reads back into the same result
 
 
 def test_bad_epochs_and_layers(cnn_run):

@@ -71,8 +71,8 @@ def test_curvature_of_a_linear_model_is_small_and_seeded():
 
 
 def test_scores_and_report_on_a_trained_run(cnn_run):
-    report = locate_scores(cnn_run, torch.device("cpu"), curvature=CurvatureConfig(samples=2))
-    aurocs = report.metrics["auroc"]
+    result = locate_scores(cnn_run, torch.device("cpu"), curvature=CurvatureConfig(samples=2))
+    aurocs = result.auroc
     assert set(aurocs) == {"csl", "forgetting", "learning_time", "curvature"}
     assert all(0.0 <= v <= 1.0 for v in aurocs.values())
     with np.load(cnn_run.root / "locate/scores.npz") as z:

@@ -110,7 +110,7 @@ def test_folder_with_other_files_is_refused(tmp_path):
 def test_mlp_memorizes_noisy_digits(tmp_path):
     config = TrainConfig.for_arch("digits", "mlp", noise=0.2, limit=500, epochs=80)
     summary = train_run(RunFolder(tmp_path / "r"), config, CPU)
-    assert summary["noisy_train_acc"] >= 0.95
-    assert summary["clean_train_acc"] == 1.0
-    assert summary["noisy_orig_acc"] <= 0.05
-    assert summary["test_acc"] > 0.8
+    assert summary.noisy_train_acc >= 0.95
+    assert summary.clean_train_acc == 1.0
+    assert summary.noisy_orig_acc <= 0.05
+    assert summary.test_acc > 0.8

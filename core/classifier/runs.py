@@ -28,6 +28,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
 from memloc.core.classifier.data import NoisyLabels
 from memloc.core.classifier.gradients import GroupGradientStats
+from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.errors import RunFolderError
 from memloc.core.report import Report, provenance, to_jsonable
 from memloc.core.training.zoo import ModelSpec, build_model
@@ -135,7 +136,7 @@ class TrainState:
     epoch: int
     optimizer: dict
     dynamics: Dynamics
-    history: list[dict]
+    history: tuple[EpochRecord, ...]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -261,9 +262,8 @@ class RunFolder:
             return None
         raw = torch.load(self.state_path, map_location="cpu", weights_only=True)
         epoch = int(raw["epoch"])
-        return TrainState(
-            epoch, raw["optimizer"], self.load_dynamics().truncate(epoch), raw["history"][: epoch + 1]
-        )
+        history = tuple(EpochRecord.from_dict(h) for h in raw["history"][: epoch + 1])
+        return TrainState(epoch, raw["optimizer"], self.load_dynamics().truncate(epoch), history)
 
     def save_epoch(
         self,
@@ -271,52 +271,47 @@ class RunFolder:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         dynamics: Dynamics,
-        history: list[dict],
+        history: Sequence[EpochRecord],
     ) -> None:
         # Order matters for resuming: the checkpoint and dynamics first, the state last,
         # so the state never names an epoch whose files are missing.
         save_tensors(self.checkpoint(epoch), model.state_dict())
         _save_npz(self.dynamics_path, dynamics.arrays())
         buffer = io.BytesIO()
-        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "history": history}, buffer)
+        rows = [h.to_dict() for h in history]  # plain dicts: the state is read with weights_only
+        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "history": rows}, buffer)
         atomic_write(self.state_path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         self._write_metrics(history, complete=False)
 
-    def finish(self, history: list[dict]) -> dict:
+    def finish(self, history: Sequence[EpochRecord]) -> TrainSummary:
         return self._write_metrics(history, complete=True)
 
-    def _write_metrics(self, history: list[dict], complete: bool) -> dict:
+    def _write_metrics(self, history: Sequence[EpochRecord], complete: bool) -> TrainSummary:
         config = self.config()
         labels, _ = self.load_noise()
-        final = history[-1]
-        summary = {
-            "clean_train_acc": final["clean_train_acc"],
-            "noisy_train_acc": final["noisy_train_acc"],
-            "noisy_orig_acc": final["noisy_orig_acc"],
-            "test_acc": final["test_acc"],
-            "epochs": final["epoch"],
-            "seconds": round(sum(h["seconds"] for h in history), 3),
-            "train_examples": len(labels.given),
-            "noisy_examples": int(labels.mask.sum()),
-            "complete": complete,
-            "run_dir": str(self.root),
-        }
+        summary = TrainSummary.of(
+            history, len(labels.given), int(labels.mask.sum()), complete, str(self.root)
+        )
         train = config["train"]
         report = Report(
             method="train",
             model_id=f"{train['arch']}@{train['data']}",
             config=config,
-            results={"history": history},
-            metrics=summary,
+            results=TrainResult(tuple(history), summary).results_dict(),
+            metrics=summary.to_dict(),
             provenance=provenance(train["seed"], {"init": train["init"]} if train.get("init") else {}),
         )
         report.save(self.metrics_path)
         return summary
 
-    def summary(self) -> dict:
+    def summary(self) -> TrainSummary:
+        return self.result().summary
+
+    def result(self) -> TrainResult:
+        """The stored per-epoch history and summary of metrics.json."""
         if not self.metrics_path.is_file():
             raise RunFolderError(f"{self.root} has no metrics.json; the run has not finished an epoch")
-        return Report.load(self.metrics_path).metrics
+        return TrainResult.from_report(Report.load(self.metrics_path))
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

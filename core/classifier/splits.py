@@ -31,6 +31,11 @@ class Accuracies:
             "test_acc": self.test_acc,
         }
 
+    @classmethod
+    def from_table_row(cls, row: dict[str, float]) -> Accuracies:
+        """The inverse of `table_row`."""
+        return cls(row["clean_acc"], row["noisy_acc"], row["noisy_orig_acc"], row["test_acc"])
+
 
 @dataclass(frozen=True)
 class RunData:

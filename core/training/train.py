@@ -22,6 +22,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
 from memloc.core.classifier.data import inject_noise, load_dataset
 from memloc.core.classifier.gradients import group_stats, split_gradients
+from memloc.core.classifier.run_results import EpochRecord, TrainSummary
 from memloc.core.classifier.runs import Dynamics, RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
@@ -90,9 +91,20 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _record(model: torch.nn.Module, data: RunData) -> tuple[dict, np.ndarray, np.ndarray]:
+def _record(
+    model: torch.nn.Module, data: RunData, epoch: int, began: float | None
+) -> tuple[EpochRecord, np.ndarray, np.ndarray]:
+    """Evaluate after ``epoch``; its seconds run from ``began`` to the end of the evaluation."""
     accs, loss, pred = data.evaluate(model)
-    return {**asdict(accs), "train_loss": float(loss.mean())}, loss, pred
+    seconds = 0.0 if began is None else time.perf_counter() - began
+    return EpochRecord(epoch, **asdict(accs), train_loss=float(loss.mean()), seconds=seconds), loss, pred
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(losses).all():
+        raise MemlocError(
+            f"training diverged at epoch {epoch}, step {step} (non-finite loss); lower lr", field="lr"
+        )
 
 
 def train_run(
@@ -102,11 +114,12 @@ def train_run(
     *,
     trust_pickle: bool = False,
     progress: Progress | None = None,
-) -> dict:
+) -> TrainSummary:
     """Train (or resume) the run in ``run`` and return its summary metrics.
 
     config = TrainConfig.for_arch("digits", "cnn", noise=0.1)
     summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
+    summary.noisy_train_acc
     """
     data = load_dataset(config.data, limit=config.limit, seed=config.seed)
     spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
@@ -125,10 +138,10 @@ def train_run(
     x, given, noisy = on_device.x_train, on_device.given, on_device.noisy
 
     dynamics: Dynamics
+    history: tuple[EpochRecord, ...]
     if state is None:  # fresh run: epoch 0 is the initialization
-        accs, loss, pred = _record(model, on_device)
-        dynamics = Dynamics.first(loss, pred, labels.given, adapter.names)
-        history = [{"epoch": 0, **accs, "seconds": 0.0}]
+        first, loss, pred = _record(model, on_device, 0, None)
+        dynamics, history = Dynamics.first(loss, pred, labels.given, adapter.names), (first,)
         run.save_epoch(0, model, optimizer, dynamics, history)
     else:
         load_into(model, run.load_checkpoint(state.epoch), source=str(run.checkpoint(state.epoch)))
@@ -155,11 +168,7 @@ def train_run(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, step, total)
             losses = F.cross_entropy(model(x[idx]).float(), given[idx], reduction="none")
-            if not torch.isfinite(losses).all():
-                raise MemlocError(
-                    f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr",
-                    field="lr",
-                )
+            _check_finite(losses, epoch, i)
             if config.grad_accounting:
                 clean_g, noisy_g = split_gradients(losses, noisy[idx], params)
                 for p, c, z in zip(params, clean_g, noisy_g, strict=True):
@@ -172,8 +181,8 @@ def train_run(
             optimizer.zero_grad(set_to_none=True)
             if progress:
                 progress(step + 1, total, f"epoch {epoch}/{config.epochs}")
-        accs, loss, pred = _record(model, on_device)
+        row, loss, pred = _record(model, on_device, epoch, began)
+        history = (*history, row)
         dynamics = dynamics.append(loss, pred, labels.given, step_stats, len(adapter.groups))
-        history = [*history, {"epoch": epoch, **accs, "seconds": time.perf_counter() - began}]
         run.save_epoch(epoch, model, optimizer, dynamics, history)
     return run.finish(history)

@@ -2,7 +2,8 @@
 
 The methods live in locate/rewinding.py; this module runs them over a run folder,
 resumably (finished cells are kept in RUN_DIR/locate/layers.json), and returns a
-Report with the tables ``rewinding``, ``retraining`` and ``gradients``.
+typed `LayersResult` with the tables ``rewinding``, ``retraining`` and ``gradients``,
+stored as a Report in RUN_DIR/locate/layers_report.json.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.runs import RunFolder
-from memloc.core.classifier.splits import RunData
+from memloc.core.classifier.splits import Accuracies, RunData
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.core.validation import at_least, positive
+from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
 from memloc.locate.classifier.rewinding import (
-    Cell,
     RetrainConfig,
     RewindConfig,
     default_rewind_epochs,
@@ -52,13 +54,13 @@ class LayersConfig:
 
 def locate_layers(
     run: RunFolder, device: torch.device, config: LayersConfig, *, progress: Progress | None = None
-) -> Report:
+) -> LayersResult:
     """Rewind and retrain every chosen layer group of a run; resumable.
 
     Example::
 
-        report = locate_layers(RunFolder.open("runs/mlp"), torch.device("cpu"), LayersConfig())
-        report.results["rewinding"][0]["noisy_acc"]
+        result = locate_layers(RunFolder.open("runs/mlp"), torch.device("cpu"), LayersConfig())
+        result.rewinding[0].noisy_acc
     """
     began = time.perf_counter()
     final = run.epochs()[-1]
@@ -76,30 +78,40 @@ def locate_layers(
     retrain = RetrainConfig(epochs=config.retrain_epochs, lr=config.retrain_lr, seed=config.seed)
     cells.total = len(layers) * len(epochs) + (len(layers) * retrain.epochs if config.retrain else 0)
     rewinding = cells.rewinding(rewind)
-    retraining = cells.retraining(retrain, done=len(layers) * len(epochs)) if config.retrain else []
+    retraining = cells.retraining(retrain, done=len(layers) * len(epochs)) if config.retrain else ()
 
     dyn = run.load_dynamics()
-    gradients = [
-        r
+    gradients = tuple(
+        GradientRow.from_dict(r)
         for r in gradient_rows(dyn.groups, dyn.grad_clean, dyn.grad_noisy, dyn.grad_cosine)
         if r["layer"] in layers
-    ]
-    final_accs = data.accuracies(model).table_row()
+    )
+    result = LayersResult(
+        rewind=rewind,
+        retrain=retrain if config.retrain else None,
+        layers=tuple(layers),
+        rewinding=rewinding,
+        retraining=retraining,
+        gradients=gradients,
+        final=data.accuracies(model),
+        final_epoch=final,
+        seconds=round(time.perf_counter() - began, 3),
+    )
     train = run.config()["train"]
     report = Report(
         method="locate.layers",
         model_id=f"{train['arch']}@{train['data']}",
-        config={
-            "rewind": asdict(rewind),
-            "retrain": asdict(retrain) if config.retrain else None,
-            "layers": layers,
-        },
-        results={"rewinding": rewinding, "retraining": retraining, "gradients": gradients},
-        metrics={"final": final_accs, "final_epoch": final, "seconds": round(time.perf_counter() - began, 3)},
+        **result.to_dict(),
         provenance=provenance(train["seed"], {"final_checkpoint": run.checkpoint(final)}),
     )
     report.save(run.root / REPORT_PATH)
-    return report
+    return result
+
+
+def load_layers(run: RunFolder) -> LayersResult | None:
+    """The stored result of `locate layers` on ``run``, or None when it has not run."""
+    path = run.root / REPORT_PATH
+    return LayersResult.from_report(Report.load(path)) if path.is_file() else None
 
 
 def _cell_key(layer: str, epoch: int) -> str:
@@ -125,7 +137,7 @@ class _Cells:
         self.store = ResultStore(run.root / "locate" / "layers.json")
         self.total = 0
 
-    def rewinding(self, rewind: RewindConfig) -> list[Cell]:
+    def rewinding(self, rewind: RewindConfig) -> tuple[LayerCell, ...]:
         """One cell per (layer, epoch), layer-major."""
         store, layers = self.store, self.layers
         section = "rewinding-" + config_key(asdict(rewind) | {"final": self.final})
@@ -149,13 +161,17 @@ class _Cells:
             on_cell=lambda cell: store.put(section, _cell_key(cell["layer"], cell["epoch"]), cell),
             progress=rewind_progress,
         )
-        return [store.get(section, _cell_key(g, e)) for g in layers for e in rewind.epochs]
+        return tuple(
+            LayerCell.from_dict(cast(dict, store.get(section, _cell_key(g, e))))
+            for g in layers
+            for e in rewind.epochs
+        )
 
-    def retraining(self, retrain: RetrainConfig, done: int) -> list[Cell]:
+    def retraining(self, retrain: RetrainConfig, done: int) -> tuple[LayerCell, ...]:
         """Each layer's retraining curve, one row per epoch; the model ends as it began."""
         model, progress = self.model, self.progress
         section = "retraining-" + config_key(asdict(retrain) | {"final": self.final})
-        retraining: list[Cell] = []
+        retraining: list[LayerCell] = []
         init = self.run.load_checkpoint(0)
         final_state = {k: v.clone() for k, v in model.state_dict().items()}
         for layer in self.layers:
@@ -172,40 +188,39 @@ class _Cells:
             done += retrain.epochs
             if progress:
                 progress(done, self.total, f"retrained {layer}")
-            retraining.extend(rows)
+            retraining.extend(LayerCell.from_dict(r) for r in cast(list, rows))
         model.load_state_dict(final_state)
-        return retraining
+        return tuple(retraining)
 
 
 @dataclass(frozen=True)
 class Headline:
     """Numbers the findings paragraph and the CLI summary quote (rows of the rewinding table)."""
 
-    final: dict
-    largest_noisy_drop: Cell | None
-    single_layer_removers: list[Cell]
+    final: Accuracies
+    largest_noisy_drop: LayerCell | None
+    single_layer_removers: tuple[LayerCell, ...]
 
 
-def headline(report: Report) -> Headline:
+def headline(result: LayersResult) -> Headline:
     """The rewinding cell with the lowest noisy accuracy, and the cells that remove memorization.
 
     Example::
 
         best = headline(locate_layers(run, device, LayersConfig())).largest_noisy_drop
     """
-    final = report.metrics["final"]
-    rows = report.results["rewinding"]
-    by_drop = sorted(rows, key=lambda r: r["noisy_acc"]) if rows else []
-    best = by_drop[0] if by_drop else None
+    rows = result.rewinding
+    best = min(rows, key=lambda r: r.noisy_acc) if rows else None
     # A layer "removes memorization" if rewinding it brings noisy accuracy (given labels)
     # below 10% while clean accuracy keeps 90% of its final value.
-    removers = [r for r in rows if r["noisy_acc"] <= 0.10 and r["clean_acc"] >= 0.9 * final["clean_acc"]]
-    return Headline(final, best, removers)
+    clean = result.final.clean_train_acc
+    removers = tuple(r for r in rows if r.noisy_acc <= 0.10 and r.clean_acc >= 0.9 * clean)
+    return Headline(result.final, best, removers)
 
 
-def retrain_summary(rows: Sequence[dict]) -> list[dict]:
+def retrain_summary(rows: Sequence[LayerCell]) -> tuple[LayerCell, ...]:
     """The last row of each layer's retraining curve."""
-    last: dict[str, dict] = {}
+    last: dict[str, LayerCell] = {}
     for row in rows:
-        last[row["layer"]] = row
-    return list(last.values())
+        last[row.layer] = row
+    return tuple(last.values())

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-from memloc.locate.classifier.layers import REPORT_PATH as LAYERS_REPORT
-from memloc.locate.classifier.layers import headline, retrain_summary
-from memloc.locate.classifier.scores import REPORT_PATH as SCORES_REPORT
-from memloc.locate.classifier.scores import SCORES_PATH as SCORES_FILE
-from memloc.locate.classifier.scores import roc
-from memloc.locate.classifier.unit_runs import REPORT_PATH as NEURONS_REPORT
-from memloc.locate.classifier.unit_runs import summary_rows
+from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
+from memloc.locate.classifier.layers import headline, load_layers, retrain_summary
+from memloc.locate.classifier.scores import ScoresResult, load_scores, roc
+from memloc.locate.classifier.unit_results import FlipRecord, NeuronsResult
+from memloc.locate.classifier.unit_runs import load_neurons, summary_rows
 
 
-def _grid(rows: list[dict], value: str) -> tuple[list[str], list[int], np.ndarray]:
-    layers = list(dict.fromkeys(r["layer"] for r in rows))
-    epochs = sorted({r["epoch"] for r in rows})
+def _grid(rows: Sequence[LayerCell], value: str) -> tuple[list[str], list[int], np.ndarray]:
+    layers = list(dict.fromkeys(r.layer for r in rows))
+    epochs = sorted({r.epoch for r in rows})
     grid = np.full((len(layers), len(epochs)), np.nan)
     for r in rows:
-        grid[layers.index(r["layer"]), epochs.index(r["epoch"])] = r[value]
+        grid[layers.index(r.layer), epochs.index(r.epoch)] = getattr(r, value)
     return layers, epochs, grid
 
 
-def rewinding_figure(rows: list[dict]) -> Figure:
-    fig = Figure(figsize=(11, 0.45 * len({r["layer"] for r in rows}) + 2.2))
+def rewinding_figure(rows: Sequence[LayerCell]) -> Figure:
+    fig = Figure(figsize=(11, 0.45 * len({r.layer for r in rows}) + 2.2))
     for ax, (value, title) in zip(
         fig.subplots(1, 2),
         [("noisy_acc", "noisy examples, given labels"), ("clean_acc", "clean examples")],
@@ -48,14 +48,14 @@ def rewinding_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def retraining_figure(rows: list[dict]) -> Figure:
+def retraining_figure(rows: Sequence[LayerCell]) -> Figure:
     fig = Figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 3, sharey=True)
-    for layer in dict.fromkeys(r["layer"] for r in rows):
-        curve = [r for r in rows if r["layer"] == layer]
-        epochs = [r["epoch"] for r in curve]
+    for layer in dict.fromkeys(r.layer for r in rows):
+        curve = [r for r in rows if r.layer == layer]
+        epochs = [r.epoch for r in curve]
         for ax, key in zip(axes, ("clean_acc", "noisy_acc", "test_acc"), strict=True):
-            ax.plot(epochs, [r[key] for r in curve], marker="o", ms=3, label=layer)
+            ax.plot(epochs, [getattr(r, key) for r in curve], marker="o", ms=3, label=layer)
     for ax, title in zip(axes, ("clean train", "noisy train (given labels)", "test"), strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("retraining epoch")
@@ -66,28 +66,28 @@ def retraining_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def gradients_figure(rows: list[dict]) -> Figure:
-    layers = list(dict.fromkeys(r["layer"] for r in rows))
+def gradients_figure(rows: Sequence[GradientRow]) -> Figure:
+    layers = list(dict.fromkeys(r.layer for r in rows))
     cols = min(4, len(layers)) or 1
     n_rows = -(-len(layers) // cols) + 1
     fig = Figure(figsize=(11, 2.4 * n_rows))
     grid = fig.add_gridspec(n_rows, cols)
     for i, layer in enumerate(layers):
         ax = fig.add_subplot(grid[i // cols, i % cols])
-        curve = [r for r in rows if r["layer"] == layer]
-        epochs = [r["epoch"] for r in curve]
-        ax.plot(epochs, [r["clean_norm"] for r in curve], label="clean")
-        ax.plot(epochs, [r["noisy_norm"] for r in curve], label="noisy")
+        curve = [r for r in rows if r.layer == layer]
+        epochs = [r.epoch for r in curve]
+        ax.plot(epochs, [r.clean_norm for r in curve], label="clean")
+        ax.plot(epochs, [r.noisy_norm for r in curve], label="noisy")
         ax.set_yscale("log")
         ax.set_title(layer, fontsize=9)
         if i == 0:
             ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[n_rows - 1, :])
     for layer in layers:
-        curve = [r for r in rows if r["layer"] == layer]
+        curve = [r for r in rows if r.layer == layer]
         ax.plot(
-            [r["epoch"] for r in curve],
-            [np.nan if r["cosine"] is None else r["cosine"] for r in curve],
+            [r.epoch for r in curve],
+            [np.nan if r.cosine is None else r.cosine for r in curve],
             label=layer,
         )
     ax.axhline(0, color="grey", lw=0.5)
@@ -99,17 +99,17 @@ def gradients_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def training_figure(history: list[dict]) -> Figure:
+def training_figure(history: Sequence[EpochRecord]) -> Figure:
     fig = Figure(figsize=(7, 3.4))
     ax = fig.subplots()
-    epochs = [h["epoch"] for h in history]
+    epochs = [h.epoch for h in history]
     for key, label in [
         ("clean_train_acc", "clean train"),
         ("noisy_train_acc", "noisy train (given labels)"),
         ("noisy_orig_acc", "noisy train (true labels)"),
         ("test_acc", "test"),
     ]:
-        ax.plot(epochs, [h[key] for h in history], label=label)
+        ax.plot(epochs, [getattr(h, key) for h in history], label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
@@ -143,34 +143,34 @@ def scores_figures(
     return hist, curves
 
 
-def units_figures(records: list[dict]) -> tuple[Figure, Figure]:
+def units_figures(records: Sequence[FlipRecord]) -> tuple[Figure, Figure]:
     """Histogram of units-to-flip per group, and a stacked bar of units per layer."""
-    flipped = [r for r in records if r["flipped"]]
+    flipped = [r for r in records if r.flipped]
     hist = Figure(figsize=(6, 3.4))
     ax = hist.subplots()
-    top = max([r["n_units"] for r in flipped], default=1)
+    top = max([r.n_units for r in flipped], default=1)
     bins = (
         np.arange(0.5, min(top, 60) + 1.5)
         if top <= 60
-        else np.histogram_bin_edges([r["n_units"] for r in flipped], 40)
+        else np.histogram_bin_edges([r.n_units for r in flipped], 40)
     )
     for group in ("clean", "noisy"):
-        counts = [r["n_units"] for r in flipped if r["group"] == group]
+        counts = [r.n_units for r in flipped if r.group == group]
         if counts:
             ax.hist(counts, bins=bins, alpha=0.6, label=f"{group} (median {np.median(counts):g})")
     ax.set_xlabel("units zeroed to flip the prediction")
     ax.set_ylabel("examples")
     ax.legend(fontsize=8)
     hist.tight_layout()
-    layers = list(dict.fromkeys(layer for r in flipped for layer, _ in r["units"]))
+    layers = list(dict.fromkeys(layer for r in flipped for layer, _ in r.units))
     bars = Figure(figsize=(6, 3.4))
     ax = bars.subplots()
-    groups = [g for g in ("noisy", "clean") if any(r["group"] == g for r in flipped)]
+    groups = [g for g in ("noisy", "clean") if any(r.group == g for r in flipped)]
     bottom = np.zeros(len(groups))
     for layer in layers:
         share = []
         for g in groups:
-            units = [u for r in flipped if r["group"] == g for u in r["units"]]
+            units = [u for r in flipped if r.group == g for u in r.units]
             share.append(sum(1 for name, _ in units if name == layer) / max(1, len(units)))
         ax.bar(groups, share, bottom=bottom, label=layer)
         bottom += np.array(share)
@@ -180,57 +180,35 @@ def units_figures(records: list[dict]) -> tuple[Figure, Figure]:
     return hist, bars
 
 
-def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None) -> list[str]:
+def findings(train: TrainSummary, layers: LayersResult | None, aurocs: dict[str, float] | None) -> list[str]:
     """Sentences computed from the numbers."""
     out = [
-        f"The model fits {train['noisy_train_acc']:.1%} of the {train['noisy_examples']} mislabeled training "
-        f"examples on their wrong labels (clean train {train['clean_train_acc']:.1%}, test {train['test_acc']:.1%})."
+        f"The model fits {train.noisy_train_acc:.1%} of the {train.noisy_examples} mislabeled training "
+        f"examples on their wrong labels (clean train {train.clean_train_acc:.1%}, test {train.test_acc:.1%})."
     ]
-    if layers is not None and layers.results["rewinding"]:
-        h = headline(layers)
-        best = h.largest_noisy_drop
+    if layers is not None and layers.rewinding:
+        out += _rewinding_findings(layers)
+    if layers is not None and layers.retraining:
+        finals = retrain_summary(layers.retraining)
+        clean_only = [r.layer for r in finals if r.clean_acc >= 0.99 and r.noisy_acc <= 0.10]
+        lowest = min(finals, key=lambda r: r.noisy_acc)
         out.append(
-            f"Rewinding {best['layer']} to epoch {best['epoch']} lowers noisy accuracy the most, to "
-            f"{best['noisy_acc']:.1%}, with clean accuracy {best['clean_acc']:.1%} and test accuracy {best['test_acc']:.1%}."
-        )
-        if h.single_layer_removers:
-            names = sorted({r["layer"] for r in h.single_layer_removers})
-            out.append(
-                "Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
-                f"clean accuracy) for: {', '.join(names)}."
-            )
-        else:
-            out.append(
-                "No single layer removes memorization: no rewinding cell brings noisy accuracy to 10% or below "
-                "while keeping 90% of clean accuracy, in line with Maini et al. (2023)."
-            )
-        high = [r for r in layers.results["rewinding"] if r["epoch"] > 0 and r["noisy_acc"] >= 0.5]
-        cells = [r for r in layers.results["rewinding"] if r["epoch"] > 0]
-        if cells:
-            out.append(
-                f"In {len(high)} of {len(cells)} rewinding cells after epoch 0, noisy accuracy stays at 50% or more."
-            )
-    if layers is not None and layers.results["retraining"]:
-        finals = retrain_summary(layers.results["retraining"])
-        clean_only = [r["layer"] for r in finals if r["clean_acc"] >= 0.99 and r["noisy_acc"] <= 0.10]
-        lowest = min(finals, key=lambda r: r["noisy_acc"])
-        out.append(
-            f"Retraining one layer from its initialization on clean examples: {lowest['layer']} ends with the lowest "
-            f"noisy accuracy ({lowest['noisy_acc']:.1%}, clean {lowest['clean_acc']:.1%}); "
+            f"Retraining one layer from its initialization on clean examples: {lowest.layer} ends with the lowest "
+            f"noisy accuracy ({lowest.noisy_acc:.1%}, clean {lowest.clean_acc:.1%}); "
             + (
                 f"layers that fit the clean data without re-memorizing: {', '.join(clean_only)}."
                 if clean_only
                 else "no layer reaches 99% clean accuracy with noisy accuracy at most 10%."
             )
         )
-    if layers is not None and layers.results["gradients"]:
-        rows = layers.results["gradients"]
-        last = max(r["epoch"] for r in rows)
-        late = [r for r in rows if r["epoch"] > last / 2 and r["clean_norm"] > 0]
+    if layers is not None and layers.gradients:
+        rows = layers.gradients
+        last = max(r.epoch for r in rows)
+        late = [r for r in rows if r.epoch > last / 2 and r.clean_norm > 0]
         if late:
             ratio: dict[str, list[float]] = {}
             for r in late:
-                ratio.setdefault(r["layer"], []).append(r["noisy_norm"] / r["clean_norm"])
+                ratio.setdefault(r.layer, []).append(r.noisy_norm / r.clean_norm)
             top = max(ratio, key=lambda k: np.mean(ratio[k]))
             out.append(
                 f"In the second half of training the noisy examples' gradient outweighs the clean one most in "
@@ -246,14 +224,40 @@ def findings(train: dict, layers: Report | None, aurocs: dict[str, float] | None
     return out
 
 
-def load_if_present(path: Path) -> Report | None:
-    return Report.load(path) if path.is_file() else None
+def _rewinding_findings(layers: LayersResult) -> list[str]:
+    """The cell that lowers noisy accuracy most, whether one layer removes memorization, and how often none does."""
+    h = headline(layers)
+    best = h.largest_noisy_drop
+    assert best is not None  # the caller passes a non-empty rewinding table
+    out = [
+        f"Rewinding {best.layer} to epoch {best.epoch} lowers noisy accuracy the most, to "
+        f"{best.noisy_acc:.1%}, with clean accuracy {best.clean_acc:.1%} and test accuracy {best.test_acc:.1%}."
+    ]
+    if h.single_layer_removers:
+        names = sorted({r.layer for r in h.single_layer_removers})
+        out.append(
+            "Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
+            f"clean accuracy) for: {', '.join(names)}."
+        )
+    else:
+        out.append(
+            "No single layer removes memorization: no rewinding cell brings noisy accuracy to 10% or below "
+            "while keeping 90% of clean accuracy, in line with Maini et al. (2023)."
+        )
+    high = [r for r in layers.rewinding if r.epoch > 0 and r.noisy_acc >= 0.5]
+    cells = [r for r in layers.rewinding if r.epoch > 0]
+    if cells:
+        out.append(
+            f"In {len(high)} of {len(cells)} rewinding cells after epoch 0, noisy accuracy stays at 50% or more."
+        )
+    return out
 
 
 def training_section(train_report: Report) -> Section:
     """The run's config, its final-epoch accuracies and the training curves."""
+    train = TrainResult.from_report(train_report)
     summary = {
-        k: train_report.metrics[k]
+        k: getattr(train.summary, k)
         for k in ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs")
     }
     return Section(
@@ -263,13 +267,13 @@ def training_section(train_report: Report) -> Section:
             + ", ".join(f"{k}={v}" for k, v in train_report.config["train"].items())
         ],
         [("final epoch", [summary])],
-        [("training", training_figure(train_report.results["history"]))],
+        [("training", training_figure(train.history))],
     )
 
 
-def layer_sections(layers: Report) -> list[Section]:
+def layer_sections(layers: LayersResult) -> list[Section]:
     """Rewinding, retraining (when it ran) and gradient accounting of `locate layers`."""
-    bn = "included" if layers.config["rewind"]["bn_buffers"] else "not included"
+    bn = "included" if layers.rewind.bn_buffers else "not included"
     sections = [
         Section(
             "Layer rewinding",
@@ -277,11 +281,11 @@ def layer_sections(layers: Report) -> list[Section]:
                 "Each cell: one layer group of the final model replaced by its weights at an earlier epoch "
                 f"(BatchNorm buffers {bn})."
             ],
-            [("rewinding", layers.results["rewinding"])],
-            [("rewinding_heatmaps", rewinding_figure(layers.results["rewinding"]))],
+            [("rewinding", [c.to_dict() for c in layers.rewinding])],
+            [("rewinding_heatmaps", rewinding_figure(layers.rewinding))],
         )
     ]
-    if layers.results["retraining"]:
+    if layers.retraining:
         sections.append(
             Section(
                 "Layer retraining",
@@ -289,8 +293,13 @@ def layer_sections(layers: Report) -> list[Section]:
                     "Each curve: one layer reset to its initialization and retrained alone on the clean examples; "
                     "every other parameter frozen."
                 ],
-                [("last epoch of each retraining", retrain_summary(layers.results["retraining"]))],
-                [("retraining_curves", retraining_figure(layers.results["retraining"]))],
+                [
+                    (
+                        "last epoch of each retraining",
+                        [c.to_dict() for c in retrain_summary(layers.retraining)],
+                    )
+                ],
+                [("retraining_curves", retraining_figure(layers.retraining))],
             )
         )
     sections.append(
@@ -298,24 +307,25 @@ def layer_sections(layers: Report) -> list[Section]:
             "Gradient accounting",
             ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
             [],
-            [("gradients", gradients_figure(layers.results["gradients"]))],
+            [("gradients", gradients_figure(layers.gradients))],
         )
     )
     return sections
 
 
-def _units_lines(summary: dict) -> list[str]:
+def _units_lines(neurons: NeuronsResult) -> list[str]:
     """One sentence per group, and whether mislabeled examples need fewer units."""
     lines = []
-    for group, stats in summary.items():
+    for group, stats in neurons.groups().items():
         lines.append(
-            f"{group}: {stats['flip_rate']:.0%} of {stats['examples']} examples flip, with a median of "
-            f"{stats['median_units']} units (mean {stats['mean_units']:.2f})"
-            if stats["median_units"] is not None
-            else f"{group}: none of {stats['examples']} examples flip"
+            f"{group}: {stats.flip_rate:.0%} of {stats.examples} examples flip, with a median of "
+            f"{stats.median_units} units (mean {stats.mean_units:.2f})"
+            if stats.median_units is not None
+            else f"{group}: none of {stats.examples} examples flip"
         )
-    if "noisy" in summary and "clean" in summary and summary["noisy"]["median_units"] is not None:
-        fewer = (summary["noisy"]["mean_units"] or 0) < (summary["clean"]["mean_units"] or 0)
+    noisy, clean = neurons.noisy, neurons.clean
+    if noisy is not None and clean is not None and noisy.median_units is not None:
+        fewer = (noisy.mean_units or 0) < (clean.mean_units or 0)
         lines.append(
             "Mislabeled (memorized) examples need "
             + ("fewer" if fewer else "no fewer")
@@ -325,41 +335,38 @@ def _units_lines(summary: dict) -> list[str]:
     return lines
 
 
-def units_section(neurons: Report) -> Section:
+def units_section(neurons: NeuronsResult) -> Section:
     """The flip search of `locate neurons`: units per group, sharing, and their figures."""
-    summary = neurons.metrics
-    sharing = neurons.results["sharing"]
+    sharing = neurons.sharing
     sharing_row = {
-        "units": sharing["units"],
-        "shared_units": sharing["shared_units"],
-        "largest_component_examples": sharing["largest_component"]["examples"],
-        "noisy_pairs_sharing": sharing["noisy"]["share_any"],
-        "clean_pairs_sharing": sharing["clean"]["share_any"],
+        "units": sharing.units,
+        "shared_units": sharing.shared_units,
+        "largest_component_examples": sharing.largest_component.examples,
+        "noisy_pairs_sharing": sharing.noisy.share_any,
+        "clean_pairs_sharing": sharing.clean.share_any,
     }
-    hist, bars = units_figures(neurons.results["records"])
-    flip = neurons.config["flip"]
+    hist, bars = units_figures(neurons.records)
+    flip = neurons.flip
     return Section(
         "Units that flip an example",
         [
-            *_units_lines(summary),
-            f"Mode {flip['mode']}, cap {flip['max_units']} units, "
-            f"collateral budget {flip['collateral']} points on a held-out clean set.",
+            *_units_lines(neurons),
+            f"Mode {flip.mode}, cap {flip.max_units} units, "
+            f"collateral budget {flip.collateral} points on a held-out clean set.",
         ],
-        [("per group", summary_rows(summary)), ("sharing between examples", [sharing_row])],
+        [("per group", summary_rows(neurons.groups())), ("sharing between examples", [sharing_row])],
         [("units_to_flip", hist), ("units_per_layer", bars)],
     )
 
 
-def scores_section(run: RunFolder, aurocs: dict[str, float]) -> Section:
+def scores_section(scores: ScoresResult) -> Section:
     """The example scores of `locate scores`: AUROC, histograms and ROC curves."""
-    with np.load(run.root / SCORES_FILE) as z:
-        noisy = z["noisy"]
-        scores = {k: z[k] for k in aurocs}
-    hist, curves = scores_figures(scores, noisy, aurocs)
+    assert scores.noisy_mask is not None  # load_scores reads the per-example arrays
+    hist, curves = scores_figures(scores.scores, scores.noisy_mask, scores.auroc)
     return Section(
         "Example scores",
         ["Larger scores mean more likely memorized; AUROC at flagging the mislabeled examples."],
-        [("AUROC", [aurocs])],
+        [("AUROC", [dict(scores.auroc)])],
         [("score_histograms", hist), ("score_roc", curves)],
     )
 
@@ -374,11 +381,11 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
     if not run.metrics_path.is_file():
         raise RunFolderError(f"{run.root} has no metrics.json; train it first")
     train_report = Report.load(run.metrics_path)
-    layers = load_if_present(run.root / LAYERS_REPORT)
-    scores_report = load_if_present(run.root / SCORES_REPORT)
-    aurocs = scores_report.metrics["auroc"] if scores_report else None
+    layers = load_layers(run)
+    scores = load_scores(run)
+    aurocs = scores.auroc if scores else None
     sections = [
-        Section("Findings", findings(train_report.metrics, layers, aurocs)),
+        Section("Findings", findings(TrainSummary.from_dict(train_report.metrics), layers, aurocs)),
         training_section(train_report),
     ]
     missing = []
@@ -386,15 +393,15 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
         missing.append(f"memloc locate layers {run.root}")
     else:
         sections.extend(layer_sections(layers))
-    neurons = load_if_present(run.root / NEURONS_REPORT)
+    neurons = load_neurons(run)
     if neurons is None:
         missing.append(f"memloc locate neurons {run.root}")
     else:
         sections.append(units_section(neurons))
-    if scores_report is None:
+    if scores is None:
         missing.append(f"memloc locate scores {run.root}")
     else:
-        sections.append(scores_section(run, aurocs))
+        sections.append(scores_section(scores))
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
     return write_report(out or run.root / "report", f"memloc report: {run.root.name}", sections)

@@ -21,7 +21,8 @@ clean examples comes from scikit-learn.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,74 @@ class CurvatureConfig:
     def __post_init__(self) -> None:
         positive(self, "h")
         at_least(self, 1, "samples", "batch_size")
+
+
+@dataclass(frozen=True)
+class ScoresResult:
+    """What `locate scores` found: each score's AUROC, and the per-example scores.
+
+    ``to_dict`` gives the stored Report's ``config``, ``results`` and ``metrics``. The
+    per-example arrays live in RUN_DIR/locate/scores.npz, not in the Report; `load_scores`
+    reads both back.
+
+    Example::
+
+        result = locate_scores(RunFolder.open("runs/cnn"), torch.device("cpu"))
+        result.auroc["csl"], result.scores["csl"][result.noisy_mask].mean()
+    """
+
+    epochs: int  # trained epochs the dynamics cover
+    curvature: CurvatureConfig | None
+    scores_file: str
+    examples: int
+    noisy: int  # how many examples are mislabeled
+    auroc: dict[str, float]
+    scores: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    noisy_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": {
+                "epochs": self.epochs,
+                "curvature": asdict(self.curvature) if self.curvature is not None else None,
+            },
+            "results": {"scores_file": self.scores_file, "examples": self.examples, "noisy": self.noisy},
+            "metrics": {"auroc": dict(self.auroc)},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What `memloc locate scores --format json` prints."""
+        stored = self.to_dict()
+        return {**stored["metrics"], **stored["results"]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoresResult:
+        config, stored, metrics = data["config"], data["results"], data["metrics"]
+        curvature = config["curvature"]
+        return cls(
+            epochs=config["epochs"],
+            curvature=CurvatureConfig(**curvature) if curvature is not None else None,
+            scores_file=stored["scores_file"],
+            examples=stored["examples"],
+            noisy=stored["noisy"],
+            auroc=dict(metrics["auroc"]),
+        )
+
+    @classmethod
+    def from_report(cls, report: Report) -> ScoresResult:
+        return cls.from_dict({"config": report.config, "results": report.results, "metrics": report.metrics})
+
+
+def load_scores(run: RunFolder) -> ScoresResult | None:
+    """The stored result of `locate scores` on ``run`` with its per-example arrays; None if absent."""
+    path = run.root / REPORT_PATH
+    if not path.is_file():
+        return None
+    result = ScoresResult.from_report(Report.load(path))
+    with np.load(run.root / SCORES_PATH) as z:
+        arrays = {k: z[k] for k in result.auroc}
+        mask = z["noisy"]
+    return replace(result, scores=arrays, noisy_mask=mask)
 
 
 def cumulative_sample_loss(loss: np.ndarray) -> np.ndarray:
@@ -136,10 +205,11 @@ def locate_scores(
     *,
     curvature: CurvatureConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-) -> Report:
-    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return a Report.
+) -> ScoresResult:
+    """Compute every score of a run, write RUN_DIR/locate/scores.npz, return the typed result.
 
-    report = locate_scores(RunFolder.open("runs/cnn"), torch.device("cpu"), curvature=CurvatureConfig())
+    result = locate_scores(RunFolder.open("runs/cnn"), torch.device("cpu"), curvature=CurvatureConfig())
+    result.auroc["csl"]
     """
     dyn = run.load_dynamics()
     labels, _ = run.load_noise()
@@ -161,14 +231,22 @@ def locate_scores(
             np.savez(f, noisy=labels.mask, **scores)
 
     path = atomic_write(run.root / SCORES_PATH, write)
+    result = ScoresResult(
+        epochs=int(dyn.loss.shape[0] - 1),
+        curvature=curvature,
+        scores_file=str(path),
+        examples=len(labels.mask),
+        noisy=int(labels.mask.sum()),
+        auroc=aurocs,
+        scores=scores,
+        noisy_mask=labels.mask,
+    )
     train = run.config()["train"]
     report = Report(
         method="locate.scores",
         model_id=f"{train['arch']}@{train['data']}",
-        config={"epochs": int(dyn.loss.shape[0] - 1), "curvature": curvature},
-        results={"scores_file": str(path), "examples": len(labels.mask), "noisy": int(labels.mask.sum())},
-        metrics={"auroc": aurocs},
+        **result.to_dict(),
         provenance=provenance(train["seed"], {"dynamics": run.dynamics_path}),
     )
     report.save(run.root / REPORT_PATH)
-    return report
+    return result

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError, RunFolderError
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
+from memloc.locate.classifier.unit_results import FlipRecord, GroupSummary, NeuronsResult
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
 from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
 
@@ -67,55 +69,36 @@ def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int
     return list(dict.fromkeys(ids))
 
 
-def _record(result: FlipResult, noisy: bool) -> dict:
-    return {
-        "id": result.index,
-        "group": "noisy" if noisy else "clean",
-        "flipped": result.flipped,
-        "units": [[layer, int(i)] for layer, i in result.units],
-        "n_units": len(result.units),
-        "collateral_drop": None
-        if result.collateral_drop != result.collateral_drop
-        else result.collateral_drop,
-        "seconds": result.seconds,
-        "reason": result.reason,
-        "steps": result.steps,
-        **result.extra,
-    }
-
-
-def summarize(records: Sequence[dict]) -> dict:
-    """Per group: flip rate, mean/median units, per-layer share of units, mean collateral drop."""
+def summarize(records: Sequence[FlipRecord]) -> dict[str, GroupSummary]:
+    """Per group (noisy first): flip rate, mean/median units, per-layer share of units, mean collateral drop."""
     out = {}
     for group in ("noisy", "clean"):
-        recs = [r for r in records if r["group"] == group]
+        recs = [r for r in records if r.group == group]
         if not recs:
             continue
-        flipped = [r for r in recs if r["flipped"]]
-        counts = [r["n_units"] for r in flipped]
-        layers = Counter(layer for r in flipped for layer, _ in r["units"])
+        flipped = [r for r in recs if r.flipped]
+        counts = [r.n_units for r in flipped]
+        layers = Counter(layer for r in flipped for layer, _ in r.units)
         total = sum(layers.values())
-        out[group] = {
-            "examples": len(recs),
-            "flip_rate": len(flipped) / len(recs),
-            "outcomes": dict(Counter(r["reason"] for r in recs)),
-            "mean_units": statistics.mean(counts) if counts else None,
-            "median_units": statistics.median(counts) if counts else None,
-            "layer_share": {k: v / total for k, v in sorted(layers.items())} if total else {},
-            "mean_collateral_drop": statistics.mean(r["collateral_drop"] for r in flipped)
+        out[group] = GroupSummary(
+            examples=len(recs),
+            flip_rate=len(flipped) / len(recs),
+            outcomes=dict(Counter(r.reason for r in recs)),
+            mean_units=statistics.mean(counts) if counts else None,
+            median_units=statistics.median(counts) if counts else None,
+            layer_share={k: v / total for k, v in sorted(layers.items())} if total else {},
+            # A flipped record always carries its measured drop.
+            mean_collateral_drop=statistics.mean(cast(float, r.collateral_drop) for r in flipped)
             if flipped
             else None,
-            "seconds_per_example": statistics.mean(r["seconds"] for r in recs),
-        }
+            seconds_per_example=statistics.mean(r.seconds for r in recs),
+        )
     return out
 
 
-def summary_rows(summary: dict) -> list[dict]:
+def summary_rows(groups: Mapping[str, GroupSummary]) -> list[dict]:
     """One flat table row per group: the scalar fields of `summarize`."""
-    return [
-        {"group": g, **{k: v for k, v in stats.items() if k not in ("layer_share", "outcomes")}}
-        for g, stats in summary.items()
-    ]
+    return [summary.table_row(group) for group, summary in groups.items()]
 
 
 def locate_neurons(
@@ -127,10 +110,11 @@ def locate_neurons(
     n: int = 100,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> Report:
+) -> NeuronsResult:
     """The fewest units that flip each chosen example (`flip_search`); resumable.
 
-    report = locate_neurons(RunFolder.open("runs/cnn"), torch.device("cpu"), FlipConfig(), n=20)
+    result = locate_neurons(RunFolder.open("runs/cnn"), torch.device("cpu"), FlipConfig(), n=20)
+    result.noisy.median_units
     """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
@@ -142,12 +126,12 @@ def locate_neurons(
         raise RunFolderError(
             f"{path} holds results of other options; pass another out or remove it", field="out"
         )
-    done: dict[int, dict] = {}
+    done: dict[int, FlipRecord] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
-                rec = json.loads(line)
-                done[rec["id"]] = rec
+                rec = FlipRecord.from_dict(json.loads(line))
+                done[rec.id] = rec
     todo = [t for t in targets if t not in done]
     model, adapter = run.load_model(final)
     model.to(device)
@@ -162,31 +146,41 @@ def locate_neurons(
 
         def keep(result: FlipResult) -> None:
             nonlocal finished
-            rec = _record(result, bool(labels.mask[result.index]))
+            rec = FlipRecord.of(result, bool(labels.mask[result.index]))
             done[result.index] = rec
-            sink.write(json.dumps(rec) + "\n")
+            sink.write(json.dumps(rec.to_dict()) + "\n")
             sink.flush()
             finished += 1
             if progress:
                 progress(finished, len(targets), "flip search")
 
         flip_search(model, adapter, flip_data, todo, config, on_result=keep)
-    records = [done[t] for t in targets]
+    records = tuple(done[t] for t in targets)
     graph = example_unit_graph(records)
-    graph_path = write_graphml(graph, run.root / GRAPH_PATH)
+    groups = summarize(records)
+    result = NeuronsResult(
+        flip=config,
+        examples=examples,
+        n=n,
+        records=records,
+        sharing=sharing_stats(graph),
+        graphml=str(write_graphml(graph, run.root / GRAPH_PATH)),
+        jsonl=str(path),
+        noisy=groups.get("noisy"),
+        clean=groups.get("clean"),
+    )
     train = run.config()["train"]
     report = Report(
         method="locate.neurons",
         model_id=f"{train['arch']}@{train['data']}",
-        config={"flip": asdict(config), "examples": examples, "n": n},
-        results={
-            "records": records,
-            "sharing": sharing_stats(graph),
-            "graphml": str(graph_path),
-            "jsonl": str(path),
-        },
-        metrics=summarize(records),
+        **result.to_dict(),
         provenance=provenance(config.seed, {"final_checkpoint": run.checkpoint(final)}),
     )
     report.save(run.root / REPORT_PATH)
-    return report
+    return result
+
+
+def load_neurons(run: RunFolder) -> NeuronsResult | None:
+    """The stored result of `locate neurons` on ``run``, or None when it has not run."""
+    path = run.root / REPORT_PATH
+    return NeuronsResult.from_report(Report.load(path)) if path.is_file() else None
