@@ -142,7 +142,7 @@ class TrainState:
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
     atomic_write(path, write)
 

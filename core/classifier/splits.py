@@ -84,9 +84,9 @@ class RunData:
             accs, loss, pred = RunData.load(run, device).evaluate(model)
             accs.clean_train_acc
         """
-        loss, pred = per_example(model, self.x_train, self.given, batch_size=batch_size)
+        train_loss, train_pred = per_example(model, self.x_train, self.given, batch_size=batch_size)
         _, test_pred = per_example(model, self.x_test, self.y_test, batch_size=batch_size)
-        loss, pred = loss.cpu().numpy(), pred.cpu().numpy()
+        loss, pred = train_loss.cpu().numpy(), train_pred.cpu().numpy()
         mask = self.labels.mask
         accs = Accuracies(
             clean_train_acc=masked_accuracy(pred, self.labels.given, ~mask),

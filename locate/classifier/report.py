@@ -157,7 +157,7 @@ def units_figures(records: Sequence[FlipRecord]) -> tuple[Figure, Figure]:
     for group in ("clean", "noisy"):
         counts = [r.n_units for r in flipped if r.group == group]
         if counts:
-            ax.hist(counts, bins=bins, alpha=0.6, label=f"{group} (median {np.median(counts):g})")
+            ax.hist(counts, bins=list(bins), alpha=0.6, label=f"{group} (median {np.median(counts):g})")
     ax.set_xlabel("units zeroed to flip the prediction")
     ax.set_ylabel("examples")
     ax.legend(fontsize=8)
