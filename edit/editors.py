@@ -27,7 +27,7 @@ from memloc.edit.delta import Editor, WeightDelta
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
 from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.rome import RomeConfig, compute_rome
-from memloc.edit.stats import StatsConfig, key_statistics_by_layer
+from memloc.edit.stats import KeyStats, StatsConfig, key_statistics_by_layer
 from memloc.edit.templates import TemplateConfig, context_templates
 from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons
 from memloc.locate.lm.tracing import TraceConfig, average_best_layer, trace_fact
@@ -115,7 +115,7 @@ class EditChoice:
     method: str
     layers: tuple[int, ...]
     auto_layers: bool  # chosen by causal tracing
-    stats: Mapping[int, dict] = field(default_factory=dict)  # key statistics per layer (ROME/MEMIT)
+    stats: Mapping[int, KeyStats] = field(default_factory=dict)  # key statistics per layer (ROME/MEMIT)
     templates: tuple[str, ...] = ()
     neurons: Mapping[str, int] = field(default_factory=dict)  # KN: neurons per case id
     relation_neurons: Mapping[str, int] = field(default_factory=dict)  # KN: per relation
@@ -165,9 +165,7 @@ def prepare_editor(
         lm, layers, plan.stats, progress=lambda d, t, s: progress and progress(d, t, f"key statistics: {s}")
     )
     templates = context_templates(lm, plan.templates)
-    choice = replace(
-        choice, stats={layer: s.to_dict() for layer, s in stats.items()}, templates=tuple(templates)
-    )
+    choice = replace(choice, stats=dict(stats), templates=tuple(templates))
     if plan.method == "rome":
         base = plan.rome or RomeConfig(layer=layers[0])
         config = replace(base, layer=layers[0])

@@ -207,7 +207,7 @@ def save_edits(
     Example::
 
         saved = save_edits(lm, facts, EditPlan("kn"), monitor_for("kn"), Path("edited"))
-        saved.to_dict()["edits"]
+        saved.after[0].p_new
     """
     require_new_folder(out)
     base = weights_hash(lm.model)
