@@ -26,6 +26,7 @@ from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.training.zoo import build_model
 from memloc.locate.classifier.rewinding import (
+    LayerCell,
     RewindConfig,
     default_rewind_epochs,
     group_tensors,
@@ -46,7 +47,7 @@ def timed(fn, device):
     return time.perf_counter() - start, out
 
 
-def reload_sweep(run: RunFolder, data: RunData, layers: list[str], epochs, device) -> list[dict]:
+def reload_sweep(run: RunFolder, data: RunData, layers: list[str], epochs, device) -> list[LayerCell]:
     """The straightforward sweep: rebuild and reload everything from disk for every cell."""
     cells = []
     final = run.epochs()[-1]
@@ -62,7 +63,7 @@ def reload_sweep(run: RunFolder, data: RunData, layers: list[str], epochs, devic
                 state[k] = early[k]
             load_into(model, state)
             model.to(device)
-            cells.append({"layer": layer, "epoch": epoch, **data.accuracies(model).table_row()})
+            cells.append(LayerCell.of(layer, epoch, data.accuracies(model)))
     return cells
 
 
@@ -86,7 +87,7 @@ def main() -> int:
     )
     reload_s, reference = timed(lambda: reload_sweep(run, data, adapter.names, epochs, device), device)
 
-    key = lambda c: (c["layer"], c["epoch"])  # noqa: E731
+    key = lambda c: (c.layer, c.epoch)  # noqa: E731
     if sorted(cells, key=key) != sorted(reference, key=key):
         print("MISMATCH: memloc's rewinding cells differ from the straightforward sweep", file=sys.stderr)
         return 1

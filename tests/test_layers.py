@@ -9,6 +9,7 @@ from memloc.core.classifier.splits import RunData
 from memloc.core.errors import RunFolderError
 from memloc.locate.classifier.layers import LayersConfig, load_layers, locate_layers
 from memloc.locate.classifier.rewinding import (
+    LayerCell,
     RetrainConfig,
     RewindConfig,
     retrain_group,
@@ -35,7 +36,7 @@ def test_rewinding_to_the_final_epoch_changes_nothing(cnn_run):
     cells = rewind_cells(model, adapter, data, cnn_run.load_checkpoint, RewindConfig(epochs=(4,)))
     assert len(cells) == len(adapter.groups)
     for cell in cells:
-        assert {k: cell[k] for k in final} == final
+        assert {k: v for k, v in cell.to_dict().items() if k in final} == final
     assert same(before, model.state_dict())
 
 
@@ -65,7 +66,7 @@ def test_a_cell_equals_rebuilding_the_model_by_hand(cnn_run):
     early = cnn_run.load_checkpoint(1)
     state.update({k: early[k] for k in state if k.startswith("blocks.1.")})
     load_into(fresh, state)
-    assert {k: v for k, v in cell.items() if k.endswith("acc")} == data.accuracies(fresh).table_row()
+    assert cell == LayerCell.of("conv2", 1, data.accuracies(fresh))
 
 
 def test_batchnorm_buffers_follow_only_when_asked(cnn_run):
@@ -92,7 +93,7 @@ def test_retraining_leaves_every_other_tensor_bit_identical(cnn_run):
             assert torch.equal(after[key], before[key]), key
     assert not torch.equal(after["blocks.1.conv.weight"], init["blocks.1.conv.weight"])
     assert not torch.equal(after["blocks.1.conv.weight"], before["blocks.1.conv.weight"])
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r.epoch for r in rows] == [0, 1, 2]
     assert all(p.requires_grad for p in model.parameters())
 
 

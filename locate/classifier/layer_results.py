@@ -8,55 +8,12 @@ key order of the stored files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from memloc.core.classifier.splits import Accuracies
 from memloc.core.report import Report
-from memloc.locate.classifier.rewinding import RetrainConfig, RewindConfig
-
-
-@dataclass(frozen=True)
-class LayerCell:
-    """Accuracies of the final model with one layer group rewound (or retrained) to ``epoch``.
-
-    Example::
-
-        cell = LayerCell.from_dict({"layer": "fc1", "epoch": 0, "clean_acc": 0.9, "noisy_acc": 0.1,
-                                    "noisy_orig_acc": 0.7, "test_acc": 0.8})
-    """
-
-    layer: str
-    epoch: int
-    clean_acc: float
-    noisy_acc: float  # mislabeled examples, on their given (wrong) labels
-    noisy_orig_acc: float
-    test_acc: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerCell:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-
-@dataclass(frozen=True)
-class GradientRow:
-    """Mean per-step gradient norms of the clean and noisy parts of one epoch's batch losses."""
-
-    layer: str
-    epoch: int
-    clean_norm: float
-    noisy_norm: float
-    cosine: float | None  # None where no batch had both parts
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GradientRow:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+from memloc.locate.classifier.rewinding import GradientRow, LayerCell, RetrainConfig, RewindConfig
 
 
 def _cells(rows: Sequence[dict[str, Any]]) -> tuple[LayerCell, ...]:

@@ -20,7 +20,7 @@ from memloc.core.classifier.splits import Accuracies, RunData
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.core.validation import at_least, positive
-from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
+from memloc.locate.classifier.layer_results import LayerCell, LayersResult
 from memloc.locate.classifier.rewinding import (
     RetrainConfig,
     RewindConfig,
@@ -82,9 +82,9 @@ def locate_layers(
 
     dyn = run.load_dynamics()
     gradients = tuple(
-        GradientRow.from_dict(r)
+        r
         for r in gradient_rows(dyn.groups, dyn.grad_clean, dyn.grad_noisy, dyn.grad_cosine)
-        if r["layer"] in layers
+        if r.layer in layers
     )
     result = LayersResult(
         rewind=rewind,
@@ -158,7 +158,7 @@ class _Cells:
             skip=lambda layer, epoch: (
                 layer not in layers or store.get(section, _cell_key(layer, epoch)) is not None
             ),
-            on_cell=lambda cell: store.put(section, _cell_key(cell["layer"], cell["epoch"]), cell),
+            on_cell=lambda cell: store.put(section, _cell_key(cell.layer, cell.epoch), cell),
             progress=rewind_progress,
         )
         return tuple(
@@ -188,7 +188,9 @@ class _Cells:
             done += retrain.epochs
             if progress:
                 progress(done, self.total, f"retrained {layer}")
-            retraining.extend(LayerCell.from_dict(r) for r in cast(list, rows))
+            retraining.extend(
+                r if isinstance(r, LayerCell) else LayerCell.from_dict(r) for r in cast(list, rows)
+            )
         model.load_state_dict(final_state)
         return tuple(retraining)
 

@@ -19,17 +19,63 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
-from memloc.core.classifier.splits import RunData
+from memloc.core.classifier.splits import Accuracies, RunData
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least, fail, positive
 from torch import nn
 
-Cell = dict  # one row of a result table
+
+@dataclass(frozen=True)
+class LayerCell:
+    """Accuracies of the final model with one layer group rewound (or retrained) to ``epoch``.
+
+    Example::
+
+        cell = LayerCell.from_dict({"layer": "fc1", "epoch": 0, "clean_acc": 0.9, "noisy_acc": 0.1,
+                                    "noisy_orig_acc": 0.7, "test_acc": 0.8})
+    """
+
+    layer: str
+    epoch: int
+    clean_acc: float
+    noisy_acc: float  # mislabeled examples, on their given (wrong) labels
+    noisy_orig_acc: float
+    test_acc: float
+
+    @classmethod
+    def of(cls, layer: str, epoch: int, accs: Accuracies) -> LayerCell:
+        return cls(layer, epoch, **accs.table_row())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerCell:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class GradientRow:
+    """Mean per-step gradient norms of the clean and noisy parts of one epoch's batch losses."""
+
+    layer: str
+    epoch: int
+    clean_norm: float
+    noisy_norm: float
+    cosine: float | None  # None where no batch had both parts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GradientRow:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -118,9 +164,9 @@ def rewind_cells(
     config: RewindConfig,
     *,
     skip: Callable[[str, int], bool] = lambda layer, epoch: False,
-    on_cell: Callable[[Cell], None] | None = None,
+    on_cell: Callable[[LayerCell], None] | None = None,
     progress: Progress | None = None,
-) -> list[Cell]:
+) -> list[LayerCell]:
     """Rewind each (group, epoch) cell in place, evaluate, and restore the group.
 
     ``model`` holds the final weights and stays on its device; each epoch's
@@ -129,13 +175,13 @@ def rewind_cells(
     """
     device = next(model.parameters()).device
     todo = [(g.name, e) for e in config.epochs for g in adapter.groups if not skip(g.name, e)]
-    cells: list[Cell] = []
+    cells: list[LayerCell] = []
     loaded: tuple[int, dict[str, torch.Tensor]] | None = None
     for done, (layer, epoch) in enumerate(todo):
         if loaded is None or loaded[0] != epoch:  # epoch-major order: one checkpoint in memory
             loaded = (epoch, {k: v.to(device) for k, v in checkpoints(epoch).items()})
         with rewound(model, adapter, [layer], loaded[1], config.bn_buffers):
-            cell = {"layer": layer, "epoch": epoch, **data.accuracies(model, config.batch_size).table_row()}
+            cell = LayerCell.of(layer, epoch, data.accuracies(model, config.batch_size))
         cells.append(cell)
         if on_cell:
             on_cell(cell)
@@ -167,7 +213,7 @@ def retrain_group(
     config: RetrainConfig,
     *,
     progress: Callable[[int], None] | None = None,
-) -> list[Cell]:
+) -> list[LayerCell]:
     """Reset ``layer`` to ``init`` and train it alone on the clean examples.
 
     Works on ``model`` in place (pass a copy). Returns one row per epoch, epoch 0
@@ -182,7 +228,7 @@ def retrain_group(
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     clean = torch.nonzero(~data.noisy).squeeze(1)
     accs = data.accuracies(model, config.eval_batch_size)
-    rows = [{"layer": layer, "epoch": 0, **accs.table_row()}]
+    rows = [LayerCell.of(layer, 0, accs)]
     perfect = 0
     generator = torch.Generator().manual_seed(config.seed)
     steps = math.ceil(len(clean) / config.batch_size)
@@ -195,7 +241,7 @@ def retrain_group(
             loss.backward()
             optimizer.step()
         accs = data.accuracies(model, config.eval_batch_size)
-        rows.append({"layer": layer, "epoch": epoch, **accs.table_row()})
+        rows.append(LayerCell.of(layer, epoch, accs))
         if progress:
             progress(epoch)
         perfect = perfect + 1 if accs.clean_train_acc == 1.0 else 0
@@ -207,19 +253,19 @@ def retrain_group(
     return rows
 
 
-def gradient_rows(groups: Sequence[str], clean, noisy, cosine) -> list[Cell]:
-    """Gradient accounting from a run's dynamics as rows {layer, epoch, clean_norm, noisy_norm, cosine}."""
+def gradient_rows(groups: Sequence[str], clean, noisy, cosine) -> list[GradientRow]:
+    """Gradient accounting from a run's dynamics, one row per (epoch, layer group)."""
     rows = []
     for e in range(len(clean)):
         for g, name in enumerate(groups):
             cos = float(cosine[e, g])
             rows.append(
-                {
-                    "layer": name,
-                    "epoch": e + 1,
-                    "clean_norm": float(clean[e, g]),
-                    "noisy_norm": float(noisy[e, g]),
-                    "cosine": None if math.isnan(cos) else cos,
-                }
+                GradientRow(
+                    layer=name,
+                    epoch=e + 1,
+                    clean_norm=float(clean[e, g]),
+                    noisy_norm=float(noisy[e, g]),
+                    cosine=None if math.isnan(cos) else cos,
+                )
             )
     return rows
