@@ -25,6 +25,7 @@ from memloc.cli.options import (
 if TYPE_CHECKING:
     from memloc.core.lm.facts import Fact
     from memloc.core.lm.model import LM
+    from memloc.locate.lm.fact_results import KNRun
 
 TRACE = "memloc.locate.lm.tracing:TraceConfig"
 KN = "memloc.locate.lm.knowledge_neurons:KNConfig"
@@ -112,25 +113,25 @@ def trace_command(
     )
     model, loaded = load_inputs(lm, facts, limit)
     with progress_bar("trace") as update:
-        report = locate_trace(model, loaded, facts, config, out, update, last_subject_only=last_subject)
+        run = locate_trace(model, loaded, facts, config, out, update, last_subject_only=last_subject)
     if out is not None:
         _write_report(out)
     if fmt is Format.json:
-        emit_json(report.results)
+        emit_json(run.to_dict())
         return
     rows = [
         {
-            "case_id": f["case_id"],
-            "prompt": f["prompt"],
-            "target": f["target"],
-            "clean_p": f["clean_prob"],
-            "corrupted_p": f["corrupted_prob"],
-            "best_layer": f["best_layer"],
+            "case_id": t.case_id,
+            "prompt": t.prompt,
+            "target": t.target,
+            "clean_p": t.clean_prob,
+            "corrupted_p": t.corrupted_prob,
+            "best_layer": t.best_layer,
         }
-        for f in report.results["facts"]
+        for t in run.traces
     ]
     emit_table("causal tracing (best_layer: peak MLP effect at the last subject token)", rows)
-    stderr.print(f"best_layer over {len(rows)} facts: {report.results['best_layer']}")
+    stderr.print(f"best_layer over {len(rows)} facts: {run.best_layer}")
 
 
 def _write_report(out: Path) -> None:
@@ -205,28 +206,29 @@ def knowledge_neurons_command(
     model, loaded = load_inputs(lm, facts, limit)
     config.layer_list(model)  # one clear line for a layer out of range
     with progress_bar("knowledge neurons") as update:
-        report = locate_knowledge_neurons(model, loaded, facts, config, out, update)
+        run = locate_knowledge_neurons(model, loaded, facts, config, out, update)
     if out is not None:
         _write_report(out)
-    _show_knowledge_neurons(report, fmt)
+    _show_knowledge_neurons(run, fmt)
 
 
-def _show_knowledge_neurons(report, fmt: Format) -> None:
+def _show_knowledge_neurons(run: KNRun, fmt: Format) -> None:
+    metrics = run.metrics
     if fmt is Format.json:
         emit_json(
             {
                 "facts": [
                     {
-                        "case_id": r["case_id"],
-                        "relation": r["relation"],
-                        "neurons": r["neurons"],
-                        "per_layer": r["per_layer"],
+                        "case_id": f.case_id,
+                        "relation": f.relation,
+                        "neurons": f.neurons,
+                        "per_layer": dict(sorted(f.per_layer.items())),
                     }
-                    for r in report.results["facts"]
+                    for f in run.facts
                 ],
-                "relations": report.results["relations"],
-                "sharing": report.results["sharing"],
-                "metrics": report.metrics,
+                "relations": run.relations,
+                "sharing": run.sharing.to_dict(),
+                "metrics": metrics.to_dict(),
             }
         )
         return
@@ -234,17 +236,16 @@ def _show_knowledge_neurons(report, fmt: Format) -> None:
         "knowledge neurons per fact",
         [
             {
-                "case_id": r["case_id"],
-                "target": r["target"],
-                "neurons": len(r["neurons"]),
-                "layers": ", ".join(f"{k}:{v}" for k, v in r["per_layer"].items()),
+                "case_id": f.case_id,
+                "target": f.target,
+                "neurons": len(f.neurons),
+                "layers": ", ".join(f"{k}:{v}" for k, v in sorted(f.per_layer.items())),
             }
-            for r in report.results["facts"]
+            for f in run.facts
         ],
     )
-    stderr.print(
-        f"mean {report.metrics['mean_neurons']:.1f} neurons per fact; per layer {report.metrics['neurons_per_layer']}"
-    )
+    per_layer = {str(k): v for k, v in metrics.neurons_per_layer.items()}
+    stderr.print(f"mean {metrics.mean_neurons:.1f} neurons per fact; per layer {per_layer}")
 
 
 def _intervention_command(mode: str):
@@ -278,27 +279,27 @@ def _intervention_command(mode: str):
         config = InterventionConfig(mode=mode, factor=factor, controls=controls, seed=seed)
         model, loaded = load_inputs(lm, facts, limit)
         with progress_bar(mode) as update:
-            report = locate_intervention(model, loaded, facts, kn, config, out, update)
+            run = locate_intervention(model, loaded, facts, kn, config, out, update)
         if out is not None:
             _write_report(out)
         if fmt is Format.json:
-            emit_json(report.results)
+            emit_json(run.to_dict())
             return
         emit_table(
             f"{mode}: P(target) per fact",
             [
                 {
-                    "case_id": f["case_id"],
-                    "neurons": len(f["neurons"]),
-                    "P before": f["p_before"],
-                    "P own": f["p_own"],
-                    "P random": f["p_random"],
-                    "controls change": f["control_change"],
+                    "case_id": f.case_id,
+                    "neurons": len(f.neurons),
+                    "P before": f.before,
+                    "P own": f.own,
+                    "P random": f.random,
+                    "controls change": f.control_change,
                 }
-                for f in report.results["facts"]
+                for f in run.facts
             ],
         )
-        emit_table("mean relative change of P(target)", [report.results["summary"]])
+        emit_table("mean relative change of P(target)", [run.summary().to_dict()])
 
     what = "Zero" if mode == "suppress" else "Amplify"
     command.__doc__ = (

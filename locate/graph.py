@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from memloc.locate.classifier.unit_results import FlipRecord
+    from memloc.locate.lm.knowledge_neurons import FactNeurons
 
 
 def example_unit_graph(records: Iterable[FlipRecord]) -> nx.Graph:
@@ -125,38 +126,109 @@ def sharing_stats(graph: nx.Graph) -> SharingStats:
     )
 
 
-def fact_neuron_graph(facts: Iterable[dict]) -> nx.Graph:
-    """Facts given as ``{case_id, relation, neurons: [[layer, index, score], ...]}``."""
+def fact_neuron_graph(facts: Iterable[FactNeurons]) -> nx.Graph:
+    """One node per fact and per refined neuron, an edge (with its score) between them.
+
+    Example::
+
+        graph = fact_neuron_graph(knowledge_neurons(lm, facts).facts)
+    """
     graph = nx.Graph()
     for fact in facts:
-        node = f"fact:{fact['case_id']}"
-        graph.add_node(
-            node, kind="fact", relation=str(fact.get("relation", "")), n_neurons=len(fact["neurons"])
-        )
-        for layer, index, score in fact["neurons"]:
+        node = f"fact:{fact.case_id}"
+        graph.add_node(node, kind="fact", relation=str(fact.relation), n_neurons=len(fact.neurons))
+        for layer, index, score in fact.neurons:
             neuron = f"neuron:{int(layer)}:{int(index)}"
             graph.add_node(neuron, kind="neuron", layer=int(layer), index=int(index))
             graph.add_edge(node, neuron, score=float(score))
     return graph
 
 
-def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> dict:
+@dataclass(frozen=True)
+class SharedPair:
+    """Two facts (case ids) and how many refined neurons they share."""
+
+    facts: tuple[str, str]
+    shared: int
+
+
+@dataclass(frozen=True)
+class FactComponent:
+    """Size of a connected component of the fact–neuron graph."""
+
+    nodes: int
+    facts: int
+    neurons: int
+
+
+@dataclass(frozen=True)
+class FactSharing:
+    """What `fact_sharing_stats` finds; ``to_dict`` is the JSON the neurons report stores.
+
+    ``relation_neurons`` maps a relation to its (layer, index, facts holding it) rows.
+    """
+
+    facts: int
+    neurons: int
+    shared_neurons: int
+    pairs_sharing: tuple[SharedPair, ...]
+    same_relation_share_any: float | None
+    cross_relation_share_any: float | None
+    relation_neurons: dict[str, tuple[tuple[int, int, int], ...]]
+    largest_component: FactComponent
+
+    def to_dict(self) -> dict:
+        return {
+            "facts": self.facts,
+            "neurons": self.neurons,
+            "shared_neurons": self.shared_neurons,
+            "pairs_sharing": [{"facts": list(p.facts), "shared": p.shared} for p in self.pairs_sharing],
+            "same_relation_share_any": self.same_relation_share_any,
+            "cross_relation_share_any": self.cross_relation_share_any,
+            "relation_neurons": {k: [list(row) for row in v] for k, v in self.relation_neurons.items()},
+            "largest_component": asdict(self.largest_component),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FactSharing:
+        """Read back what `to_dict` stored."""
+        return cls(
+            facts=data["facts"],
+            neurons=data["neurons"],
+            shared_neurons=data["shared_neurons"],
+            pairs_sharing=tuple(SharedPair(tuple(p["facts"]), p["shared"]) for p in data["pairs_sharing"]),
+            same_relation_share_any=data["same_relation_share_any"],
+            cross_relation_share_any=data["cross_relation_share_any"],
+            relation_neurons={
+                k: tuple((int(a), int(b), int(c)) for a, b, c in v)
+                for k, v in data["relation_neurons"].items()
+            },
+            largest_component=FactComponent(**data["largest_component"]),
+        )
+
+
+def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> FactSharing:
     """Which facts share neurons, and which neurons serve a whole relation.
 
     A neuron serves a relation when it is linked to at least ``relation_share`` of
     that relation's facts (and to at least two of them).
+
+    Example::
+
+        sharing = fact_sharing_stats(fact_neuron_graph(found.facts))
+        sharing.shared_neurons, sharing.relation_neurons
     """
     facts = [n for n, d in graph.nodes(data=True) if d["kind"] == "fact"]
     relation = {n: graph.nodes[n]["relation"] for n in facts}
     neurons = {n: set(graph[n]) for n in facts}
     same: list[bool] = []
     cross: list[bool] = []
-    pairs: list[dict] = []
+    pairs: list[SharedPair] = []
     for a, b in itertools.combinations(facts, 2):
         shared = neurons[a] & neurons[b]
         (same if relation[a] == relation[b] else cross).append(bool(shared))
         if shared:
-            pairs.append({"facts": [a[5:], b[5:]], "shared": len(shared)})
+            pairs.append(SharedPair((a[5:], b[5:]), len(shared)))
     by_relation: dict[str, list[str]] = {}
     for n in facts:
         by_relation.setdefault(relation[n], []).append(n)
@@ -167,27 +239,29 @@ def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> dict:
             for neuron in neurons[n]:
                 counts[neuron] = counts.get(neuron, 0) + 1
         need = max(2, int(np.ceil(relation_share * len(members))))
-        serving[rel] = sorted(
-            [[graph.nodes[u]["layer"], graph.nodes[u]["index"], c] for u, c in counts.items() if c >= need]
+        serving[rel] = tuple(
+            sorted(
+                (graph.nodes[u]["layer"], graph.nodes[u]["index"], c) for u, c in counts.items() if c >= need
+            )
         )
     components = sorted(nx.connected_components(graph), key=len, reverse=True) if graph else []
     largest = components[0] if components else set()
-    return {
-        "facts": len(facts),
-        "neurons": sum(1 for _, d in graph.nodes(data=True) if d["kind"] == "neuron"),
-        "shared_neurons": sum(
+    return FactSharing(
+        facts=len(facts),
+        neurons=sum(1 for _, d in graph.nodes(data=True) if d["kind"] == "neuron"),
+        shared_neurons=sum(
             1 for n, d in graph.nodes(data=True) if d["kind"] == "neuron" and graph.degree(n) >= 2
         ),
-        "pairs_sharing": sorted(pairs, key=lambda p: -p["shared"]),
-        "same_relation_share_any": float(np.mean(same)) if same else None,
-        "cross_relation_share_any": float(np.mean(cross)) if cross else None,
-        "relation_neurons": serving,
-        "largest_component": {
-            "nodes": len(largest),
-            "facts": sum(1 for n in largest if n.startswith("fact:")),
-            "neurons": sum(1 for n in largest if n.startswith("neuron:")),
-        },
-    }
+        pairs_sharing=tuple(sorted(pairs, key=lambda p: -p.shared)),
+        same_relation_share_any=float(np.mean(same)) if same else None,
+        cross_relation_share_any=float(np.mean(cross)) if cross else None,
+        relation_neurons=serving,
+        largest_component=FactComponent(
+            nodes=len(largest),
+            facts=sum(1 for n in largest if n.startswith("fact:")),
+            neurons=sum(1 for n in largest if n.startswith("neuron:")),
+        ),
+    )
 
 
 def write_graphml(graph: nx.Graph, path: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_cli import assert_one_line_error, run_cli
 
@@ -178,10 +179,10 @@ def test_last_subject_only_trace_gives_the_same_best_layer_rows():
     lm = load_language_model(str(MODEL), device="cpu")
     facts = load_facts(FACTS, limit=3)
     config = TraceConfig(samples=3, window=2, kinds=("mlp",))
-    full = locate_trace(lm, facts, FACTS, config).results
-    quick = locate_trace(lm, facts, FACTS, config, last_subject_only=True).results
-    assert quick["best_layer"] == full["best_layer"]
-    for a, b in zip(full["facts"], quick["facts"], strict=True):
-        row = a["subject"][1] - 1
-        assert b["grids"]["mlp"][row] == pytest.approx(a["grids"]["mlp"][row], rel=1e-5)
-        assert all(v is None for t, r in enumerate(b["grids"]["mlp"]) if t != row for v in r)
+    full = locate_trace(lm, facts, FACTS, config)
+    quick = locate_trace(lm, facts, FACTS, config, last_subject_only=True)
+    assert quick.best_layer == full.best_layer
+    for a, b in zip(full.traces, quick.traces, strict=True):
+        row = a.last_subject
+        assert b.grids["mlp"][row] == pytest.approx(a.grids["mlp"][row], rel=1e-5)
+        assert all(np.isnan(r).all() for t, r in enumerate(b.grids["mlp"]) if t != row)

@@ -11,7 +11,13 @@ from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import encode, next_token_probs
 from memloc.core.sites import Site
-from memloc.locate.lm.interventions import InterventionConfig, intervene, random_neurons, scaled_neurons
+from memloc.locate.lm.interventions import (
+    InterventionConfig,
+    InterventionResult,
+    intervene,
+    random_neurons,
+    scaled_neurons,
+)
 from memloc.locate.lm.knowledge_neurons import KNConfig, attribute_prompt
 from tiny_lms import tiny_lm
 
@@ -122,10 +128,13 @@ def test_suppressing_own_neurons_lowers_p_target_and_enhancing_raises_it():
     assert up.facts[0].random_neurons == row.random_neurons  # same seed, same draw
 
     summary = down.summary()
-    assert summary["facts"] == 1 and summary["facts_without_neurons"] == 3
-    assert summary["own_change"] == pytest.approx(row.own_change)
+    assert summary.facts == 1 and summary.facts_without_neurons == 3
+    assert summary.own_change == pytest.approx(row.own_change)
     data = json.loads(json.dumps(down.to_dict()))
     assert data["facts"][0]["case_id"] == "c1" and data["summary"]["mode"] == "suppress"
+    # The stored JSON reads back into the same result, field for field.
+    assert InterventionResult.from_dict(data) == down
+    assert InterventionResult.from_dict(data).to_dict() == data
     # The model is unchanged afterwards.
     assert prob(lm, fs[0].text, fs[0].target_true) == pytest.approx(row.before, rel=0, abs=0)
 

@@ -1,5 +1,8 @@
 """The report of a facts folder: whatever `memloc locate trace|neurons|suppress|enhance`
 left there, as Markdown and one self-contained HTML page.
+
+Each stored report's results and config are read back into their types
+(locate/lm/fact_results.py) before a section reads them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-from memloc.locate.lm.tracing import FactTrace
+from memloc.locate.lm.fact_results import KNRun, TraceRun, config_from_dict
+from memloc.locate.lm.interventions import InterventionResult
+from memloc.locate.lm.knowledge_neurons import KNConfig
+from memloc.locate.lm.tracing import FactTrace, TraceConfig
 from memloc.locate.lm.tracing_figures import trace_heatmaps
 
 HEATMAPS = 3  # facts whose full trace grids are drawn
@@ -45,12 +51,13 @@ def mlp_effect_figure(traces: list[FactTrace], best: int | None) -> Figure:
 
 
 def trace_section(report: Report) -> Section:
-    traces = [FactTrace.from_dict(f) for f in report.results["facts"]]
-    best = report.results["best_layer"]
+    run = TraceRun.from_dict(report.results)
+    traces, best = list(run.traces), run.best_layer
+    config = config_from_dict(TraceConfig, report.config)
     section = Section("Causal tracing")
     section.paragraphs.append(
-        f"{len(traces)} facts, {report.config['samples']} corrupted copies each (noise "
-        f"{report.config['noise']}×σ of the embeddings, seed {report.config['seed']}). The automatic edit layer "
+        f"{len(traces)} facts, {config.samples} corrupted copies each (noise "
+        f"{config.noise}×σ of the embeddings, seed {config.seed}). The automatic edit layer "
         f"(the peak MLP effect at the subject's last token, averaged over facts) is **{best}**."
     )
     section.tables.append(
@@ -77,11 +84,11 @@ def trace_section(report: Report) -> Section:
     return section
 
 
-def neurons_per_layer_figure(report: Report) -> Figure:
+def neurons_per_layer_figure(run: KNRun) -> Figure:
     """Refined knowledge neurons per layer, stacked by relation."""
-    rows = report.results["facts"]
-    layers = np.arange(report.results["layers"])
-    relations = sorted({r["relation"] for r in rows})
+    rows = run.facts
+    layers = np.arange(run.layers)
+    relations = sorted({r.relation for r in rows})
     fig = Figure(figsize=(7.5, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -89,8 +96,8 @@ def neurons_per_layer_figure(report: Report) -> Figure:
     for relation in relations:
         counts = np.zeros(len(layers))
         for r in rows:
-            if r["relation"] == relation:
-                for layer, _, _ in r["neurons"]:
+            if r.relation == relation:
+                for layer, _, _ in r.neurons:
                     counts[layer] += 1
         ax.bar(layers, counts, bottom=bottom, label=_short(relation))
         bottom += counts
@@ -107,33 +114,34 @@ def _short(text: str, n: int = 28) -> str:
 
 
 def neurons_section(report: Report) -> Section:
-    rows, m = report.results["facts"], report.metrics
+    run = KNRun.from_dict(report.results)
+    rows, m = run.facts, run.metrics
     section = Section("Knowledge neurons (integrated gradients)")
-    c = report.config
+    c = config_from_dict(KNConfig, report.config)
     section.paragraphs.append(
-        f"Dai et al. (2022) attribution at the last prompt token, {c['steps']} left-Riemann steps, zero baseline; "
-        f"coarse set > {c['coarse']} × the maximum over layers, refined set kept by ≥ {c['share']:.0%} of a fact's "
-        f"prompts, relation neurons shared by ≥ {c['relation_share']:.0%} of a relation's facts. "
-        f"Mean {m['mean_neurons']:.1f} refined neurons per fact (median {m['median_neurons']:.0f}); "
-        f"{m['facts_without_neurons']} facts have none."
+        f"Dai et al. (2022) attribution at the last prompt token, {c.steps} left-Riemann steps, zero baseline; "
+        f"coarse set > {c.coarse} × the maximum over layers, refined set kept by ≥ {c.share:.0%} of a fact's "
+        f"prompts, relation neurons shared by ≥ {c.relation_share:.0%} of a relation's facts. "
+        f"Mean {m.mean_neurons:.1f} refined neurons per fact (median {m.median_neurons:.0f}); "
+        f"{m.facts_without_neurons} facts have none."
     )
     section.tables.append(
         (
             "per fact (top neurons as layer:index)",
             [
                 {
-                    "case_id": r["case_id"],
-                    "relation": _short(r["relation"]),
-                    "target": r["target"],
-                    "P(target)": float(np.mean(r["probabilities"])),
-                    "neurons": len(r["neurons"]),
-                    "top": ", ".join(f"{n[0]}:{n[1]}" for n in r["neurons"][:4]),
+                    "case_id": r.case_id,
+                    "relation": _short(r.relation),
+                    "target": r.target,
+                    "P(target)": float(np.mean(r.probabilities)),
+                    "neurons": len(r.neurons),
+                    "top": ", ".join(f"{n[0]}:{n[1]}" for n in r.neurons[:4]),
                 }
                 for r in rows
             ],
         )
     )
-    relations = report.results["relations"]
+    relations = run.relations
     section.tables.append(
         (
             "relation neurons (excluded before knowledge-neuron edits)",
@@ -147,33 +155,33 @@ def neurons_section(report: Report) -> Section:
             ],
         )
     )
-    sharing = report.results["sharing"]
+    sharing = run.sharing
     section.tables.append(
         (
             "fact–neuron graph",
             [
                 {
-                    "facts": sharing["facts"],
-                    "neurons": sharing["neurons"],
-                    "shared neurons": sharing["shared_neurons"],
-                    "pairs sharing": len(sharing["pairs_sharing"]),
-                    "same-relation pairs sharing": sharing["same_relation_share_any"],
-                    "cross-relation pairs sharing": sharing["cross_relation_share_any"],
+                    "facts": sharing.facts,
+                    "neurons": sharing.neurons,
+                    "shared neurons": sharing.shared_neurons,
+                    "pairs sharing": len(sharing.pairs_sharing),
+                    "same-relation pairs sharing": sharing.same_relation_share_any,
+                    "cross-relation pairs sharing": sharing.cross_relation_share_any,
                 }
             ],
         )
     )
-    section.figures.append(("neurons_per_layer", neurons_per_layer_figure(report)))
+    section.figures.append(("neurons_per_layer", neurons_per_layer_figure(run)))
     return section
 
 
-def intervention_figure(report: Report) -> Figure:
+def intervention_figure(method: str, result: InterventionResult) -> Figure:
     """Relative change of P(target): own neurons, random neurons, control facts."""
-    facts = [f for f in report.results["facts"] if f["neurons"]]
+    facts = [f for f in result.facts if f.neurons]
     groups = [
-        ("own neurons", [f["own_change"] for f in facts]),
-        ("random neurons", [f["random_change"] for f in facts]),
-        ("control facts", [f["control_change"] for f in facts if f["control_change"] is not None]),
+        ("own neurons", [f.own_change for f in facts]),
+        ("random neurons", [f.random_change for f in facts]),
+        ("control facts", [f.control_change for f in facts if f.control_change is not None]),
     ]
     fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -185,25 +193,24 @@ def intervention_figure(report: Report) -> Figure:
     ax.set_xticks(range(3), [g[0] for g in groups])
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("relative change of P(target)")
-    ax.set_title(
-        f"{report.method}: neurons × {0 if report.method == 'suppress' else report.config['factor']}"
-    )
+    ax.set_title(f"{method}: neurons × {0 if method == 'suppress' else result.config.factor}")
     return fig
 
 
 def intervention_section(report: Report) -> Section:
-    s = report.results["summary"]
+    result = InterventionResult.from_dict(report.results)
+    s = result.summary()
     section = Section(f"{report.method.capitalize()} knowledge neurons")
     section.paragraphs.append(
-        f"{s['facts']} facts with neurons. Mean relative change of P(target) with a fact's own neurons "
-        f"{s['own_change']:+.1%}, with as many random neurons in the same layers {s['random_change']:+.1%}, "
-        f"and on unrelated control facts {s['control_change']:+.1%}."
-        if s["facts"]
+        f"{s.facts} facts with neurons. Mean relative change of P(target) with a fact's own neurons "
+        f"{s.own_change:+.1%}, with as many random neurons in the same layers {s.random_change:+.1%}, "
+        f"and on unrelated control facts {s.control_change:+.1%}."
+        if s.facts
         else "No fact had refined neurons."
     )
-    section.tables.append(("summary", [s]))
-    if s["facts"]:
-        section.figures.append((f"{report.method}_effect", intervention_figure(report)))
+    section.tables.append(("summary", [s.to_dict()]))
+    if s.facts:
+        section.figures.append((f"{report.method}_effect", intervention_figure(report.method, result)))
     return section
 
 

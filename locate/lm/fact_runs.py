@@ -3,26 +3,26 @@
 With an output folder each method keeps its finished facts in ``<method>.json``
 under a hash of its config (`ResultStore`), so a rerun skips them and a rerun with
 another config never overwrites them; the method's `Report` (with provenance) goes
-to ``<method>_report.json``. Without a folder nothing is written.
+to ``<method>_report.json``. Without a folder nothing is written. Each runner returns
+its typed run (locate/lm/fact_results.py); the Report is only the stored envelope.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.report import Report, provenance, to_jsonable
 from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
-from memloc.locate.lm.interventions import InterventionConfig, intervene
+from memloc.locate.lm.fact_results import KNRun, RelationNeurons, TraceRun
+from memloc.locate.lm.interventions import InterventionConfig, InterventionResult, intervene
 from memloc.locate.lm.knowledge_neurons import FactNeurons, KNConfig, knowledge_neurons, relation_neurons
-from memloc.locate.lm.tracing import FactTrace, TraceConfig, average_best_layer, trace_fact
+from memloc.locate.lm.tracing import FactTrace, TraceConfig, trace_fact
 from memloc.locate.results_store import ResultStore, config_key
 
 T = TypeVar("T")
@@ -98,11 +98,16 @@ def locate_trace(
     progress: Progress | None = None,
     *,
     last_subject_only: bool = False,
-) -> Report:
+) -> TraceRun:
     """Causal traces of every fact, and the edit layer they suggest (``best_layer``).
 
     ``last_subject_only`` traces just each fact's last subject token, the row that
     ``best_layer`` reads, at a fraction of the cost.
+
+    Example::
+
+        run = locate_trace(lm, load_facts(path), path, TraceConfig(kinds=("mlp",)))
+        run.best_layer, run.traces[0].clean_prob
     """
 
     def one(fact: Fact) -> FactTrace:
@@ -115,15 +120,10 @@ def locate_trace(
     traces = per_fact(
         "trace", key, facts, one, out, progress, encode=FactTrace.to_dict, decode=FactTrace.from_dict
     )
-    best = average_best_layer(traces)
-    metrics = {
-        "best_layer": best,
-        "per_fact_best_layer": {t.case_id: t.best_layer for t in traces},
-        "mean_clean_prob": float(np.mean([t.clean_prob for t in traces])),
-        "mean_corrupted_prob": float(np.mean([t.corrupted_prob for t in traces])),
-    }
-    results = {"best_layer": best, "facts": [t.to_dict() for t in traces]}  # the Report stores JSON
-    return fact_report("trace", lm, facts_path, config, results, metrics, config.seed, out)
+    run = TraceRun.of(traces)
+    if out is not None:
+        fact_report("trace", lm, facts_path, config, run.to_dict(), run.metrics.to_dict(), config.seed, out)
+    return run
 
 
 def neurons_by_fact(
@@ -132,7 +132,7 @@ def neurons_by_fact(
     config: KNConfig,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> tuple[list[FactNeurons], dict]:
+) -> tuple[list[FactNeurons], RelationNeurons]:
     """Each fact's knowledge neurons (resumable per fact), and the relation-level neurons."""
     found = per_fact(
         "neurons",
@@ -149,7 +149,7 @@ def neurons_by_fact(
         {f.case_id: f.relation for f in found},
         config.relation_share,
     )
-    return found, {k: [list(n) for n in v] for k, v in relations.items()}
+    return found, {k: tuple(v) for k, v in relations.items()}
 
 
 def locate_knowledge_neurons(
@@ -159,26 +159,21 @@ def locate_knowledge_neurons(
     config: KNConfig,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> Report:
-    """Knowledge neurons (Dai et al. 2022) of every fact, relation neurons and the fact–neuron graph."""
+) -> KNRun:
+    """Knowledge neurons (Dai et al. 2022) of every fact, relation neurons and the fact–neuron graph.
+
+    Example::
+
+        run = locate_knowledge_neurons(lm, facts, path, KNConfig(steps=20), out=Path("runs/kn"))
+        run.metrics.mean_neurons, run.sharing.shared_neurons
+    """
     found, relations = neurons_by_fact(lm, facts, config, out, progress)
-    rows = [f.to_dict() for f in found]  # the Report stores JSON, and the graph reads these rows
-    graph = fact_neuron_graph(rows)
-    sharing = fact_sharing_stats(graph)
+    graph = fact_neuron_graph(found)
+    run = KNRun(tuple(found), relations, fact_sharing_stats(graph), lm.n_layers)
     if out is not None:
         write_graphml(graph, out / "neurons.graphml")
-    per_layer = Counter(n[0] for r in rows for n in r["neurons"])
-    counts = [len(r["neurons"]) for r in rows]
-    metrics = {
-        "facts": len(rows),
-        "mean_neurons": float(np.mean(counts)),
-        "median_neurons": float(np.median(counts)),
-        "facts_without_neurons": sum(c == 0 for c in counts),
-        "neurons_per_layer": {str(k): per_layer[k] for k in sorted(per_layer)},
-        "relation_neurons": {k: len(v) for k, v in relations.items()},
-    }
-    results = {"facts": rows, "relations": relations, "sharing": sharing, "layers": lm.n_layers}
-    return fact_report("neurons", lm, facts_path, config, results, metrics, None, out)
+        fact_report("neurons", lm, facts_path, config, run.to_dict(), run.metrics.to_dict(), None, out)
+    return run
 
 
 def locate_intervention(
@@ -189,8 +184,14 @@ def locate_intervention(
     config: InterventionConfig,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> Report:
-    """Suppress or enhance each fact's own refined neurons, against random neurons and control facts."""
+) -> InterventionResult:
+    """Suppress or enhance each fact's own refined neurons, against random neurons and control facts.
+
+    Example::
+
+        run = locate_intervention(lm, facts, path, KNConfig(), InterventionConfig(mode="enhance"))
+        run.summary().own_change
+    """
     found, _ = neurons_by_fact(lm, facts, kn, out, offset(progress, 0, 2 * len(facts)))
     neurons = {f.case_id: f.neurons for f in found}
     result = intervene(
@@ -200,5 +201,7 @@ def locate_intervention(
         config,
         progress=offset(progress, len(facts), 2 * len(facts)),
     )
-    data = result.to_dict()  # the Report stores JSON
-    return fact_report(config.mode, lm, facts_path, config, data, result.summary(), config.seed, out)
+    if out is not None:
+        summary = result.summary().to_dict()
+        fact_report(config.mode, lm, facts_path, config, result.to_dict(), summary, config.seed, out)
+    return result

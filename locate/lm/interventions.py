@@ -64,18 +64,18 @@ class ControlEffect:
         return _relative(self.before, self.after)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FactIntervention:
     """P(target) of one fact before and after changing its own or random neurons."""
 
     case_id: str
     relation: str
-    neurons: list[Neuron]
-    random_neurons: list[Neuron]
+    neurons: tuple[Neuron, ...]
+    random_neurons: tuple[Neuron, ...]
     before: float
     own: float
     random: float
-    controls: list[ControlEffect]
+    controls: tuple[ControlEffect, ...]
 
     @property
     def own_change(self) -> float:
@@ -107,31 +107,77 @@ class FactIntervention:
             "control_change": self.control_change,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FactIntervention:
+        """Read back what `to_dict` stored (the changes are recomputed from the probabilities)."""
+        return cls(
+            case_id=data["case_id"],
+            relation=data["relation"],
+            neurons=tuple((int(layer), int(index)) for layer, index in data["neurons"]),
+            random_neurons=tuple((int(layer), int(index)) for layer, index in data["random_neurons"]),
+            before=data["p_before"],
+            own=data["p_own"],
+            random=data["p_random"],
+            controls=tuple(
+                ControlEffect(c["case_id"], c["p_before"], c["p_after"]) for c in data["controls"]
+            ),
+        )
 
-@dataclass
+
+@dataclass(frozen=True)
+class InterventionSummary:
+    """Means over the facts that have neurons (relative changes; negative = drop; None without any)."""
+
+    mode: str
+    facts: int
+    facts_without_neurons: int
+    own_change: float | None
+    random_change: float | None
+    control_change: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class InterventionResult:
-    facts: list[FactIntervention]
+    """Every fact's intervention; ``to_dict`` is the JSON the ``suppress``/``enhance`` reports store.
+
+    Example::
+
+        result = intervene(lm, facts, found, InterventionConfig(mode="suppress"))
+        result.summary().own_change
+    """
+
+    facts: tuple[FactIntervention, ...]
     config: InterventionConfig
 
-    def summary(self) -> dict:
-        """Means over the facts that have neurons (relative changes; negative = drop)."""
+    def summary(self) -> InterventionSummary:
         used = [f for f in self.facts if f.neurons]
         controls = [f.control_change for f in used if f.control_change is not None]
-        return {
-            "mode": self.config.mode,
-            "facts": len(used),
-            "facts_without_neurons": len(self.facts) - len(used),
-            "own_change": _mean([f.own_change for f in used]),
-            "random_change": _mean([f.random_change for f in used]),
-            "control_change": _mean(controls),
-        }
+        return InterventionSummary(
+            mode=self.config.mode,
+            facts=len(used),
+            facts_without_neurons=len(self.facts) - len(used),
+            own_change=_mean([f.own_change for f in used]),
+            random_change=_mean([f.random_change for f in used]),
+            control_change=_mean(controls),
+        )
 
     def to_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "summary": self.summary(),
+            "summary": self.summary().to_dict(),
             "facts": [f.to_dict() for f in self.facts],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> InterventionResult:
+        """Read back what `to_dict` stored; the summary is recomputed from the facts."""
+        return cls(
+            facts=tuple(FactIntervention.from_dict(f) for f in data["facts"]),
+            config=InterventionConfig(**data["config"]),
+        )
 
 
 @contextmanager
@@ -201,19 +247,19 @@ def intervene(
             FactIntervention(
                 case_id=fact.case_id,
                 relation=fact.relation_key,
-                neurons=chosen,
-                random_neurons=randoms,
+                neurons=tuple(chosen),
+                random_neurons=tuple(randoms),
                 before=before[fact.case_id],
                 own=p_own,
                 random=p_random,
-                controls=[
+                controls=tuple(
                     ControlEffect(c.case_id, control_before[c.case_id], after[c.case_id]) for c in controls
-                ],
+                ),
             )
         )
         if progress:
             progress(position + 1, len(facts), config.mode)
-    return InterventionResult(results, config)
+    return InterventionResult(tuple(results), config)
 
 
 def random_neurons(lm: LM, neurons: Sequence[Neuron], generator: torch.Generator) -> list[Neuron]:
