@@ -20,17 +20,9 @@ from memloc.locate.lm.knowledge_neurons import (
     refined_neurons,
     relation_neurons,
 )
-from tiny_lms import ARCHITECTURES, tiny_lm
+from tiny_lms import ARCHITECTURES, tiny_lm, top_word
 
 TEXT = "the capital of Zorbia is the city of"
-
-
-def top_word(lm, text: str) -> str:
-    """The model's own top next word, so P(target) is not tiny (ids 0 and 1 are special)."""
-    ids = torch.tensor([encode(lm.tokenizer, text).ids])
-    with torch.no_grad():
-        probs = next_token_probs(lm.model, ids)[0]
-    return lm.tokenizer.decode([int(probs[2:].argmax()) + 2]).strip()
 
 
 def target_prob(lm, text: str, target: str, fn=None, layer: int = 0) -> float:

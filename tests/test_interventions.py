@@ -19,16 +19,9 @@ from memloc.locate.lm.interventions import (
     scaled_neurons,
 )
 from memloc.locate.lm.knowledge_neurons import KNConfig, attribute_prompt
-from tiny_lms import tiny_lm
+from tiny_lms import tiny_lm, top_word
 
 TEXT = "the capital of Zorbia is the city of"
-
-
-def top_word(lm, text: str) -> str:
-    ids = torch.tensor([encode(lm.tokenizer, text).ids])
-    with torch.no_grad():
-        probs = next_token_probs(lm.model, ids)[0]
-    return lm.tokenizer.decode([int(probs[2:].argmax()) + 2]).strip()
 
 
 def prob(lm, text: str, target: str) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from memloc.core.adapters import TransformerAdapter
-from memloc.core.lm.model import LM
+from memloc.core.lm.model import LM, encode, next_token_probs
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM as _Auto
 from transformers import (
@@ -119,3 +119,11 @@ def tiny_lm(arch: str, seed: int = 0) -> LM:
     model = _Auto.from_config(config).eval()
     model.requires_grad_(False)
     return LM(model, tok, TransformerAdapter.for_model(model), source=f"tiny-{arch}")
+
+
+def top_word(lm: LM, text: str) -> str:
+    """The model's own top next word, so P(target) is not tiny (ids 0 and 1 are special)."""
+    ids = torch.tensor([encode(lm.tokenizer, text).ids])
+    with torch.no_grad():
+        probs = next_token_probs(lm.model, ids)[0]
+    return lm.tokenizer.decode([int(probs[2:].argmax()) + 2]).strip()
