@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,15 @@ def example_unit_graph(records: Iterable[FlipRecord]) -> nx.Graph:
             graph.add_node(unit, kind="unit", layer=layer, index=int(index))
             graph.add_edge(node, unit)
     return graph
+
+
+def share_count(share: float, n: int) -> int:
+    """The smallest count k ≥ 1 with k / n ≥ share, robust to float rounding (0.28 × 25 is 7).
+
+    The one rule for "held by at least ``share`` of them": refined knowledge neurons
+    (share of a fact's prompts) and relation neurons (share of a relation's facts).
+    """
+    return max(1, math.ceil(share * n - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -238,7 +248,7 @@ def fact_sharing_stats(graph: nx.Graph, *, relation_share: float = 1.0) -> FactS
         for n in members:
             for neuron in neurons[n]:
                 counts[neuron] = counts.get(neuron, 0) + 1
-        need = max(2, int(np.ceil(relation_share * len(members))))
+        need = max(2, share_count(relation_share, len(members)))
         serving[rel] = tuple(
             sorted(
                 (graph.nodes[u]["layer"], graph.nodes[u]["index"], c) for u, c in counts.items() if c >= need

@@ -12,7 +12,7 @@ from memloc.locate.graph import (
     fact_sharing_stats,
     write_graphml,
 )
-from memloc.locate.lm.knowledge_neurons import FactNeurons
+from memloc.locate.lm.knowledge_neurons import FactNeurons, relation_neurons
 
 
 def _fact(case_id: str, relation: str, neurons: list[tuple[int, int, float]]) -> FactNeurons:
@@ -72,3 +72,18 @@ def test_graphml_round_trip(tmp_path):
     assert back.number_of_edges() == 8
     assert back.nodes["fact:d"]["relation"] == "language"
     assert back.edges["fact:a", "neuron:3:7"]["score"] == 0.9
+
+
+def test_graph_and_relation_neurons_apply_one_share_rule():
+    """A neuron held by exactly share × n facts serves the relation in both places.
+
+    With share 0.28 and 25 facts, 0.28 × 25 is 7.000000000000001 in floating point: a
+    plain ceil asks for 8 facts, the rule asks for 7.
+    """
+    facts = [_fact(f"f{i}", "capital", [(1, 1, 0.5)] if i < 7 else [(2, i, 0.5)]) for i in range(25)]
+    by_graph = fact_sharing_stats(fact_neuron_graph(facts), relation_share=0.28).relation_neurons
+    by_rule = relation_neurons(
+        {f.case_id: f.neuron_set() for f in facts}, {f.case_id: f.relation for f in facts}, 0.28
+    )
+    assert by_rule == {"capital": [(1, 1, 7)]}
+    assert [tuple(n) for n in by_graph["capital"]] == by_rule["capital"]

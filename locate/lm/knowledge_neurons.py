@@ -30,7 +30,6 @@ are k/m for k = 0..m-1 with weights 1/m), with hooks from core/hooks.py.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from memloc.core.lm.prefix_runner import PrefixCache, cache_inputs
 from memloc.core.progress import Progress
 from memloc.core.sites import Neuron, Site
 from memloc.core.validation import at_least, fail, in_unit_interval, one_of
+from memloc.locate.graph import share_count
 from torch.utils.checkpoint import checkpoint
 
 RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -182,7 +182,7 @@ def refined_neurons(coarse_sets: Sequence[Iterable[Neuron]], share: float) -> se
     if not coarse_sets:
         return set()
     counts = Counter(n for c in coarse_sets for n in set(c))
-    need = _at_least(share, len(coarse_sets))
+    need = share_count(share, len(coarse_sets))
     return {n for n, k in counts.items() if k >= need}
 
 
@@ -202,15 +202,10 @@ def relation_neurons(
     out: dict[str, list[tuple[int, int, int]]] = {}
     for relation, cases in members.items():
         counts = Counter(n for case in cases for n in set(refined.get(case, ())))
-        need = max(2, _at_least(share, len(cases)))
+        need = max(2, share_count(share, len(cases)))
         shared = [(layer, index, k) for (layer, index), k in counts.items() if k >= need]
         out[relation] = sorted(shared, key=lambda t: (-t[2], t[0], t[1]))
     return out
-
-
-def _at_least(share: float, n: int) -> int:
-    """The smallest count k with k / n >= share (robust to float rounding)."""
-    return max(1, math.ceil(share * n - 1e-9))
 
 
 # --- attributions -----------------------------------------------------------------------
