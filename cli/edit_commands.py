@@ -75,6 +75,15 @@ SamplesOpt = Annotated[
 ]
 
 
+def _edit_facts(facts: Path, limit: int | None) -> list:
+    """The facts to edit, checked before the model loads, so bad facts fail fast."""
+    from memloc.core.lm.facts import load_facts, require_edit_targets
+
+    loaded = load_facts(facts, limit=limit)
+    require_edit_targets(loaded)
+    return loaded
+
+
 def _plan(method: Method, layers: list[str] | None, corpus: str, samples: int, seed: int) -> EditPlan:
     from memloc.edit.editors import EditPlan
     from memloc.edit.stats import StatsConfig
@@ -114,11 +123,9 @@ def apply_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
-    from memloc.core.lm.facts import load_facts, require_edit_targets
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
-    loaded = load_facts(facts, limit=limit)
-    require_edit_targets(loaded)
+    loaded = _edit_facts(facts, limit)
     require_new_folder(out)
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
@@ -181,13 +188,11 @@ def eval_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
-    from memloc.core.lm.facts import load_facts, require_edit_targets
     from memloc.edit.eval_report import save_eval_report
     from memloc.edit.evaluate import METRICS, EvalConfig
     from memloc.edit.session import evaluate_folder, evaluate_plan
 
-    loaded = load_facts(facts, limit=limit)
-    require_edit_targets(loaded)  # before the model loads: bad facts fail fast
+    loaded = _edit_facts(facts, limit)
     config = EvalConfig(generation_tokens=fluency_tokens)
     model = lm.load()
     with progress_bar("eval") as update:
