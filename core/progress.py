@@ -18,3 +18,10 @@ def offset(progress: Progress | None, before: int, total: int) -> Progress | Non
     if progress is None:
         return None
     return lambda done, _total, description: progress(before + done, total, description)
+
+
+def labelled(progress: Progress | None, label: str) -> Progress | None:
+    """A callback whose descriptions read ``"{label}: {description}"``."""
+    if progress is None:
+        return None
+    return lambda done, total, description: progress(done, total, f"{label}: {description}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, labelled
 from memloc.core.validation import at_least, one_of
 from memloc.edit.delta import Editor, WeightDelta
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
@@ -161,9 +161,7 @@ def prepare_editor(
 
         return kn_editor, choice
 
-    stats = key_statistics_by_layer(
-        lm, layers, plan.stats, progress=lambda d, t, s: progress and progress(d, t, f"key statistics: {s}")
-    )
+    stats = key_statistics_by_layer(lm, layers, plan.stats, progress=labelled(progress, "key statistics"))
     templates = context_templates(lm, plan.templates)
     choice = replace(choice, stats=dict(stats), templates=tuple(templates))
     if plan.method == "rome":

@@ -20,7 +20,6 @@ clean examples comes from scikit-learn.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -31,6 +30,7 @@ from memloc.core.checkpoints import atomic_write
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError
+from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.core.validation import at_least, positive
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -147,7 +147,7 @@ def loss_curvature(
     y: torch.Tensor,
     config: CurvatureConfig,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Garg et al.'s input-space curvature proxy, per example, on the model's device.
 
@@ -173,7 +173,7 @@ def loss_curvature(
             diff = input_grad(x[b] + config.h * v, y[b]) - base[b]
             total[b] += diff.flatten(1).norm(dim=1).double()
         if progress:
-            progress(sample + 1, config.samples)
+            progress(sample + 1, config.samples, "curvature")
     return (total / config.samples).cpu().numpy()
 
 
@@ -204,7 +204,7 @@ def locate_scores(
     device: torch.device,
     *,
     curvature: CurvatureConfig | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> ScoresResult:
     """Compute every score of a run, write RUN_DIR/locate/scores.npz, return the typed result.
 
@@ -222,7 +222,7 @@ def locate_scores(
             data.x_train,
             data.given,
             curvature,
-            progress=(lambda d, t: progress(d, t, "curvature")) if progress else None,
+            progress=progress,
         )
     aurocs = {name: auroc(values, labels.mask) for name, values in scores.items()}
 
