@@ -3,9 +3,10 @@
 # Fashion-MNIST for the demo, and memloc itself (editable) with optional extras.
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh test     # plus pytest, hypothesis, ruff
+# Which Python: see scripts/env.sh (a project .venv on a system Python pip must not touch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/env.sh
 EXTRAS=${1:-}
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
@@ -38,4 +39,7 @@ if [ -n "$EXTRAS" ]; then
 else
   "$PY" -m pip install --quiet -e .
 fi
-echo "setup: memloc $("$PY" -c 'from importlib.metadata import version; print(version("memloc"))') installed" >&2
+echo "setup: memloc $("$PY" -c 'from importlib.metadata import version; print(version("memloc"))') installed for $PY" >&2
+if [ "$PY" = "$PWD/.venv/bin/python" ] && [ "${VIRTUAL_ENV:-}" != "$PWD/.venv" ]; then
+  echo "setup: to use memloc in this shell: source .venv/bin/activate" >&2
+fi
