@@ -109,6 +109,10 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # weights_only names the global a code-running pickle needs
+            raise CheckpointError(
+                f"{path} is not a valid torch checkpoint (damaged or another format)"
+            ) from None
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that runs code when loaded; memloc refused it. "
@@ -120,7 +124,10 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         except Exception as inner:
             raise CheckpointError(f"cannot load {path}: {inner}") from inner
     except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path} is not a valid torch checkpoint: {str(exc).splitlines()[0]}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError):
+        # Bytes that happen to start like a pickle fail inside the unpickler in many ways.
+        raise CheckpointError(f"{path} is not a valid torch checkpoint (damaged or another format)") from None
     return _state_from_object(obj, path)
 
 

@@ -87,3 +87,119 @@ def test_damaged_stats_cache_and_generated_corpus_are_recomputed_with_a_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten cache is whole again
         key_statistics(lm, 1, config, cache_dir=tmp_path)
+
+
+# --- damaged run-folder files -----------------------------------------------------------
+
+
+@pytest.fixture()
+def run_copy(tmp_path, digits_run):
+    shutil.copytree(digits_run.root, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("name", ["dynamics.npz", "noise.npz"])
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (_truncate, "is not a valid npz archive"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 4), "is not a valid npz archive"),
+        (lambda p: p.write_text("loss,pred\n1,2\n"), "is not a valid npz archive"),
+    ],
+)
+def test_damaged_npz_is_one_line_naming_the_file(run_copy, capsys, name, damage, needle):
+    damage(run_copy / name)
+    code, _, err = run_cli(capsys, "locate", "scores", run_copy)
+    assert_one_line_error(code, err, str(run_copy / name), needle)
+    assert "pickled" not in err
+
+
+def test_npz_missing_an_array_names_it(run_copy):
+    import numpy as np
+    from memloc.core.classifier.runs import RunFolder
+
+    np.savez(run_copy / "noise.npz", given=np.zeros(3))
+    with pytest.raises(MemlocError, match=r"noise\.npz lacks the array 'original'"):
+        RunFolder.open(run_copy).load_noise()
+
+
+def test_run_config_without_model_is_one_line(run_copy, capsys):
+    config = json.loads((run_copy / "config.json").read_text())
+    del config["model"]
+    (run_copy / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "models", "inspect", run_copy)
+    assert_one_line_error(code, err, "config.json", "'model'")
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("this ran code",))
+
+
+def _planted_pickle(path):
+    import torch
+
+    torch.save({"epoch": 1, "optimizer": _Planted()}, path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (_truncate, "is damaged"),
+        (lambda p: p.write_bytes(b"\x93\x11 not a checkpoint" * 50), "is damaged"),
+        (_planted_pickle, "needs code execution"),
+        (lambda p: __import__("torch").save({"epochs": "x"}, p), "is damaged"),
+    ],
+)
+def test_damaged_train_state_is_one_line_on_resume(tmp_path, capsys, damage, needle):
+    from test_cli import TRAIN
+
+    out = tmp_path / "r"
+    code, _, _ = run_cli(capsys, *TRAIN, "--out", out)
+    assert code == 0
+    damage(out / "checkpoints/train_state.pt")
+    code, stdout, err = run_cli(capsys, *TRAIN, "--out", out)
+    assert_one_line_error(code, err, "train_state.pt", needle)
+    assert "this ran code" not in stdout + err
+
+
+# --- misleading messages ----------------------------------------------------------------
+
+
+def test_random_bytes_in_a_pt_file_are_not_called_a_code_running_pickle(tmp_path):
+    import os
+
+    from memloc.core.checkpoints import load_tensors
+    from memloc.core.errors import CheckpointError, UnsafePickleError
+
+    path = tmp_path / "weights.pt"
+    for data in (os.urandom(4096), b"hello world\n"):
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match="is not a valid torch checkpoint") as caught:
+            load_tensors(path)
+        assert not isinstance(caught.value, UnsafePickleError) and str(path) in str(caught.value)
+    _planted_pickle(path)
+    with pytest.raises(UnsafePickleError):
+        load_tensors(path)
+
+
+def test_report_that_is_not_json_names_its_file(tmp_path):
+    from memloc.core.report import Report
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"method": "train", "config": {')
+    with pytest.raises(MemlocError, match=r"metrics\.json is not valid JSON") as caught:
+        Report.load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_file_given_as_run_folder_is_called_a_file(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("hi")
+    code, _, err = run_cli(capsys, "locate", "scores", path)
+    assert_one_line_error(code, err, str(path), "is a file, not a run folder")
