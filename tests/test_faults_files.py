@@ -287,3 +287,90 @@ def test_binary_corpus_file_is_one_line(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(os.urandom(2048))
     _one_line_memloc_error(lambda: read_corpus(path), str(path), "UTF-8")
+
+
+# --- leftovers, permissions, and undo's tokenizer files ------------------------------------
+
+
+def _edit_and_save(base, out, **load):
+    import torch
+    from memloc.core.lm.loading import load_language_model
+    from memloc.edit.delta import LayerDelta, WeightDelta, apply, weights_hash
+    from memloc.edit.ledger import save_edited
+
+    lm = load_language_model(str(base), device="cpu", **load)
+    before = weights_hash(lm.model)
+    gen = torch.Generator().manual_seed(0)
+    left, right = (
+        torch.randn(lm.adapter.d_model, 1, generator=gen),
+        torch.randn(lm.adapter.d_mlp, 1, generator=gen),
+    )
+    delta = WeightDelta("test", (LayerDelta(1, left, right),), (), {})
+    return save_edited(lm, out, [delta], [apply(lm.model, lm.adapter, delta)], [], before)
+
+
+def test_a_killed_save_leaves_a_temporary_that_the_next_save_removes(lm_folder, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = tmp_path / f".edited.memloc-tmp-{dead.pid}-abc123"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub/model.safetensors").write_bytes(b"x" * 1000)
+    stale_file = tmp_path / f".ledger.json.memloc-tmp-{dead.pid}-x.tmp"
+    stale_file.write_text("half")
+    alive = tmp_path / ".edited.memloc-tmp-1-busy"  # pid 1 always runs: not ours to remove
+    alive.mkdir()
+    _edit_and_save(lm_folder, tmp_path / "edited")
+    assert not stale.exists() and alive.exists()
+    from memloc.core.checkpoints import atomic_write_text
+
+    atomic_write_text(tmp_path / "ledger.json", "{}")
+    assert not stale_file.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".memloc-tmp-" in p.name) == [alive.name]
+
+
+@pytest.fixture()
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_written_files_and_folders_honour_the_umask(lm_folder, tmp_path, umask_022):
+    import stat
+
+    import torch
+    from conftest import tiny_config
+    from memloc.core.checkpoints import save_tensors
+    from memloc.core.classifier.runs import RunFolder
+    from memloc.core.training.train import train_run
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})) == 0o644
+    out = _edit_and_save(lm_folder, tmp_path / "edited")
+    assert mode(out) == 0o755
+    assert {mode(p) for p in out.rglob("*") if p.is_file()} == {0o644}, {p.name: oct(mode(p)) for p in out.rglob("*")}
+    run = RunFolder(tmp_path / "run")
+    train_run(run, tiny_config(epochs=1, limit=100), torch.device("cpu"))
+    files = [p for p in run.root.rglob("*") if p.is_file()]
+    assert files and {mode(p) for p in files} == {0o644}, {p.name: oct(mode(p)) for p in files}
+
+
+def test_undo_restores_the_base_files_byte_for_byte(lm_folder, tmp_path):
+    from memloc.core.lm.loading import load_language_model
+    from memloc.edit.session import restore_into
+
+    # A document start changes the tokenizer that is saved with the edit, as the alias's does.
+    edited = _edit_and_save(lm_folder, tmp_path / "edited", document_start="<eos>")
+    restored = tmp_path / "restored"
+    restore_into(load_language_model(str(edited), device="cpu"), edited, restored)
+    for file in lm_folder.iterdir():
+        assert (restored / file.name).read_bytes() == file.read_bytes(), file.name
+    base = load_language_model(str(lm_folder), device="cpu").tokenizer
+    again = load_language_model(str(restored), device="cpu").tokenizer
+    assert again("the city of Paris")["input_ids"] == base("the city of Paris")["input_ids"]

@@ -23,13 +23,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from memloc.core.adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
+from memloc.core.checkpoints import publish_tree, temp_folder
 from memloc.core.devices import resolve_device, resolve_dtype
 from memloc.core.errors import CheckpointError, MemlocError, UnsupportedModelError
 from memloc.core.lm.model import LM, added_prefix
@@ -78,14 +78,14 @@ def smollm2_folder() -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set, never unset
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = temp_folder(target.parent, target.name)  # an interrupted conversion's leftover is removed here
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
+            publish_tree(tmp)
             os.replace(tmp, target)
     finally:
         if tmp.exists():
