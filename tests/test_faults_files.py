@@ -354,7 +354,9 @@ def test_written_files_and_folders_honour_the_umask(lm_folder, tmp_path, umask_0
     assert mode(save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})) == 0o644
     out = _edit_and_save(lm_folder, tmp_path / "edited")
     assert mode(out) == 0o755
-    assert {mode(p) for p in out.rglob("*") if p.is_file()} == {0o644}, {p.name: oct(mode(p)) for p in out.rglob("*")}
+    assert {mode(p) for p in out.rglob("*") if p.is_file()} == {0o644}, {
+        p.name: oct(mode(p)) for p in out.rglob("*")
+    }
     run = RunFolder(tmp_path / "run")
     train_run(run, tiny_config(epochs=1, limit=100), torch.device("cpu"))
     files = [p for p in run.root.rglob("*") if p.is_file()]
