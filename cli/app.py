@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import typer
@@ -16,7 +17,7 @@ from memloc.cli.demo import demo_command
 from memloc.cli.flags import cli_message
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
-from memloc.core.errors import MemlocError
+from memloc.core.errors import MemlocError, MemlocWarning
 
 # Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -48,8 +49,20 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # What memloc recovered from is one line for the user; other warnings keep Python's form.
+    if issubclass(category, MemlocWarning):
+        print(f"memloc: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
+    warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MEMLOC_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,15 +27,84 @@ from torch import nn
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
+TEMP_MARK = ".memloc-tmp-"  # temporaries are named .<final name>.memloc-tmp-<pid>-<random>
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask must set it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | Path) -> None:
+    """Give a temporary (mkstemp 0600, mkdtemp 0700) the mode a plain open or mkdir would have had."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def publish_tree(folder: str | Path) -> None:
+    """`publish_mode` for a folder and everything in it (some writers, e.g. transformers', use mkstemp too)."""
+    folder = Path(folder)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            publish_mode(path)
+    publish_mode(folder)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(parent: Path, name: str) -> None:
+    """Remove temporaries for ``name`` in ``parent`` that a process no longer alive left behind."""
+    if not parent.is_dir():
+        return
+    for leftover in parent.glob(f".{name}{TEMP_MARK}*"):
+        pid = leftover.name[len(f".{name}{TEMP_MARK}") :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def temp_folder(parent: Path, name: str) -> Path:
+    """A new hidden folder beside ``parent/name`` to build it in; stale ones of dead runs are removed first.
+
+    tmp = temp_folder(out.parent, out.name); ...; publish_mode(tmp); os.replace(tmp, out)
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parent, name)
+    return Path(tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}{os.getpid()}-", dir=parent))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, inputs: Iterable = ()) -> Path:
     """Call ``write(tmp)`` and move the temporary file onto ``path`` atomically."""
     path = Path(path)
     guard_not_input(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         write(Path(tmp))
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -109,6 +179,10 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # weights_only names the global a code-running pickle needs
+            raise CheckpointError(
+                f"{path} is not a valid torch checkpoint (damaged or another format)"
+            ) from None
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that runs code when loaded; memloc refused it. "
@@ -120,7 +194,10 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         except Exception as inner:
             raise CheckpointError(f"cannot load {path}: {inner}") from inner
     except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path} is not a valid torch checkpoint: {str(exc).splitlines()[0]}") from None
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError):
+        # Bytes that happen to start like a pickle fail inside the unpickler in many ways.
+        raise CheckpointError(f"{path} is not a valid torch checkpoint (damaged or another format)") from None
     return _state_from_object(obj, path)
 
 

@@ -52,3 +52,10 @@ class DataError(MemlocError):
 
 class RunFolderError(MemlocError):
     """A run folder is missing pieces or belongs to a different run."""
+
+
+class MemlocWarning(UserWarning):
+    """Something the user should know that memloc recovered from (a torn log line, a stale leftover).
+
+    The CLI prints each as one ``memloc: warning: ...`` line on stderr.
+    """

@@ -83,7 +83,15 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        return cls.from_json(Path(path).read_text())
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise MemlocError(f"{path} is not valid JSON (not UTF-8 text)") from None
+        except MemlocError as exc:
+            # from_json does not know the file; the user needs its name.
+            raise MemlocError(
+                f"{path}: {exc}".replace(": report is not valid JSON:", " is not valid JSON:")
+            ) from None
 
 
 def _version(package: str) -> str | None:

@@ -96,7 +96,13 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 def _read_file(path: Path) -> list[str]:
-    return _read_jsonl(path) if path.suffix == ".jsonl" else _split_txt(path)
+    try:
+        return _read_jsonl(path) if path.suffix == ".jsonl" else _split_txt(path)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"corpus file {path} is not UTF-8 text (bad byte at line {line}); is it a binary file?"
+        ) from None
 
 
 def corpus_files(path: str | Path) -> list[Path]:

@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
+from memloc.core.checkpoints import atomic_write_text, load_tensors, publish_tree, save_tensors, temp_folder
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
+from memloc.core.lm.loading import ALIASES, smollm2_folder
 from memloc.core.lm.model import LM
 from memloc.core.report import to_jsonable
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
@@ -101,6 +101,36 @@ def _fresh_folder(out: Path, source: str) -> None:
         )
 
 
+BASE_FILES = "ledger_base"  # the base folder's own non-weight files, byte for byte, for undo
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+def _base_folder(source: str) -> Path | None:
+    if source.lower() in ALIASES:
+        return smollm2_folder()
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
+
+
+def _keep_base_files(source: str, into: Path) -> None:
+    """Copy the base's tokenizer and config files: transformers re-saves them differently."""
+    base = _base_folder(source)
+    if base is None:
+        return
+    for file in sorted(base.iterdir()):
+        if file.is_file() and file.suffix not in _WEIGHT_SUFFIXES and not file.name.startswith("ledger"):
+            into.mkdir(exist_ok=True)
+            shutil.copyfile(file, into / file.name)
+
+
+def restore_base_files(folder: str | Path, out: str | Path) -> None:
+    """Put the base's own tokenizer and config files, as `save_edited` kept them, into ``out``."""
+    kept = Path(folder) / BASE_FILES
+    if kept.is_dir():
+        for file in sorted(kept.iterdir()):
+            shutil.copyfile(file, Path(out) / file.name)
+
+
 def save_edited(
     lm: LM,
     out: str | Path,
@@ -127,15 +157,16 @@ def save_edited(
         config, info = to_jsonable(dict(delta.config)), to_jsonable(delta.info_record())
         edits.append(LedgerEdit(delta.method, tuple(delta.layer_ids()), facts_of, config, info))
     ledger = Ledger(lm.source, lm.adapter.model_type, base_hash, weights_hash(lm.model), tuple(edits))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_folder(out.parent, out.name)  # a run killed here leaves it; the next save removes it
     try:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
+        _keep_base_files(lm.source, tmp / BASE_FILES)
         save_tensors(tmp / "ledger.safetensors", tensors)
         atomic_write_text(tmp / "ledger.json", json.dumps(ledger.to_dict(), indent=2, allow_nan=False))
         if out.exists():
             out.rmdir()
+        publish_tree(tmp)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

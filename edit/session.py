@@ -29,7 +29,7 @@ from memloc.edit.evaluate import (
     measure,
     summarize,
 )
-from memloc.edit.ledger import read_ledger, save_edited, undo
+from memloc.edit.ledger import read_ledger, restore_base_files, save_edited, undo
 from memloc.edit.monitor import (
     DEFAULT_UPDATE_RATIO,
     CollapseError,
@@ -294,4 +294,5 @@ def restore_into(lm: LM, folder: Path, out: Path) -> Restored:
     out.mkdir(parents=True, exist_ok=True)
     lm.model.save_pretrained(out)
     lm.tokenizer.save_pretrained(out)
+    restore_base_files(folder, out)  # the base's tokenizer files as they were, not as re-saved
     return Restored(out, ledger.base_hash, weights_hash(lm.model), len(ledger.edits))

@@ -35,14 +35,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
-from memloc.core.errors import DataError, MemlocError
+from memloc.core.errors import DataError, MemlocError, MemlocWarning
 from memloc.core.hooks import trace
+from memloc.core.jsonl import read_log
 from memloc.core.lm.loading import cache_root
 from memloc.core.lm.model import LM, added_prefix, document_start_id
 from memloc.core.progress import Progress
@@ -50,7 +52,7 @@ from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, one_of
 from memloc.edit.corpus import GENERATED, GenerationConfig, generate_texts, read_corpus, texts_hash
 from memloc.edit.delta import weights_hash
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CACHE_FORMAT = 1
@@ -187,11 +189,20 @@ def _load_cached(folder: Path, layer: int, config: StatsConfig) -> KeyStats | No
     path = _layer_file(folder, layer)
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    if meta.get("format") != str(CACHE_FORMAT):
-        return None  # written by another version of this file: recompute
-    second = load_tensors(path)["second_moment"].double()
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if meta.get("format") != str(CACHE_FORMAT):
+            return None  # written by another version of this file: recompute
+        second = load_tensors(path)["second_moment"].double()
+    except (SafetensorError, MemlocError, OSError, KeyError) as exc:
+        # A cache is only a copy of work that can be redone: a damaged one is recomputed.
+        warnings.warn(
+            f"the cached statistics {path} are damaged ({_first_line(exc)}); recomputing",
+            MemlocWarning,
+            stacklevel=2,
+        )
+        return None
     # The shrinkage depends on max_condition, which is not part of the key: redo it
     # from the stored eigenvalues rather than from a new eigendecomposition.
     eig = json.loads(meta["eigenvalues"])
@@ -244,12 +255,38 @@ def _resolve_corpus(lm: LM, config: StatsConfig, weights: str) -> _Corpus:
 def _generated_texts(lm: LM, config: StatsConfig, path: Path, progress: Progress | None) -> list[str]:
     """The generated texts, kept in the cache so that other layers and dtypes reuse them."""
     if path.is_file():
-        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
-        if len(texts) == config.samples:
+        try:
+            texts = [record["text"] for record in read_log(path)]
+        except (MemlocError, TypeError, KeyError) as exc:
+            warnings.warn(
+                f"the cached corpus {path} is damaged ({_first_line(exc)}); regenerating",
+                MemlocWarning,
+                stacklevel=2,
+            )
+            texts = []
+        if len(texts) == config.samples and all(isinstance(t, str) for t in texts):
             return texts
     texts = generate_texts(lm, config.samples, config.generation(), progress=progress)
     atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     return texts
+
+
+def _load_partial(path: Path) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        return load_tensors(path)
+    except MemlocError as exc:
+        warnings.warn(
+            f"the partial statistics {path} are damaged ({_first_line(exc)}); starting over",
+            MemlocWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
 # --- streaming ------------------------------------------------------------------------
@@ -315,11 +352,10 @@ def _stream(
     partial = _partial_file(folder, layers)
     sums = {layer: torch.zeros(width, width, dtype=dtype, device=lm.device) for layer in layers}
     done_batches, tokens = 0, 0
-    if partial.is_file():
-        saved = load_tensors(partial)
-        if int(saved["batch_size"]) == config.batch_size:
-            done_batches, tokens = int(saved["batches_done"]), int(saved["tokens"])
-            sums = {layer: saved[f"sum.{layer}"].to(lm.device) for layer in layers}
+    saved = _load_partial(partial)
+    if saved is not None and int(saved["batch_size"]) == config.batch_size:
+        done_batches, tokens = int(saved["batches_done"]), int(saved["tokens"])
+        sums = {layer: saved[f"sum.{layer}"].to(lm.device) for layer in layers}
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     total = sum(len(rows) for rows in batches)  # texts with no tokens are skipped
     texts_done = sum(len(b) for b in batches[:done_batches])

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,16 +119,29 @@ class Dynamics:
 
     @classmethod
     def load(cls, path: Path) -> Dynamics:
+        names = ("loss", "pred", "correct", "grad_clean_norm", "grad_noisy_norm", "grad_cosine", "groups")
+        z = load_npz(path, names)
+        return cls(*(z[name] for name in names[:-1]), tuple(str(g) for g in z["groups"]))
+
+
+def load_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays of an npz archive; a damaged or foreign file is one line naming it."""
+    try:
         with np.load(path, allow_pickle=False) as z:
-            return cls(
-                z["loss"],
-                z["pred"],
-                z["correct"],
-                z["grad_clean_norm"],
-                z["grad_noisy_norm"],
-                z["grad_cosine"],
-                tuple(str(g) for g in z["groups"]),
-            )
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array")
+            missing = [name for name in names if name not in z.files]
+            if missing:
+                raise RunFolderError(f"{path} lacks the array {missing[0]!r}; it was not written by memloc")
+            return {name: z[name] for name in names}
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing; the run folder is incomplete") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy reads a file that is not a zip archive as a pickle, hence its misleading message.
+        reason = "it is not a zip archive" if not zipfile.is_zipfile(path) else str(exc).splitlines()[0]
+        raise RunFolderError(
+            f"{path} is not a valid npz archive ({reason}); it is damaged, restore or retrain the run"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,10 @@ class RunFolder:
     def open(cls, root: str | Path) -> RunFolder:
         """An existing run folder with a config and at least one checkpoint."""
         run = cls(root)
+        if run.root.is_file():
+            raise RunFolderError(
+                f"{run.root} is a file, not a run folder; give the folder a run was trained into"
+            )
         if not run.root.is_dir():
             raise RunFolderError(f"run folder {run.root} does not exist; train a run into it first")
         if not run.config_path.is_file():
@@ -179,9 +198,15 @@ class RunFolder:
 
     def config(self) -> dict:
         try:
-            return json.loads(self.config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunFolderError(f"cannot read {self.config_path}: {exc}") from exc
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"cannot read {self.config_path}: {exc}") from None
+        for key in ("train", "model"):
+            if not isinstance(config, dict) or not isinstance(config.get(key), dict):
+                raise RunFolderError(
+                    f"{self.config_path} lacks the field {key!r}; it was not written by memloc train"
+                )
+        return config
 
     def spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.config()["model"])
@@ -216,8 +241,8 @@ class RunFolder:
         return model.eval(), ClassifierAdapter.for_model(model)
 
     def load_noise(self) -> tuple[NoisyLabels, np.ndarray]:
-        with np.load(self.noise_path, allow_pickle=False) as z:
-            return NoisyLabels(z["given"], z["original"], z["mask"]), z["train_index"]
+        z = load_npz(self.noise_path, ("given", "original", "mask", "train_index"))
+        return NoisyLabels(z["given"], z["original"], z["mask"]), z["train_index"]
 
     def load_dynamics(self) -> Dynamics:
         if not self.dynamics_path.is_file():
@@ -260,10 +285,23 @@ class RunFolder:
     def load_state(self) -> TrainState | None:
         if not self.state_path.is_file():
             return None
-        raw = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        epoch = int(raw["epoch"])
-        history = tuple(EpochRecord.from_dict(h) for h in raw["history"][: epoch + 1])
-        return TrainState(epoch, raw["optimizer"], self.load_dynamics().truncate(epoch), history)
+        fix = "remove it to train the run again from the start"
+        try:
+            raw = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            epoch = int(raw["epoch"])
+            history = tuple(EpochRecord.from_dict(h) for h in raw["history"][: epoch + 1])
+            optimizer = raw["optimizer"]
+        except pickle.UnpicklingError as exc:
+            if "GLOBAL" in str(exc):  # a planted object: memloc's own states hold plain data only
+                raise RunFolderError(
+                    f"{self.state_path} needs code execution to load, so it was not written by memloc "
+                    f"and was refused; {fix}"
+                ) from None
+            raise RunFolderError(f"{self.state_path} is damaged (not a training state); {fix}") from None
+        except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunFolderError(f"{self.state_path} is damaged ({reason[:120]}); {fix}") from None
+        return TrainState(epoch, optimizer, self.load_dynamics().truncate(epoch), history)
 
     def save_epoch(
         self,

@@ -165,7 +165,11 @@ def load_facts(path: str | Path, *, limit: int | None = None) -> list[Fact]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"fact file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8") from None
     records: list[Any]
     if path.suffix == ".jsonl":
         records = []

@@ -23,13 +23,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from memloc.core.adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
+from memloc.core.checkpoints import publish_tree, temp_folder
 from memloc.core.devices import resolve_device, resolve_dtype
 from memloc.core.errors import CheckpointError, MemlocError, UnsupportedModelError
 from memloc.core.lm.model import LM, added_prefix
@@ -78,14 +78,14 @@ def smollm2_folder() -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set, never unset
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = temp_folder(target.parent, target.name)  # an interrupted conversion's leftover is removed here
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
+            publish_tree(tmp)
             os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -123,14 +123,97 @@ def _resolve(spec: str) -> tuple[str, dict]:
                 "give a folder saved with save_pretrained, a .gguf file, a hub id or smollm2-135m"
             )
         return str(path), {"local_files_only": True}
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise CheckpointError(f"model path {path} does not exist")
+    if _looks_like_path(spec):
+        raise CheckpointError(
+            f"no such model folder {path}: it does not exist; give an existing folder, a .gguf file, a hub id or smollm2-135m"
+        )
     if spec.count("/") != 1:
         raise CheckpointError(
             f"model {spec!r} is neither a local folder, a .gguf file, a hub id (org/name) nor an alias "
             f"({', '.join(ALIASES)})"
         )
     return spec, {}
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A missing spec is a local path, not a hub id (org/name), when it reads like one.
+
+    That is: it starts with ./, ../, / or ~, ends with a separator, has more than one
+    "/" (or any os.sep other than "/"), or its first part names an existing folder
+    (``models/nonexist`` beside a ``models`` folder).
+    """
+    if spec.startswith((".", "/", "~")) or spec.endswith(("/", os.sep)) or spec.count("/") > 1:
+        return True
+    if os.sep != "/" and os.sep in spec:
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _check_folder_files(path: Path) -> None:
+    """Refuse a model folder without weights or tokenizer before transformers guesses around it."""
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise CheckpointError(
+            f"model folder {path} has no weights (model.safetensors); save the model into it again"
+        )
+    from safetensors import SafetensorError, safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass  # the header and the file size are checked on opening
+        except (SafetensorError, OSError) as exc:
+            reason = str(exc).splitlines()[0][:160]
+            raise CheckpointError(
+                f"{weights} is damaged or truncated ({reason}); save the model again"
+            ) from None
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise CheckpointError(
+            f"model folder {path} has no tokenizer (tokenizer.json); save the tokenizer into it with save_pretrained"
+        )
+
+
+def _check_gguf(path: Path) -> None:
+    """Read the GGUF file's header and tensor table; a cut or foreign file is one line naming it."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # transformers names the missing package itself
+        return
+    try:
+        GGUFReader(str(path))
+    except Exception as exc:  # the reader fails in many ways on a cut file (reshape, struct, key errors)
+        reason = (str(exc) or type(exc).__name__).splitlines()[0][:160]
+        raise CheckpointError(f"{path} is not a valid GGUF file (damaged or truncated?): {reason}") from None
+
+
+def _load_weights_and_tokenizer(
+    where: str, spec: str, dtype: torch.dtype, trust_remote_code: bool, extra: dict
+):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=dtype, trust_remote_code=trust_remote_code, **extra
+            )
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    except (SafetensorError, OSError, ValueError, EOFError, RuntimeError) as exc:
+        # Truncated or garbage weight files fail deep inside transformers or safetensors.
+        what = "GGUF file" if "gguf_file" in extra else "model"
+        reason = (str(exc) or type(exc).__name__).splitlines()[0][:160]
+        raise CheckpointError(
+            f"cannot load the {what} {spec} (is it damaged or truncated?): {reason}"
+        ) from None
+    return model, tokenizer
 
 
 def load_language_model(
@@ -148,10 +231,12 @@ def load_language_model(
         lm = load_language_model("smollm2-135m", device="cpu")
         lm = load_language_model("path/to/hf-folder", device="cuda", dtype="bfloat16")
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     where, extra = _resolve(spec)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    if "gguf_file" in extra:
+        _check_gguf(Path(where) / extra["gguf_file"])
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     except OSError as exc:
@@ -165,11 +250,9 @@ def load_language_model(
         raise UnsupportedModelError(
             f"model type {config.model_type!r} is not supported; supported types: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
-        )
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
+    if "gguf_file" not in extra and Path(where).is_dir():
+        _check_folder_files(Path(where))
+    model, tokenizer = _load_weights_and_tokenizer(where, spec, torch_dtype, trust_remote_code, extra)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if document_start == AUTO:

@@ -21,6 +21,7 @@ from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.jsonl import read_log
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
 from memloc.locate.classifier.unit_results import FlipRecord, GroupSummary, NeuronsResult
@@ -127,11 +128,9 @@ def locate_neurons(
             f"{path} holds results of other options; pass another out or remove it", field="out"
         )
     done: dict[int, FlipRecord] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = FlipRecord.from_dict(json.loads(line))
-                done[rec.id] = rec
+    for raw in read_log(path, repair=True):  # a torn last line is redone
+        rec = FlipRecord.from_dict(raw)
+        done[rec.id] = rec
     todo = [t for t in targets if t not in done]
     model, adapter = run.load_model(final)
     model.to(device)
