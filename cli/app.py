@@ -1,7 +1,8 @@
 """The `memloc` command: a thin Typer app over the library.
 
 Errors a user can fix print one line on stderr and exit 1 (usage errors exit 2);
-``--debug`` anywhere on the command line shows the traceback instead.
+``--debug`` anywhere on the command line shows the traceback instead. Ctrl-C exits
+130 with one line saying what stopped and whether a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typer
 from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
 from memloc.cli.flags import cli_message
+from memloc.cli.interrupt import EXIT_CODE, interrupted_message, lost_interrupts_reraised
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
 from memloc.core.errors import MemlocError
@@ -54,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("MEMLOC_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="memloc", standalone_mode=False)
+        # Without standalone mode click *returns* the code of an Exit, and Typer turns
+        # Ctrl-C inside a command into Exit(130): both would be lost if not passed on.
+        with lost_interrupts_reraised():
+            code = app(args=args, prog_name="memloc", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -67,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         _fail(cli_message(exc), 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume from the last finished epoch", 130)
+    except KeyboardInterrupt:  # before Typer's own handler takes over
+        code = EXIT_CODE
+    if code == EXIT_CODE:
+        print(interrupted_message(typer.main.get_command(app), args), file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

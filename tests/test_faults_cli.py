@@ -1,0 +1,159 @@
+"""The CLI under faults: interrupts, and what a new user reads in --help and in tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from memloc.cli.app import main
+from memloc.core.checkpoints import load_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = ROOT / "fixtures" / "fixture-facts.jsonl"
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def last_line(err: str) -> str:
+    return [line for line in err.splitlines() if line.strip()][-1]
+
+
+def interrupt(*_args, **_kwargs):
+    raise KeyboardInterrupt
+
+
+# --- Ctrl-C -------------------------------------------------------------------------
+
+TRAIN = ("train", "--data", "digits", "--arch", "mlp", "--limit", "300", "--batch-size", "8", "--epochs", "6")
+
+
+def test_interrupted_train_exits_130_and_says_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    import memloc.core.training.train as train
+
+    monkeypatch.setattr(train, "train_run", interrupt)
+    code, out, err = run_cli(capsys, *TRAIN, "--out", tmp_path / "r")
+    assert code == 130 and out == ""
+    assert last_line(err) == (
+        "memloc train interrupted; rerun the same command to resume from the last finished epoch"
+    )
+    assert "Traceback" not in err
+
+
+class _CtrlCInFinalizer:
+    """Ctrl-C that arrives while Python runs a finalizer, as in subprocess.Popen.__del__."""
+
+    def __del__(self):
+        raise KeyboardInterrupt
+
+
+def _train_that_outlives_a_lost_interrupt(*_args, **_kwargs):
+    _CtrlCInFinalizer()  # Python prints "Exception ignored in ..." and drops the interrupt
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise AssertionError("the interrupt was lost: the command ran on")
+
+
+def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_command(tmp_path, capsys, monkeypatch):
+    import memloc.core.training.train as train
+
+    monkeypatch.setattr(train, "train_run", _train_that_outlives_a_lost_interrupt)
+    code, _, err = run_cli(capsys, *TRAIN, "--out", tmp_path / "r")
+    assert code == 130, err
+    assert last_line(err).startswith("memloc train interrupted; rerun") and "Traceback" not in err
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Every language model 'loads' into a KeyboardInterrupt: Ctrl-C during the work."""
+    from memloc.cli.options import LMOptions
+
+    monkeypatch.setattr(LMOptions, "load", interrupt)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ("edit", "stats", "--model", "m", "--layers", "1"),
+            "memloc edit stats interrupted; rerun the same command to resume from the last saved batch",
+        ),
+        (
+            ("locate", "knowledge-neurons", "--model", "m", "--facts", FACTS, "--out", "OUT"),
+            "memloc locate knowledge-neurons interrupted; rerun the same command to resume "
+            "(finished facts are kept in --out)",
+        ),
+        (
+            ("locate", "trace", "--model", "m", "--facts", FACTS),
+            "memloc locate trace interrupted; nothing was kept: with --out FOLDER a rerun skips "
+            "finished facts",
+        ),
+        (
+            ("edit", "undo", "FOLDER", "--out", "OUT"),
+            "memloc edit undo interrupted",
+        ),
+    ],
+)
+def test_every_command_exits_130_with_one_honest_line(tmp_path, capsys, no_model, monkeypatch, args, line):
+    import memloc.edit.session as session
+
+    monkeypatch.setattr(session, "check_undo_target", lambda *a: None)
+    args = [tmp_path / "out" if a == "OUT" else tmp_path / "folder" if a == "FOLDER" else a for a in args]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 130 and out == ""
+    assert last_line(err) == line and "Traceback" not in err
+
+
+def _train_env() -> dict:
+    path = os.pathsep.join(p for p in (str(ROOT / ".pp"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def test_ctrl_c_during_train_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys):
+    run = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "memloc.cli", *TRAIN, "--out", str(run)]
+    child = subprocess.Popen(
+        command, env=_train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    first_epoch = run / "checkpoints" / "epoch_001.safetensors"
+    deadline = time.monotonic() + 240
+    while not first_epoch.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert last_line(err) == (
+        "memloc train interrupted; rerun the same command to resume from the last finished epoch"
+    )
+    assert out == "" and "Traceback" not in err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metrics"]["complete"] is False, "the interrupt landed after the last epoch"
+
+    code, _, _ = run_cli(capsys, *TRAIN, "--out", run)
+    assert code == 0
+    code, _, _ = run_cli(capsys, *TRAIN, "--out", tmp_path / "straight")
+    assert code == 0
+    final = "checkpoints/epoch_006.safetensors"
+    resumed, straight = load_tensors(run / final), load_tensors(tmp_path / "straight" / final)
+    assert resumed.keys() == straight.keys()
+    assert all((resumed[k] == straight[k]).all() for k in resumed)
+    with np.load(run / "dynamics.npz") as a, np.load(tmp_path / "straight" / "dynamics.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+    def history(folder):
+        rows = json.loads((folder / "metrics.json").read_text())["results"]["history"]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert history(run) == history(tmp_path / "straight")
