@@ -15,6 +15,7 @@ import typer
 from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
 from memloc.cli.flags import cli_message
+from memloc.cli.help_format import hide_flag_types
 from memloc.cli.interrupt import EXIT_CODE, interrupted_message, lost_interrupts_reraised
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
@@ -23,6 +24,7 @@ from memloc.core.errors import MemlocError
 # Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
+hide_flag_types()
 app = typer.Typer(
     name="memloc",
     no_args_is_help=True,
@@ -38,9 +40,24 @@ app.add_typer(models.app, name="models")
 app.add_typer(edit.app, name="edit")
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("memloc")
+        except metadata.PackageNotFoundError:  # run from a source tree without installing
+            version = "(not installed)"
+        print(f"memloc {version}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (accepted anywhere on the line)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print memloc's version and exit."
+    ),
 ) -> None:
     """memloc: locate memorization in classifiers and language models, and edit it."""
 

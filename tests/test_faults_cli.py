@@ -157,3 +157,48 @@ def test_ctrl_c_during_train_then_rerun_equals_an_uninterrupted_run(tmp_path, ca
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
     assert history(run) == history(tmp_path / "straight")
+
+
+# --- --version and --help -----------------------------------------------------------
+
+
+def test_version_prints_the_installed_version_without_torch():
+    from importlib import metadata
+
+    probe = (
+        "import sys\n"
+        "from memloc.cli.app import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=_train_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"memloc {metadata.version('memloc')}", "[]"]
+
+
+def _command_paths(command, path=()):
+    subcommands = getattr(command, "commands", {})
+    yield path
+    for name, sub in sorted(subcommands.items()):
+        yield from _command_paths(sub, (*path, name))
+
+
+def test_no_help_page_shows_a_type_after_a_flag(capsys, monkeypatch):
+    import typer
+    from memloc.cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert ("train",) in paths and ("locate", "neurons") in paths and ("edit", "eval") in paths
+    for path in paths:
+        code, out, err = run_cli(capsys, *path, "--help")
+        assert code == 0 and "--help" in out, (path, err)
+        assert "<bool>" not in out, (path, out)
+    # Options that take a value still show its type.
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert "<float>" in out and "--trust-pickle" in out
