@@ -123,13 +123,14 @@ def apply_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
+    from memloc.core.lm.loading import quiet_transformers
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
     loaded = _edit_facts(facts, limit)
     require_new_folder(out)
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
-    with progress_bar(f"edit {method.value}") as update:
+    with progress_bar(f"edit {method.value}") as update, quiet_transformers():
         saved = save_edits(
             model,
             loaded,
@@ -227,10 +228,12 @@ def undo_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Restore the base weights bit for bit from the ledger, into a new folder."""
+    from memloc.core.lm.loading import quiet_transformers
     from memloc.edit.session import check_undo_target, restore_into
 
     check_undo_target(folder, out)  # one clear line before a model is loaded
-    restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
+    with quiet_transformers():
+        restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
     if fmt is Format.json:
         emit_json(restored.to_dict())
         return

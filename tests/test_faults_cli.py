@@ -202,3 +202,17 @@ def test_no_help_page_shows_a_type_after_a_flag(capsys, monkeypatch):
     # Options that take a value still show its type.
     code, out, _ = run_cli(capsys, "train", "--help")
     assert "<float>" in out and "--trust-pickle" in out
+
+
+def test_saving_an_edited_model_prints_no_transformers_bars(tmp_path, capsys):
+    model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
+    edited = tmp_path / "edited"
+    code, _, err = run_cli(
+        capsys, "edit", "apply", "--method", "kn", "--model", model, "--device", "cpu", "--facts", facts,
+        "--limit", "1", "--out", edited,
+    )  # fmt: skip
+    assert code == 0 and (edited / "ledger.json").is_file()
+    assert "Writing model shards" not in err and "it/s" not in err, err
+    code, _, err = run_cli(capsys, "edit", "undo", edited, "--out", tmp_path / "restored")
+    assert code == 0 and (tmp_path / "restored" / "config.json").is_file()
+    assert "Writing model shards" not in err and "it/s" not in err, err
