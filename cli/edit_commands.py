@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr, stdout
 from memloc.cli.defaults import config_default
+from memloc.cli.flags import with_flags
 from memloc.cli.options import (
     METHOD_PANEL,
     OUTPUT_PANEL,
@@ -25,11 +26,14 @@ from memloc.cli.options import (
     lm_options,
     parse_layers,
 )
+from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
     from memloc.edit.editors import EditPlan
 
 STATS = "memloc.edit.stats:StatsConfig"
+# The edit monitor's advice names the fields of EditPlan, StatsConfig and MonitorConfig.
+ADVICE_FIELDS = ("layers", "samples", "max_update_ratio")
 EVAL = "memloc.edit.evaluate:EvalConfig"
 
 
@@ -130,16 +134,21 @@ def apply_command(
     require_new_folder(out)
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
-    with progress_bar(f"edit {method.value}") as update, quiet_transformers():
-        saved = save_edits(
-            model,
-            loaded,
-            plan,
-            monitor_for(method.value, max_update_ratio),
-            out,
-            progress=update,
-            notify=lambda refusal: stderr.print(f"memloc: warning: {refusal.warning()}"),
-        )
+    try:
+        with progress_bar(f"edit {method.value}") as update, quiet_transformers():
+            saved = save_edits(
+                model,
+                loaded,
+                plan,
+                monitor_for(method.value, max_update_ratio),
+                out,
+                progress=update,
+                notify=lambda r: stderr.print(f"memloc: warning: {with_flags(r.warning(), ADVICE_FIELDS)}"),
+            )
+    except MemlocError as exc:  # every edit refused: the first refusal's advice, with flags
+        if exc.field is not None:
+            raise
+        raise MemlocError(with_flags(str(exc), ADVICE_FIELDS)) from exc
     result = saved.to_dict()
     if fmt is Format.json:
         emit_json(result)

@@ -216,3 +216,19 @@ def test_saving_an_edited_model_prints_no_transformers_bars(tmp_path, capsys):
     code, _, err = run_cli(capsys, "edit", "undo", edited, "--out", tmp_path / "restored")
     assert code == 0 and (tmp_path / "restored" / "config.json").is_file()
     assert "Writing model shards" not in err and "it/s" not in err, err
+
+
+def test_a_refused_edit_advises_options_the_cli_has(tmp_path, capsys):
+    model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
+    code, _, err = run_cli(
+        capsys, "edit", "apply", "--method", "rome", "--model", model, "--device", "cpu", "--facts", facts,
+        "--limit", "1", "--samples", "8", "--max-update-ratio", "0.001", "--out", tmp_path / "edited",
+    )  # fmt: skip
+    assert code == 1 and not (tmp_path / "edited").exists()
+    text = " ".join(err.split())
+    assert "clamp" not in text and "learning rate" not in text, text
+    error = last_line(err)
+    assert error.startswith("memloc: error: every edit was refused")
+    for flag in ("--layers", "--samples", "--max-update-ratio"):
+        assert flag in error, error
+        assert text.count(flag) == 2, text  # in the warning as it happens, and in the error
