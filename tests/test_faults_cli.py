@@ -232,3 +232,62 @@ def test_a_refused_edit_advises_options_the_cli_has(tmp_path, capsys):
     for flag in ("--layers", "--samples", "--max-update-ratio"):
         assert flag in error, error
         assert text.count(flag) == 2, text  # in the warning as it happens, and in the error
+
+
+# --- terminal readability -----------------------------------------------------------
+
+
+@pytest.fixture
+def columns_80(monkeypatch):
+    """Tables print to an 80-column terminal."""
+    import memloc.cli.console as console
+    from rich.console import Console
+
+    monkeypatch.setattr(console, "stdout", Console(width=80, highlight=False, soft_wrap=True))
+
+
+def _header_words(table: str) -> list[str]:
+    """The header cells of a rich table, read down each column."""
+    rows = [line.strip("┃").split("┃") for line in table.splitlines() if line.startswith("┃")]
+    return [" ".join(" ".join(cell.split()) for cell in column if cell.strip()) for column in zip(*rows)]
+
+
+def test_tables_are_readable_at_80_columns(tmp_path, capsys, columns_80):
+    code, out, err = run_cli(capsys, *TRAIN[:-1], "2", "--out", tmp_path / "r")
+    assert code == 0 and "…" not in out, out
+    assert all(len(line) <= 80 for line in out.splitlines())
+    words = " ".join(_header_words(out))
+    for word in ("clean train acc", "noisy train acc", "noisy orig acc", "test acc", "epochs", "seconds"):
+        assert word in words, out
+    from memloc.cli.console import emit_table
+
+    emit_table("long cells", [{"prompt": "The mother tongue of Danielle Darrieux is " * 3, "p": 0.5}])
+    assert "…" not in capsys.readouterr().out
+
+
+def test_a_finished_run_resumed_shows_its_last_epoch_not_one_more(tmp_path, capsys):
+    args = (*TRAIN[:-1], "2", "--out", tmp_path / "r")
+    assert run_cli(capsys, *args)[0] == 0
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "epoch 2/2" in err and "epoch 3/2" not in err, err
+
+
+def test_edit_eval_explains_its_metrics_and_modes(tmp_path, capsys, monkeypatch):
+    from memloc.edit.evaluate import METRIC_MEANINGS, METRICS
+
+    assert set(METRIC_MEANINGS) == set(METRICS)
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(capsys, "edit", "eval", "--help")
+    text = " ".join(out.split())
+    for words in ("single: edit one fact", "batch: edit all facts at once", "sequential: edit the facts one"):
+        assert words in text, text
+    assert "long run on CPU" in text
+    model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
+    code, out, _ = run_cli(
+        capsys, "edit", "eval", "--model", model, "--facts", facts, "--limit", "1", "--device", "cpu",
+        "--fluency-tokens", "5",
+    )  # fmt: skip
+    assert code == 0
+    lines = out.splitlines()
+    for metric in METRICS:
+        assert f"{metric}: {METRIC_MEANINGS[metric]}" in lines, out
