@@ -249,11 +249,14 @@ def columns_80(monkeypatch):
 def _header_words(table: str) -> list[str]:
     """The header cells of a rich table, read down each column."""
     rows = [line.strip("┃").split("┃") for line in table.splitlines() if line.startswith("┃")]
-    return [" ".join(" ".join(cell.split()) for cell in column if cell.strip()) for column in zip(*rows)]
+    return [
+        " ".join(" ".join(cell.split()) for cell in column if cell.strip())
+        for column in zip(*rows, strict=True)
+    ]
 
 
 def test_tables_are_readable_at_80_columns(tmp_path, capsys, columns_80):
-    code, out, err = run_cli(capsys, *TRAIN[:-1], "2", "--out", tmp_path / "r")
+    code, out, _ = run_cli(capsys, *TRAIN[:-1], "2", "--out", tmp_path / "r")
     assert code == 0 and "…" not in out, out
     assert all(len(line) <= 80 for line in out.splitlines())
     words = " ".join(_header_words(out))
@@ -283,11 +286,23 @@ def test_edit_eval_explains_its_metrics_and_modes(tmp_path, capsys, monkeypatch)
         assert words in text, text
     assert "long run on CPU" in text
     model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
-    code, out, _ = run_cli(
+    code, out, err = run_cli(
         capsys, "edit", "eval", "--model", model, "--facts", facts, "--limit", "1", "--device", "cpu",
-        "--fluency-tokens", "5",
+        "--fluency-tokens", "5", "--method", "kn",
     )  # fmt: skip
-    assert code == 0
+    assert code == 0, err
     lines = out.splitlines()
     for metric in METRICS:
         assert f"{metric}: {METRIC_MEANINGS[metric]}" in lines, out
+
+
+def test_edit_eval_warns_before_long_key_statistics_on_cpu(capsys, monkeypatch):
+    import memloc.edit.session as session
+
+    monkeypatch.setattr(session, "evaluate_plan", interrupt)  # stop once the work would start
+    model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
+    args = ("edit", "eval", "--model", model, "--facts", facts, "--device", "cpu", "--method", "rome")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 130 and "--samples 100 is enough to try" in " ".join(err.split()), err
+    code, _, err = run_cli(capsys, *args, "--samples", "50")
+    assert code == 130 and "warning" not in err, err
