@@ -1,7 +1,8 @@
 """The `memloc` command: a thin Typer app over the library.
 
 Errors a user can fix print one line on stderr and exit 1 (usage errors exit 2);
-``--debug`` anywhere on the command line shows the traceback instead.
+``--debug`` anywhere on the command line shows the traceback instead. Ctrl-C exits
+130 with one line saying what stopped and whether a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import typer
 from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
 from memloc.cli.flags import cli_message
+from memloc.cli.help_format import hide_flag_types
+from memloc.cli.interrupt import EXIT_CODE, interrupted_message, lost_interrupts_reraised
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
 from memloc.core.errors import MemlocError, MemlocWarning
@@ -22,6 +25,7 @@ from memloc.core.errors import MemlocError, MemlocWarning
 # Typer vendors click from 0.2x on; its ClickException is the base of its usage errors.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
+hide_flag_types()
 app = typer.Typer(
     name="memloc",
     no_args_is_help=True,
@@ -37,9 +41,24 @@ app.add_typer(models.app, name="models")
 app.add_typer(edit.app, name="edit")
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("memloc")
+        except metadata.PackageNotFoundError:  # run from a source tree without installing
+            version = "(not installed)"
+        print(f"memloc {version}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (accepted anywhere on the line)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print memloc's version and exit."
+    ),
 ) -> None:
     """memloc: locate memorization in classifiers and language models, and edit it."""
 
@@ -67,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("MEMLOC_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="memloc", standalone_mode=False)
+        # Without standalone mode click *returns* the code of an Exit, and Typer turns
+        # Ctrl-C inside a command into Exit(130): both would be lost if not passed on.
+        with lost_interrupts_reraised():
+            code = app(args=args, prog_name="memloc", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -80,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if debug:
             raise
         _fail(cli_message(exc), 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume from the last finished epoch", 130)
+    except KeyboardInterrupt:  # before Typer's own handler takes over
+        code = EXIT_CODE
+    if code == EXIT_CODE:
+        print(interrupted_message(typer.main.get_command(app), args), file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def emit_table(title: str, rows: list[dict], columns: list[str] | None = None) -
     columns = columns or (list(rows[0]) if rows else [])
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        # Headers wrap at their words, not end in "…", on an 80-column terminal.
+        table.add_column(column.replace("_", " "), overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     stdout.print(table)

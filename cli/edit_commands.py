@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr, stdout
 from memloc.cli.defaults import config_default
+from memloc.cli.flags import with_flags
 from memloc.cli.options import (
     METHOD_PANEL,
     OUTPUT_PANEL,
@@ -25,12 +26,16 @@ from memloc.cli.options import (
     lm_options,
     parse_layers,
 )
+from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
     from memloc.edit.editors import EditPlan
 
 STATS = "memloc.edit.stats:StatsConfig"
+# The edit monitor's advice names the fields of EditPlan, StatsConfig and MonitorConfig.
+ADVICE_FIELDS = ("layers", "samples", "max_update_ratio")
 EVAL = "memloc.edit.evaluate:EvalConfig"
+LONG_ON_CPU = 500  # --samples from which a first rome/memit run on CPU is worth a warning
 
 
 class Method(str, Enum):
@@ -71,7 +76,14 @@ CorpusOpt = Annotated[
     ),
 ]
 SamplesOpt = Annotated[
-    int, typer.Option("--samples", help="Texts for the key statistics.", rich_help_panel=METHOD_PANEL)
+    int,
+    typer.Option(
+        "--samples",
+        help="Texts for the key statistics of rome/memit, cached per model and layer. The first "
+        "computation with the default is a long run on CPU (the model writes and reads every text); "
+        "try --samples 100 first.",
+        rich_help_panel=METHOD_PANEL,
+    ),
 ]
 
 
@@ -123,22 +135,28 @@ def apply_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
+    from memloc.core.lm.loading import quiet_transformers
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
     loaded = _edit_facts(facts, limit)
     require_new_folder(out)
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
-    with progress_bar(f"edit {method.value}") as update:
-        saved = save_edits(
-            model,
-            loaded,
-            plan,
-            monitor_for(method.value, max_update_ratio),
-            out,
-            progress=update,
-            notify=lambda refusal: stderr.print(f"memloc: warning: {refusal.warning()}"),
-        )
+    try:
+        with progress_bar(f"edit {method.value}") as update, quiet_transformers():
+            saved = save_edits(
+                model,
+                loaded,
+                plan,
+                monitor_for(method.value, max_update_ratio),
+                out,
+                progress=update,
+                notify=lambda r: stderr.print(f"memloc: warning: {with_flags(r.warning(), ADVICE_FIELDS)}"),
+            )
+    except MemlocError as exc:  # every edit refused: the first refusal's advice, with flags
+        if exc.field is not None:
+            raise
+        raise MemlocError(with_flags(str(exc), ADVICE_FIELDS)) from exc
     result = saved.to_dict()
     if fmt is Format.json:
         emit_json(result)
@@ -169,7 +187,14 @@ def eval_command(
         typer.Option("--method", help="Edit with this method, then measure.", rich_help_panel=METHOD_PANEL),
     ] = None,
     mode: Annotated[
-        Mode, typer.Option("--mode", help="single, batch or sequential.", rich_help_panel=METHOD_PANEL)
+        Mode,
+        typer.Option(
+            "--mode",
+            help="single: edit one fact, measure it, restore it, then the next; batch: edit all facts at "
+            "once, then measure; sequential: edit the facts one after another without restoring, then "
+            "measure them all.",
+            rich_help_panel=METHOD_PANEL,
+        ),
     ] = Mode.single,
     layers: EditLayersOpt = None,
     corpus: CorpusOpt = config_default(STATS, "corpus"),
@@ -189,12 +214,17 @@ def eval_command(
 ) -> None:
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
     from memloc.edit.eval_report import save_eval_report
-    from memloc.edit.evaluate import METRICS, EvalConfig
+    from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig
     from memloc.edit.session import evaluate_folder, evaluate_plan
 
     loaded = _edit_facts(facts, limit)
     config = EvalConfig(generation_tokens=fluency_tokens)
     model = lm.load()
+    if method in (Method.rome, Method.memit) and model.device.type == "cpu" and samples >= LONG_ON_CPU:
+        stderr.print(
+            f"memloc: warning: key statistics over {samples} texts take long on CPU the first time "
+            "(then they are cached); --samples 100 is enough to try"
+        )
     with progress_bar("eval") as update:
         if method is not None:
             plan = _plan(method, layers, corpus, samples, seed)
@@ -211,6 +241,8 @@ def eval_command(
         "CounterFact metrics",
         [{"metric": k, "pre": result.pre[k], "post": result.post[k]} for k in METRICS],
     )
+    for metric in METRICS:
+        stdout.print(f"{metric}: {METRIC_MEANINGS[metric]}")
     stdout.print(f"seconds per edit: {result.seconds_per_edit:.2f}")
     if result.unedited:
         stderr.print(f"not edited (the method found nothing to change): {', '.join(result.unedited)}")
@@ -227,10 +259,12 @@ def undo_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Restore the base weights bit for bit from the ledger, into a new folder."""
+    from memloc.core.lm.loading import quiet_transformers
     from memloc.edit.session import check_undo_target, restore_into
 
     check_undo_target(folder, out)  # one clear line before a model is loaded
-    restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
+    with quiet_transformers():
+        restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
     if fmt is Format.json:
         emit_json(restored.to_dict())
         return

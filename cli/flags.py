@@ -8,6 +8,7 @@ flag differs between commands is keyed by its config's class name as well.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from memloc.core.errors import ConfigError, MemlocError
 
@@ -65,11 +66,16 @@ def flag_for(field: str, config: str = "") -> str | None:
 
 def cli_message(exc: MemlocError) -> str:
     """The error's message with its field replaced by the flag a CLI user passes."""
-    message = str(exc)
     if exc.field is None:
-        return message
-    flag = flag_for(exc.field, exc.config if isinstance(exc, ConfigError) else "")
-    if flag is None:
-        return message
-    # Whole words only, and never inside a path such as /runs/out/x.
-    return re.sub(rf"(?<![\w/.-]){re.escape(exc.field)}(?![\w/-])", flag, message)
+        return str(exc)
+    return with_flags(str(exc), [exc.field], exc.config if isinstance(exc, ConfigError) else "")
+
+
+def with_flags(message: str, fields: Iterable[str], config: str = "") -> str:
+    """``message`` with each of ``fields`` replaced by its flag, where it has one."""
+    for field in fields:
+        flag = flag_for(field, config)
+        if flag is not None:
+            # Whole words only, and never inside a path such as /runs/out/x.
+            message = re.sub(rf"(?<![\w/.-]){re.escape(field)}(?![\w/-])", flag, message)
+    return message

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report, provenance
-from memloc.edit.evaluate import METRICS, EvalConfig, EvalResult
+from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig, EvalResult
 
 SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
 
@@ -50,10 +50,8 @@ def eval_section(result: EvalResult) -> Section:
     section = Section(f"Edit evaluation: {result.method or 'edited model'}, {result.mode} mode")
     section.paragraphs.append(
         f"{result.facts} facts; {result.seconds_per_edit:.2f} s per edit (computing and applying). "
-        "ES/PS: share of rewrite/paraphrase prompts with P(new) > P(true); NS: share of neighborhood "
-        "prompts with P(true) > P(new); S: their harmonic mean; EM/PM/NM: mean probability differences; "
-        "EA/PA/NA: every target token is the argmax; fluency: weighted bi/tri-gram entropy of greedy "
-        "generations (Meng et al. 2022)."
+        + "; ".join(f"{k}: {v}" for k, v in METRIC_MEANINGS.items())
+        + " (Meng et al. 2022)."
     )
     section.tables.append(
         (

@@ -33,6 +33,20 @@ from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
+# One line per metric, for the terminal and the report.
+METRIC_MEANINGS = {
+    "ES": "efficacy: share of facts whose rewrite prompt gives P(new) > P(true)",
+    "PS": "generalization: the same share over paraphrase prompts",
+    "NS": "specificity: share of neighborhood prompts that keep P(true) > P(new)",
+    "S": "harmonic mean of ES, PS and NS",
+    "EM": "mean P(new) - P(true) on rewrite prompts",
+    "PM": "mean P(new) - P(true) on paraphrase prompts",
+    "NM": "mean P(true) - P(new) on neighborhood prompts",
+    "EA": "share of rewrite prompts where every token of the new target is the argmax",
+    "PA": "the same share over paraphrase prompts",
+    "NA": "share of neighborhood prompts where every token of the true target is the argmax",
+    "fluency": "weighted bi/tri-gram entropy of greedy generations (higher: less repetitive)",
+}
 
 
 @dataclass(frozen=True)

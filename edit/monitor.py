@@ -83,7 +83,7 @@ def checked_apply(
         raise CollapseError(
             f"refused the {delta.method} edit of {', '.join(delta.case_ids) or 'the facts'}: its update at layer "
             f"{worst} is {ratios[worst]:.2f} of the weight's norm (limit {config.max_update_ratio}); "
-            "lower the clamp or the learning rate, or raise max_update_ratio",
+            "edit at other layers, take the key statistics over more samples, or raise max_update_ratio",
             field="max_update_ratio",
         )
     before = generation_entropy(lm, config) if baseline is None else baseline

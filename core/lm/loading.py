@@ -70,7 +70,7 @@ def smollm2_folder() -> Path:
 
     gguf = _smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -96,8 +96,14 @@ def smollm2_folder() -> Path:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No loading bars on stderr: memloc's errors must stay one line, and its own bars say enough."""
+def quiet_transformers() -> Iterator[None]:
+    """No transformers bars (loading, "Writing model shards") on stderr while inside.
+
+    memloc's errors must stay one line, and its own bars say enough. Example::
+
+        with quiet_transformers():
+            model.save_pretrained(folder)
+    """
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -203,7 +209,7 @@ def _load_weights_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
                 where, dtype=dtype, trust_remote_code=trust_remote_code, **extra
             )

@@ -156,7 +156,12 @@ def train_run(
     total = steps_per_epoch * config.epochs
     start_epoch = len(history)
     if progress:
-        progress((start_epoch - 1) * steps_per_epoch, total, f"epoch {start_epoch}/{config.epochs}")
+        # A finished run resumed has start_epoch = epochs + 1: show its last epoch, done.
+        progress(
+            (start_epoch - 1) * steps_per_epoch,
+            total,
+            f"epoch {min(start_epoch, config.epochs)}/{config.epochs}",
+        )
 
     for epoch in range(start_epoch, config.epochs + 1):
         began = time.perf_counter()
