@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
+from memloc.core.finite import check_finite_weights, require_finite
 from torch import nn
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ class LM:
     tokenizer: PreTrainedTokenizerBase
     adapter: TransformerAdapter
     source: str = ""
+
+    def __post_init__(self) -> None:
+        # Every bundle, loaded or built from a model object, is checked once: a NaN
+        # weight would otherwise give every method quietly meaningless numbers.
+        check_finite_weights(self.model, self.source)
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +102,15 @@ def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -
 
 
 def next_token_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding."""
+    """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding.
+
+    Non-finite logits raise a one-line error naming the first non-finite layer.
+    """
     logits = model(input_ids=ids).logits[:, -1]
+    if not bool(torch.isfinite(logits).all()):
+        require_finite(
+            model, TransformerAdapter.for_model(model), logits, "the model's forward pass", input_ids=ids
+        )
     return torch.softmax(logits.float(), dim=-1)
 
 

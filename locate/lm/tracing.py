@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from memloc.core.errors import DataError, MemlocError
+from memloc.core.finite import require_finite
 from memloc.core.hooks import Transform, patch, trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
@@ -275,6 +276,7 @@ def _prepare(lm: LM, fact: Fact, config: TraceConfig) -> _Prepared:
     with trace(model, adapter, sites) as seen:
         clean_kv, out = PrefixCache.run(model, input_ids=ids)
         logits = out.logits[:, -1]
+    require_finite(model, adapter, logits, f"fact {fact.case_id}'s clean run", input_ids=ids)
     clean = {site: seen[site][0] for site in sites}
     clean_prob = _target_probs(logits, enc.target[0]).item()
 
