@@ -185,7 +185,7 @@ def _subject_prompts(
     rows = []
     for fact in facts:
         for template in templates:
-            text = template.replace("{}", fact.text, 1)
+            text = template.replace("{}", fact.prompt, 1)
             enc = encode(lm.tokenizer, text, fact.subject)
             rows.append((enc.ids, enc.last_subject))
     return rows

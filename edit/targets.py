@@ -113,14 +113,14 @@ def rewrite_batch(lm: LM, fact: Fact, templates: Iterable[str], kl_prompt: str) 
     rows, lasts = [], []
     target: tuple[int, ...] = ()
     for template in templates:
-        enc = encode(tok, template.replace("{}", fact.text), fact.subject, fact.target_new)
+        enc = encode(tok, template.replace("{}", fact.prompt), fact.subject, fact.target_new)
         target = enc.target
         rows.append(list(enc.ids) + list(target[:-1]))
         lasts.append(enc.last_subject)
     n = len(rows)
     if n == 0:
         raise MemlocError("no context templates given; pass at least ('{}',)")
-    kl = encode(tok, kl_prompt.replace("{}", fact.subject), fact.subject)
+    kl = encode(tok, kl_prompt, fact.subject)
     rows.append(list(kl.ids))
     lasts.append(kl.last_subject)
     lengths = [len(r) for r in rows]

@@ -179,3 +179,95 @@ def test_a_classifier_checkpoint_with_a_nan_is_named(digits_run, tmp_path, capsy
         run.load_model()
     code, _, err = run_cli(capsys, "models", "inspect", run.root)
     assert_one_line_error(code, err, name, "1 NaN")
+
+
+# --- a subject that appears twice: the "{}" placeholder decides ----------------------------
+
+TWICE = "the {} is in Paris like every Eiffel tower"
+
+
+def _twice_fact():
+    from memloc.core.lm.facts import Fact
+
+    return Fact("twice", TWICE, "Eiffel tower", "red", target_new="blue")
+
+
+def test_encode_takes_the_placeholders_mention():
+    from memloc.core.lm.model import encode
+    from tiny_lms import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    enc = encode(tok, TWICE, "Eiffel tower", "red")
+    assert enc.ids == encode(tok, TWICE.format("Eiffel tower")).ids
+    assert enc.subject == (1, 3)  # the first mention; the last one is (8, 10)
+    assert encode(tok, "the city {}", "Eiffel tower").subject == (2, 4)
+
+
+def test_tracing_and_edits_act_on_the_placeholders_mention():
+    from memloc.edit.memit import _subject_prompts
+    from memloc.edit.targets import rewrite_batch
+    from memloc.locate.lm.tracing import TraceConfig, trace_fact
+    from tiny_lms import tiny_lm
+
+    lm, fact = tiny_lm("gpt2"), _twice_fact()
+    traced = trace_fact(lm, fact, TraceConfig(samples=2, window=1, kinds=("mlp",), tokens=(2,)))
+    assert traced.subject == (1, 3)
+    batch = rewrite_batch(lm, fact, ["{}", "the city of Rome {}"], "{} is a")
+    assert batch.subject_last.tolist() == [2, 6, 1]
+    assert [last for _, last in _subject_prompts(lm, [fact], ["{}", "a {}"])] == [2, 3]
+
+
+# --- long phases report progress -------------------------------------------------------------
+
+
+def test_generation_reports_every_token_and_keeps_its_text():
+    from memloc.edit.evaluate import generate
+    from tiny_lms import tiny_lm
+
+    lm, calls = tiny_lm("llama"), []
+    prompts = ["the city of", "Paris is the capital"]
+    texts = generate(lm, prompts, 5, progress=lambda *call: calls.append(call))
+    assert texts == generate(lm, prompts, 5)
+    assert calls == [(i, 5, "tokens") for i in range(1, 6)]
+
+
+def test_tracing_reports_the_cells_inside_each_fact():
+    from memloc.core.lm.facts import Fact
+    from memloc.locate.lm.tracing import TraceConfig, trace_facts
+    from tiny_lms import tiny_lm
+
+    facts = [Fact("a", "the capital of {} is", "Rome", "Paris"), Fact("b", "{} is in", "Paris", "Rome")]
+    calls = []
+    trace_facts(
+        tiny_lm("gpt2"), facts, TraceConfig(samples=2, kinds=("mlp",)), progress=lambda *c: calls.append(c)
+    )
+    inner = [c for c in calls if "cells" in c[2]]
+    assert inner and {c[:2] for c in inner} == {(0, 2), (1, 2)}  # the count stays the fact's
+    assert calls[-1] == (2, 2, "fact b")
+
+
+def test_the_demo_edit_reports_every_phase(tmp_path, monkeypatch):
+    from memloc.core.lm.facts import load_facts
+    from memloc.core.lm.loading import load_language_model
+    from memloc.edit.demo_edit import edit_and_undo
+    from memloc.edit.monitor import MonitorConfig
+
+    monkeypatch.setenv("MEMLOC_CACHE", str(tmp_path))
+    lm = load_language_model(str(MODEL), device="cpu")
+    fact = load_facts(FACTS, limit=1)[0]
+    seen: list[str] = []
+    monitor = MonitorConfig(max_update_ratio=None, tokens=3)
+    edit_and_undo(
+        lm, fact, stats_samples=8, tokens=2, monitor=monitor, progress=lambda d, t, what: seen.append(what)
+    )
+    for phase in (
+        "before the edit: tokens",
+        "tracing for the edit layer: cells",
+        "key statistics",
+        "context templates",
+        "collapse monitor baseline: tokens",
+        "ROME, fact 0: target steps",
+        "collapse monitor, after the edit: tokens",
+        "after the edit: tokens",
+    ):
+        assert any(phase in what for what in seen), (phase, sorted(set(seen)))

@@ -80,17 +80,27 @@ def target_ids(tokenizer, target: str) -> tuple[int, ...]:
 
 
 def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -> Encoded:
-    """Token ids of ``text`` and the span of the last occurrence of ``subject`` in it.
+    """Token ids of ``text`` and the token span of ``subject`` in it.
 
-    The span comes from character offsets, so it is right for BPE, SentencePiece and
+    When ``text`` is a template holding ``{}``, the subject fills the first ``{}`` and its
+    span is that mention's, even if the subject also appears elsewhere ("The {}, like
+    every Roman Forum, ..."); otherwise it is the last occurrence of ``subject``. The
+    span comes from character offsets, so it is right for BPE, SentencePiece and
     word-level tokenizers alike; a token that straddles the subject's edge counts
     as part of it.
+
+        encode(tok, "The {}, like every Roman Forum, is in", "Roman Forum").subject
     """
+    start = -1
+    if subject is not None and "{}" in text:
+        start = text.index("{}")
+        text = text[:start] + subject + text[start + 2 :]
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = tuple(enc["input_ids"])
     span = (0, 0)
     if subject is not None:
-        start = text.rfind(subject)
+        if start < 0:
+            start = text.rfind(subject)
         if start < 0 or not subject:
             raise DataError(f"the subject {subject!r} is not in the prompt {text!r}")
         end = start + len(subject)
