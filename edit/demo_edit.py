@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from memloc.core.lm.facts import Fact, load_facts
@@ -60,9 +60,14 @@ def edit_and_undo(
     stats_samples: int = 200,
     tokens: int = 16,
     monitor: MonitorConfig | None = None,
+    trace_samples: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> DemoEdit:
     """ROME-edit ``fact`` (layer from causal tracing), show before and after, undo and verify.
+
+    ``trace_samples`` sets the noise samples of the layer-choosing trace (None: the
+    `EditPlan` default); ``monitor`` the collapse monitor's prompts and tokens; both
+    trade the demo's time against the noise in its checks. Every phase reports to ``progress``.
 
     Example::
 
@@ -73,6 +78,8 @@ def edit_and_undo(
     base = weights_hash(lm.model)
     before = _snapshot(lm, fact, prompts, tokens, labelled(progress, "before the edit"))
     plan = EditPlan("rome", stats=StatsConfig(samples=stats_samples), auto_facts=1)
+    if trace_samples is not None:
+        plan = replace(plan, auto_trace=replace(plan.auto_trace, samples=trace_samples))
     outcome = apply_edits(lm, [fact], plan, monitor or MonitorConfig(), progress=progress)
     after = _snapshot(lm, fact, prompts, tokens, labelled(progress, "after the edit"))
     outcome.restore()

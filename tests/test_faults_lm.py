@@ -257,9 +257,16 @@ def test_the_demo_edit_reports_every_phase(tmp_path, monkeypatch):
     fact = load_facts(FACTS, limit=1)[0]
     seen: list[str] = []
     monitor = MonitorConfig(max_update_ratio=None, tokens=3)
-    edit_and_undo(
-        lm, fact, stats_samples=8, tokens=2, monitor=monitor, progress=lambda d, t, what: seen.append(what)
+    shown = edit_and_undo(
+        lm,
+        fact,
+        stats_samples=8,
+        tokens=2,
+        monitor=monitor,
+        trace_samples=2,
+        progress=lambda *c: seen.append(c[2]),
     )
+    assert shown.undone_bit_exact
     for phase in (
         "before the edit: tokens",
         "tracing for the edit layer: cells",
