@@ -25,3 +25,14 @@ def labelled(progress: Progress | None, label: str) -> Progress | None:
     if progress is None:
         return None
     return lambda done, total, description: progress(done, total, f"{label}: {description}")
+
+
+def within(progress: Progress | None, done: int, total: int, label: str) -> Progress | None:
+    """A callback for the steps inside one outer unit: the count stays the outer one
+    (``done`` of ``total``) while the description shows the inner steps, so a long
+    unit (one fact's causal trace) never looks frozen."""
+    if progress is None:
+        return None
+    return lambda inner, inner_total, description: progress(
+        done, total, f"{label}: {description} {inner}/{inner_total}"
+    )

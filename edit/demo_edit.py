@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.model import LM
+from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import weights_hash
 from memloc.edit.editors import EditPlan
 from memloc.edit.evaluate import generate
@@ -46,9 +47,10 @@ def demo_fact() -> Fact:
         return load_facts(path, limit=1)[0]
 
 
-def _snapshot(lm: LM, fact: Fact, prompts: list[str], tokens: int) -> Snapshot:
+def _snapshot(lm: LM, fact: Fact, prompts: list[str], tokens: int, progress: Progress | None) -> Snapshot:
     (probs,) = rewrite_probs(lm, [fact])
-    return Snapshot(probs.p_true, probs.p_new, dict(zip(prompts, generate(lm, prompts, tokens), strict=True)))
+    texts = generate(lm, prompts, tokens, progress=progress)
+    return Snapshot(probs.p_true, probs.p_new, dict(zip(prompts, texts, strict=True)))
 
 
 def edit_and_undo(
@@ -58,9 +60,14 @@ def edit_and_undo(
     stats_samples: int = 200,
     tokens: int = 16,
     monitor: MonitorConfig | None = None,
+    trace_samples: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> DemoEdit:
     """ROME-edit ``fact`` (layer from causal tracing), show before and after, undo and verify.
+
+    ``trace_samples`` sets the noise samples of the layer-choosing trace (None: the
+    `EditPlan` default); ``monitor`` the collapse monitor's prompts and tokens; both
+    trade the demo's time against the noise in its checks. Every phase reports to ``progress``.
 
     Example::
 
@@ -69,10 +76,12 @@ def edit_and_undo(
     """
     prompts = [fact.text, *fact.paraphrases[:1], *fact.generation_prompts[:1]]
     base = weights_hash(lm.model)
-    before = _snapshot(lm, fact, prompts, tokens)
+    before = _snapshot(lm, fact, prompts, tokens, labelled(progress, "before the edit"))
     plan = EditPlan("rome", stats=StatsConfig(samples=stats_samples), auto_facts=1)
+    if trace_samples is not None:
+        plan = replace(plan, auto_trace=replace(plan.auto_trace, samples=trace_samples))
     outcome = apply_edits(lm, [fact], plan, monitor or MonitorConfig(), progress=progress)
-    after = _snapshot(lm, fact, prompts, tokens)
+    after = _snapshot(lm, fact, prompts, tokens, labelled(progress, "after the edit"))
     outcome.restore()
     return DemoEdit(
         fact={"prompt": fact.text, "target_true": fact.target_true, "target_new": fact.target_new},

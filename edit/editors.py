@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
-from memloc.core.progress import Progress, labelled
+from memloc.core.progress import Progress, labelled, within
 from memloc.core.validation import at_least, one_of
 from memloc.edit.delta import Editor, WeightDelta
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
@@ -65,8 +65,10 @@ def auto_layer(lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress
     window = plan.auto_trace.window if lm.n_layers >= 20 else max(1, lm.n_layers // 4)
     for i, fact in enumerate(chosen):
         # Only the last subject token's row decides the layer; tracing just it is ~T times cheaper.
-        last = encode(lm.tokenizer, fact.text, fact.subject).last_subject
-        traced.append(trace_fact(lm, fact, replace(plan.auto_trace, window=window, tokens=(last,))))
+        last = encode(lm.tokenizer, fact.prompt, fact.subject).last_subject
+        cells = within(progress, i, len(chosen), "tracing for the edit layer")
+        config = replace(plan.auto_trace, window=window, tokens=(last,))
+        traced.append(trace_fact(lm, fact, config, progress=cells))
         if progress is not None:
             progress(i + 1, len(chosen), "tracing for the edit layer")
     layer = average_best_layer(traced)
@@ -162,6 +164,8 @@ def prepare_editor(
         return kn_editor, choice
 
     stats = key_statistics_by_layer(lm, layers, plan.stats, progress=labelled(progress, "key statistics"))
+    if progress is not None:
+        progress(0, 1, "context templates")  # sampled once per model, then cached
     templates = context_templates(lm, plan.templates)
     choice = replace(choice, stats=dict(stats), templates=tuple(templates))
     if plan.method == "rome":
@@ -169,15 +173,17 @@ def prepare_editor(
         config = replace(base, layer=layers[0])
 
         def rome_editor(chosen: Sequence[Fact]) -> WeightDelta:
-            return combine(
-                [compute_rome(lm, f, stats[config.layer], config, templates) for f in chosen], "rome"
-            )
+            deltas = []
+            for fact in chosen:
+                steps = labelled(progress, f"ROME, fact {fact.case_id}")
+                deltas.append(compute_rome(lm, fact, stats[config.layer], config, templates, progress=steps))
+            return combine(deltas, "rome")
 
         return rome_editor, choice
 
     memit = replace(plan.memit, layers=layers)
 
     def memit_editor(chosen: Sequence[Fact]) -> WeightDelta:
-        return compute_memit(lm, chosen, stats, memit, templates)
+        return compute_memit(lm, chosen, stats, memit, templates, progress=labelled(progress, "MEMIT"))
 
     return memit_editor, choice

@@ -190,8 +190,11 @@ def ngram_entropy(
     return float(np.mean(np.array(entropies) * np.array(weights)))
 
 
-def generate(lm: LM, prompts: Sequence[str], tokens: int) -> list[str]:
-    """Greedy continuations (deterministic, so fluency reproduces), left-padded and batched."""
+def generate(lm: LM, prompts: Sequence[str], tokens: int, *, progress: Progress | None = None) -> list[str]:
+    """Greedy continuations (deterministic, so fluency reproduces), left-padded and batched.
+
+    ``progress(tokens done, tokens, "tokens")`` follows the generated tokens.
+    """
     tok = lm.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"
@@ -203,9 +206,28 @@ def generate(lm: LM, prompts: Sequence[str], tokens: int) -> list[str]:
         # transformers' own generate() still passes the renamed past_key_values keyword.
         warnings.filterwarnings("ignore", message=".*past_key_values.*")
         out = lm.model.generate(  # type: ignore[operator]  # transformers types generate loosely
-            **enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
-        )
+            **enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None,
+            **_progress_criteria(progress, tokens),
+        )  # fmt: skip
     return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _progress_criteria(progress: Progress | None, tokens: int) -> dict:
+    """generate() arguments that report each new token; a criterion that never stops, so the text is unchanged."""
+    if progress is None:
+        return {}
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Report(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
+            self.done += 1
+            progress(self.done, tokens, "tokens")
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([_Report()])}
 
 
 def fluency(lm: LM, fact: Fact, config: EvalConfig) -> float:

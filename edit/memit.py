@@ -110,7 +110,12 @@ def mom2_weight_for(config: MemitConfig, width: int) -> float:
 
 
 def solve_layer_update(
-    keys: torch.Tensor, residuals: torch.Tensor, second_moment: torch.Tensor, mom2_weight: float
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    second_moment: torch.Tensor,
+    mom2_weight: float,
+    *,
+    layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Factors (left (D, n), right (F, n)) of ΔW = R Kᵀ (λC + KKᵀ)⁻¹, and the solver's name.
 
@@ -121,16 +126,22 @@ def solve_layer_update(
     Everything is float64 on the keys' device. λC + KKᵀ is positive definite for any
     positive definite C and λ > 0, so it is solved by Cholesky; when the factorisation
     fails the system is (numerically) singular and `MemitError` says so rather than
-    returning a huge update.
+    returning a huge update. Both name ``layer``.
     """
     keys = keys.double()
     dev = keys.device
+    where = f" of layer {layer}" if layer is not None else ""
     system = mom2_weight * second_moment.to(dev, torch.float64) + keys @ keys.T
+    if not bool(torch.isfinite(system).all()):
+        raise MemitError(
+            f"the MEMIT system λC + KKᵀ{where} holds NaN or inf: its key statistics or keys come from "
+            "non-finite activations; check the model's weights and recompute the statistics"
+        )
     system = (system + system.T) / 2  # exact symmetry for Cholesky
     factor, status = torch.linalg.cholesky_ex(system)
     if int(status) != 0:
         raise MemitError(
-            "the MEMIT system λC + KKᵀ is singular; give key statistics with a positive definite C "
+            f"the MEMIT system λC + KKᵀ{where} is singular; give key statistics with a positive definite C "
             "(edit/stats.py shrinks an ill-conditioned one) or a larger mom2_weight"
         )
     return residuals.to(dev, torch.float64), torch.cholesky_solve(keys, factor), "cholesky"
@@ -174,7 +185,7 @@ def _subject_prompts(
     rows = []
     for fact in facts:
         for template in templates:
-            text = template.replace("{}", fact.text, 1)
+            text = template.replace("{}", fact.prompt, 1)
             enc = encode(lm.tokenizer, text, fact.subject)
             rows.append((enc.ids, enc.last_subject))
     return rows
@@ -320,7 +331,7 @@ def spread_update(
         residuals = (targets - states) / (len(layers) - step)
         weight_of_c = mom2_weight_for(config, keys.shape[0])
         left, right, how = solve_layer_update(
-            keys, residuals, second_moment_of(stats_by_layer[layer]), weight_of_c
+            keys, residuals, second_moment_of(stats_by_layer[layer]), weight_of_c, layer=layer
         )
         parts.append(LayerDelta(layer, left, right))
         weight = lm.adapter.down_matrix(lm.model, layer).detach().double()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.model import LM
+from memloc.core.progress import Progress, labelled
 from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import Applied, WeightDelta, apply
 from memloc.edit.evaluate import generate, ngram_entropy
@@ -62,15 +63,23 @@ def update_ratios(lm: LM, delta: WeightDelta) -> dict[int, float]:
     return ratios
 
 
-def generation_entropy(lm: LM, config: MonitorConfig) -> float:
-    texts = generate(lm, list(config.prompts), config.tokens)
+def generation_entropy(lm: LM, config: MonitorConfig, *, progress: Progress | None = None) -> float:
+    """Mean n-gram entropy of greedy generations from the neutral prompts; ``progress`` follows the tokens."""
+    texts = generate(lm, list(config.prompts), config.tokens, progress=progress)
     return float(np.mean([ngram_entropy(t.split()) for t in texts]))
 
 
 def checked_apply(
-    lm: LM, delta: WeightDelta, config: MonitorConfig, baseline: float | None = None
+    lm: LM,
+    delta: WeightDelta,
+    config: MonitorConfig,
+    baseline: float | None = None,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[Applied, MonitorCheck]:
     """Apply ``delta`` unless a check fails; on failure the model is left as it was.
+
+    ``progress`` follows the monitor's generations (before, when no ``baseline`` is given, and after).
 
     Example::
 
@@ -86,9 +95,12 @@ def checked_apply(
             "edit at other layers, take the key statistics over more samples, or raise max_update_ratio",
             field="max_update_ratio",
         )
-    before = generation_entropy(lm, config) if baseline is None else baseline
+    if baseline is None:
+        before = generation_entropy(lm, config, progress=labelled(progress, "collapse monitor, before"))
+    else:
+        before = baseline
     handle = apply(lm.model, lm.adapter, delta)
-    after = generation_entropy(lm, config)
+    after = generation_entropy(lm, config, progress=labelled(progress, "collapse monitor, after the edit"))
     if before > 0 and after < config.min_entropy_ratio * before:
         handle.restore()
         raise CollapseError(

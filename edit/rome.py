@@ -67,15 +67,32 @@ def rank_one_update(
     k_star: torch.Tensor,
     v_star: torch.Tensor,
     k_constraint: torch.Tensor | None = None,
+    *,
+    layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(Λ, C⁻¹k*, denominator) in float64, so that (W + Λ (C⁻¹k*)ᵀ) k + b = v* for k = k_constraint.
 
-    ``k_constraint`` defaults to k* (r-ROME). C⁻¹k* comes from a float64 solve.
+    ``k_constraint`` defaults to k* (r-ROME). C⁻¹k* comes from a float64 solve. A C
+    holding NaN or inf, or a singular one, is a one-line `MemlocError` naming ``layer``.
     """
     k_star = k_star.double()
     k_eq = k_star if k_constraint is None else k_constraint.double()
     w = weight.double()
-    direction = torch.linalg.solve(c, k_star)
+    where = f"layer {layer}" if layer is not None else "the edited layer"
+    # A NaN C solves without complaint into a NaN update, so it is caught first.
+    if not bool(torch.isfinite(c).all()):
+        raise MemlocError(
+            f"the key statistics C of {where} hold NaN or inf: they were taken from a model whose "
+            "activations are not finite; check the model's weights and recompute the statistics"
+        )
+    try:
+        direction = torch.linalg.solve(c, k_star)
+    except torch.linalg.LinAlgError:
+        raise MemlocError(
+            f"the key statistics C of {where} are singular, so ROME cannot solve C⁻¹k*: "
+            "take them over more texts (samples), or use the default shrinkage (max_condition)",
+            field="samples",
+        ) from None
     denominator = torch.dot(direction, k_eq)
     residual = v_star.double() - w @ k_eq
     if bias is not None:
@@ -122,7 +139,7 @@ def compute_rome(
         None if config.consistent_keys else keys[list(templates).index("{}") if "{}" in templates else 0]
     )
     lam, direction, denominator = rank_one_update(
-        weight, None if bias is None else bias.detach(), c, k_star, result.target, k_constraint
+        weight, None if bias is None else bias.detach(), c, k_star, result.target, k_constraint, layer=layer
     )
     update_norm = lam.norm().item() * direction.norm().item()
     weight_norm = weight.double().norm().item()

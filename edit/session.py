@@ -17,7 +17,7 @@ from pathlib import Path
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode, target_prob
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
 from memloc.edit.editors import EditChoice, EditPlan, prepare_editor
 from memloc.edit.evaluate import (
@@ -100,7 +100,7 @@ def apply_edits(
     """
     started = time.perf_counter()
     editor, choice = prepare_editor(lm, facts, plan, progress)
-    baseline = generation_entropy(lm, monitor)
+    baseline = generation_entropy(lm, monitor, progress=labelled(progress, "collapse monitor baseline"))
     groups = [list(facts)] if plan.method == "memit" else [[f] for f in facts]
     deltas, handles, refused, checks = [], [], [], []
     for i, group in enumerate(groups):
@@ -110,7 +110,8 @@ def apply_edits(
             refusal = Refusal(delta.case_ids, delta.unedited, unedited=True)
         else:
             try:
-                handle, check = checked_apply(lm, delta, monitor, baseline)
+                checking = labelled(progress, f"edit {i + 1} of {len(groups)}")
+                handle, check = checked_apply(lm, delta, monitor, baseline, progress=checking)
             except CollapseError as exc:
                 refusal = Refusal(delta.case_ids, str(exc))
             else:

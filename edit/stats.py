@@ -411,6 +411,11 @@ def key_statistics_by_layer(
             raise DataError(f"the corpus {config.corpus} has no tokens to take statistics over")
         for layer in missing:
             second = sums[layer].double() / tokens
+            if not bool(torch.isfinite(second).all()):  # eigvalsh would end in a LinAlgError traceback
+                raise MemlocError(
+                    f"the key statistics of layer {layer} hold NaN or inf: the model's activations at that "
+                    "layer are not finite on the corpus; check the model's weights (or load it in float32)"
+                )
             spec = spectrum(second, config.max_condition)  # on the sums' device: large F is slow on a CPU
             stats = KeyStats(layer, second.cpu(), tokens, len(texts), spec, f"{key}/layer_{layer}")
             _save_cached(folder, stats)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from memloc.core.errors import MemlocError
+from memloc.core.finite import require_finite
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
@@ -112,14 +113,14 @@ def rewrite_batch(lm: LM, fact: Fact, templates: Iterable[str], kl_prompt: str) 
     rows, lasts = [], []
     target: tuple[int, ...] = ()
     for template in templates:
-        enc = encode(tok, template.replace("{}", fact.text), fact.subject, fact.target_new)
+        enc = encode(tok, template.replace("{}", fact.prompt), fact.subject, fact.target_new)
         target = enc.target
         rows.append(list(enc.ids) + list(target[:-1]))
         lasts.append(enc.last_subject)
     n = len(rows)
     if n == 0:
         raise MemlocError("no context templates given; pass at least ('{}',)")
-    kl = encode(tok, kl_prompt.replace("{}", fact.subject), fact.subject)
+    kl = encode(tok, kl_prompt, fact.subject)
     rows.append(list(kl.ids))
     lasts.append(kl.last_subject)
     lengths = [len(r) for r in rows]
@@ -302,7 +303,11 @@ class SuffixScorer:
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
-            self.kv, _ = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
+            self.kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
+        # Padding positions are left out: a fully masked row may be NaN by design in some kernels.
+        real = out.logits[batch.attention_mask.bool()]
+        inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
+        require_finite(model, adapter, real, "the rewrite prompts' clean run", **inputs)
         # Clean activations at the subject's last token of each rewrite prompt.
         n = batch.n_rewrite
         self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}

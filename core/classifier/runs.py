@@ -32,6 +32,7 @@ from memloc.core.classifier.data import NoisyLabels
 from memloc.core.classifier.gradients import GroupGradientStats
 from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.errors import RunFolderError
+from memloc.core.finite import check_finite_weights
 from memloc.core.report import Report, provenance, to_jsonable
 from memloc.core.training.zoo import ModelSpec, build_model
 from torch import nn
@@ -238,6 +239,7 @@ class RunFolder:
         epoch = self.epochs()[-1] if epoch is None else epoch
         model = build_model(self.spec())
         load_into(model, self.load_checkpoint(epoch), source=str(self.checkpoint(epoch)))
+        check_finite_weights(model, source=str(self.checkpoint(epoch)))
         return model.eval(), ClassifierAdapter.for_model(model)
 
     def load_noise(self) -> tuple[NoisyLabels, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
+from memloc.core.finite import check_finite_weights, require_finite
 from torch import nn
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ class LM:
     tokenizer: PreTrainedTokenizerBase
     adapter: TransformerAdapter
     source: str = ""
+
+    def __post_init__(self) -> None:
+        # Every bundle, loaded or built from a model object, is checked once: a NaN
+        # weight would otherwise give every method quietly meaningless numbers.
+        check_finite_weights(self.model, self.source)
 
     @property
     def device(self) -> torch.device:
@@ -74,17 +80,27 @@ def target_ids(tokenizer, target: str) -> tuple[int, ...]:
 
 
 def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -> Encoded:
-    """Token ids of ``text`` and the span of the last occurrence of ``subject`` in it.
+    """Token ids of ``text`` and the token span of ``subject`` in it.
 
-    The span comes from character offsets, so it is right for BPE, SentencePiece and
+    When ``text`` is a template holding ``{}``, the subject fills the first ``{}`` and its
+    span is that mention's, even if the subject also appears elsewhere ("The {}, like
+    every Roman Forum, ..."); otherwise it is the last occurrence of ``subject``. The
+    span comes from character offsets, so it is right for BPE, SentencePiece and
     word-level tokenizers alike; a token that straddles the subject's edge counts
     as part of it.
+
+        encode(tok, "The {}, like every Roman Forum, is in", "Roman Forum").subject
     """
+    start = -1
+    if subject is not None and "{}" in text:
+        start = text.index("{}")
+        text = text[:start] + subject + text[start + 2 :]
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = tuple(enc["input_ids"])
     span = (0, 0)
     if subject is not None:
-        start = text.rfind(subject)
+        if start < 0:
+            start = text.rfind(subject)
         if start < 0 or not subject:
             raise DataError(f"the subject {subject!r} is not in the prompt {text!r}")
         end = start + len(subject)
@@ -96,8 +112,15 @@ def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -
 
 
 def next_token_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding."""
+    """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding.
+
+    Non-finite logits raise a one-line error naming the first non-finite layer.
+    """
     logits = model(input_ids=ids).logits[:, -1]
+    if not bool(torch.isfinite(logits).all()):
+        require_finite(
+            model, TransformerAdapter.for_model(model), logits, "the model's forward pass", input_ids=ids
+        )
     return torch.softmax(logits.float(), dim=-1)
 
 

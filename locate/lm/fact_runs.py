@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
-from memloc.core.progress import Progress, offset
+from memloc.core.progress import Progress, offset, within
 from memloc.core.report import Report, provenance, to_jsonable
 from memloc.locate.graph import fact_neuron_graph, fact_sharing_stats, write_graphml
 from memloc.locate.lm.fact_results import KNRun, RelationNeurons, TraceRun
@@ -110,11 +110,15 @@ def locate_trace(
         run.best_layer, run.traces[0].clean_prob
     """
 
+    position = {fact.case_id: i for i, fact in enumerate(facts)}
+
     def one(fact: Fact) -> FactTrace:
         chosen = config
         if last_subject_only:
-            chosen = replace(config, tokens=(encode(lm.tokenizer, fact.text, fact.subject).last_subject,))
-        return trace_fact(lm, fact, chosen)
+            chosen = replace(config, tokens=(encode(lm.tokenizer, fact.prompt, fact.subject).last_subject,))
+        # A fact's trace takes minutes on a real model: its cells show on the bar.
+        cells = within(progress, position[fact.case_id], len(facts), f"fact {fact.case_id}")
+        return trace_fact(lm, fact, chosen, progress=cells)
 
     key = {"config": config, "last_subject_only": True} if last_subject_only else config
     traces = per_fact(

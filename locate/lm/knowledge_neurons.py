@@ -39,6 +39,7 @@ import torch
 from captum.attr import IntegratedGradients
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.errors import MemlocError
+from memloc.core.finite import require_finite
 from memloc.core.hooks import patch, trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
@@ -286,6 +287,7 @@ def _fast(
         kv = _prefix_cache(model, prefix)
         with trace(model, adapter, sites) as seen:
             logits = model(input_ids=last, **_cache_kwargs(model, kv, 1), logits_to_keep=1).logits
+        require_finite(model, adapter, logits, "the prompt's clean run", input_ids=ids)
         clean = torch.stack([seen[s][0, -1] for s in sites]).float()  # (L, F)
     probability = torch.softmax(logits[0, -1].float(), -1)[target].item()
 
@@ -308,6 +310,7 @@ def _plain(
     sites = [Site(layer, "mlp.post") for layer in layers]
     with torch.no_grad(), trace(model, adapter, sites) as seen:
         logits = model(input_ids=ids, logits_to_keep=1).logits
+        require_finite(model, adapter, logits, "the prompt's clean run", input_ids=ids)
     probability = torch.softmax(logits[0, -1].float(), -1)[target].item()
     scores = []
     for site in sites:

@@ -40,17 +40,18 @@ by a constant and does not move the argmax).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from memloc.core.errors import DataError, MemlocError
+from memloc.core.finite import require_finite
 from memloc.core.hooks import Transform, patch, trace
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode
 from memloc.core.lm.prefix_runner import BlockRunner, PrefixCache, cache_inputs
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, one_of, positive
 
@@ -258,7 +259,7 @@ def _target_probs(logits: torch.Tensor, target: int) -> torch.Tensor:
 def _prepare(lm: LM, fact: Fact, config: TraceConfig) -> _Prepared:
     model, adapter = lm.model, lm.adapter
     try:
-        enc = encode(lm.tokenizer, fact.text, fact.subject, fact.target_true)
+        enc = encode(lm.tokenizer, fact.prompt, fact.subject, fact.target_true)
     except DataError as exc:
         raise DataError(f"fact {fact.case_id}: {exc}") from None
     embedding = adapter.embedding(model).weight
@@ -275,6 +276,7 @@ def _prepare(lm: LM, fact: Fact, config: TraceConfig) -> _Prepared:
     with trace(model, adapter, sites) as seen:
         clean_kv, out = PrefixCache.run(model, input_ids=ids)
         logits = out.logits[:, -1]
+    require_finite(model, adapter, logits, f"fact {fact.case_id}'s clean run", input_ids=ids)
     clean = {site: seen[site][0] for site in sites}
     clean_prob = _target_probs(logits, enc.target[0]).item()
 
@@ -378,8 +380,15 @@ def _rows_at(cells: list[tuple[str, int]], samples: int, n_layers: int, window: 
     return _Rows(cell=columns[1], sample=columns[2], kind=columns[3], start=columns[0], end=columns[4])
 
 
-def _pass(lm: LM, prep: _Prepared, runner: BlockRunner, t: int, rows: _Rows) -> torch.Tensor:
-    """P(target) of each row: run tokens t.. through the blocks each row needs."""
+def _pass(
+    lm: LM,
+    prep: _Prepared,
+    runner: BlockRunner,
+    t: int,
+    rows: _Rows,
+    on_block: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """P(target) of each row: run tokens t.. through the blocks each row needs; ``on_block(j)`` after block j."""
     model, adapter = lm.model, lm.adapter
     n_layers = adapter.n_layers
     first = int(rows.start[0])
@@ -411,6 +420,8 @@ def _pass(lm: LM, prep: _Prepared, runner: BlockRunner, t: int, rows: _Rows) -> 
                 h = entered if h is None else torch.cat([h, entered.to(h.device)])
             if j < n_layers and h is not None:
                 h = runner.block(j, h, cache)
+                if on_block is not None:
+                    on_block(j)
     assert h is not None  # every row enters at some layer
     logits = runner.logits(h[:, -1:])[:, -1]
     return _target_probs(logits, prep.target)
@@ -423,6 +434,16 @@ def _restore_rows(rows: torch.Tensor, clean: torch.Tensor) -> Transform:
         return act
 
     return put_back
+
+
+def _block_progress(
+    progress: Progress | None, done: int, total: int, n_layers: int
+) -> Callable[[int], None] | None:
+    """Report each block of a pass: one pass can hold every cell of a token and run for
+    long on a real model, so the bar must move inside it."""
+    if progress is None:
+        return None
+    return lambda j: progress(done, total, f"cells (block {j + 1} of {n_layers})")
 
 
 def _fast_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress | None) -> dict:
@@ -444,7 +465,10 @@ def _fast_grids(lm: LM, prep: _Prepared, config: TraceConfig, progress: Progress
         total = torch.zeros(len(cells), dtype=torch.float64, device=prep.ids.device)
         for begin in range(0, len(rows), config.batch_size):
             chunk = rows[begin : begin + config.batch_size]
-            total.index_add_(0, chunk.cell, _pass(lm, prep, runner, t, chunk).double())
+            blocks = _block_progress(
+                progress, done // config.samples, rows_in_all // config.samples, n_layers
+            )
+            total.index_add_(0, chunk.cell, _pass(lm, prep, runner, t, chunk, blocks).double())
             done += len(chunk)
             if progress:
                 progress(done // config.samples, rows_in_all // config.samples, "cells")
@@ -484,11 +508,14 @@ def trace_facts(
 ) -> TraceReport:
     """Causal-trace every fact; the report's ``best_layer`` is the averaged edit-layer choice.
 
+    ``progress`` counts facts, and its description follows the cells of the fact being traced.
+
     report = trace_facts(load_language_model("smollm2-135m"), load_facts("facts.json"))
     """
     report = TraceReport(config)
     for i, fact in enumerate(facts):
-        report.facts.append(trace_fact(lm, fact, config))
+        cells = within(progress, i, len(facts), f"fact {fact.case_id}")
+        report.facts.append(trace_fact(lm, fact, config, progress=cells))
         if progress:
             progress(i + 1, len(facts), f"fact {fact.case_id}")
     return report
