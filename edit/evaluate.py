@@ -218,13 +218,15 @@ def _progress_criteria(progress: Progress | None, tokens: int) -> dict:
         return {}
     from transformers import StoppingCriteria, StoppingCriteriaList
 
+    report = progress
+
     class _Report(StoppingCriteria):
         def __init__(self) -> None:
             self.done = 0
 
         def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
             self.done += 1
-            progress(self.done, tokens, "tokens")
+            report(self.done, tokens, "tokens")
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     return {"stopping_criteria": StoppingCriteriaList([_Report()])}

@@ -122,7 +122,15 @@ class Dynamics:
     def load(cls, path: Path) -> Dynamics:
         names = ("loss", "pred", "correct", "grad_clean_norm", "grad_noisy_norm", "grad_cosine", "groups")
         z = load_npz(path, names)
-        return cls(*(z[name] for name in names[:-1]), tuple(str(g) for g in z["groups"]))
+        return cls(
+            loss=z["loss"],
+            pred=z["pred"],
+            correct=z["correct"],
+            grad_clean=z["grad_clean_norm"],
+            grad_noisy=z["grad_noisy_norm"],
+            grad_cosine=z["grad_cosine"],
+            groups=tuple(str(g) for g in z["groups"]),
+        )
 
 
 def load_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:

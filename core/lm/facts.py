@@ -168,8 +168,8 @@ def load_facts(path: str | Path, *, limit: int | None = None) -> list[Fact]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8") from None
+        bad = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (bad byte at line {bad}); save it as UTF-8") from None
     records: list[Any]
     if path.suffix == ".jsonl":
         records = []

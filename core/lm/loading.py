@@ -267,7 +267,7 @@ def load_language_model(
         document_start = ALIAS_DOCUMENT_START.get(spec.lower())
     if document_start is not None:
         prepend_document_start(tokenizer, document_start)
-    model.to(torch_device).eval()  # type: ignore[arg-type]  # transformers wraps .to() with a narrower type
+    model.to(torch_device).eval()
     model.requires_grad_(False)
     return LM(model, tokenizer, TransformerAdapter.for_model(model), source=spec)
 
