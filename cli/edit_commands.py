@@ -126,6 +126,7 @@ def apply_command(
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
     loaded = _edit_facts(facts, limit)
+    monitor = monitor_for(method.value, max_update_ratio)
     require_new_folder(out)
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
@@ -134,7 +135,7 @@ def apply_command(
             model,
             loaded,
             plan,
-            monitor_for(method.value, max_update_ratio),
+            monitor,
             out,
             progress=update,
             notify=lambda refusal: stderr.print(f"memloc: warning: {refusal.warning()}"),

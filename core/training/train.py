@@ -68,7 +68,8 @@ class TrainConfig:
         if not 0.0 <= self.noise < 1.0:
             raise fail(self, "noise", f"must be in [0, 1), got {self.noise}")
         at_least(self, 1, "epochs", "batch_size")
-        positive(self, "limit", "lr")
+        at_least(self, 0, "seed", "weight_decay")
+        positive(self, "limit", "lr", "width")
 
     def to_dict(self) -> dict:
         d = asdict(self)
