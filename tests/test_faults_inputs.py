@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import pkgutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from memloc.core.errors import ConfigError
 from test_cli import assert_one_line_error, run_cli
@@ -120,3 +122,115 @@ def test_edit_max_update_ratio_is_checked_before_the_folder(tmp_path, capsys, va
     )
     assert_one_line_error(code, err, "--max-update-ratio", value)
     assert not out.exists()
+
+
+# --- labels and values of the data ------------------------------------------------
+
+
+def _npz(path: Path, y_train, y_test=None, x_train=None) -> Path:
+    """A small .npz data set: 8x8 float images, labels as given (default test: 0..3)."""
+    rng = np.random.default_rng(0)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    y_test = np.arange(40) % 4 if y_test is None else np.asarray(y_test, dtype=np.int64)
+    x_train = rng.random((len(y_train), 8, 8), dtype=np.float32) if x_train is None else x_train
+    x_test = rng.random((len(y_test), 8, 8), dtype=np.float32)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def _train_on(data: Path, out: Path, *extra: str) -> tuple:
+    return ("train", "--data", data, "--arch", "mlp", "--epochs", "1", "--out", out, *extra)
+
+
+@pytest.mark.parametrize("extra", [(), ("--limit", "100")])
+def test_a_stray_label_is_named_and_not_a_new_class(tmp_path, capsys, extra):
+    labels = np.arange(200) % 4
+    labels[7] = 99
+    data, out = _npz(tmp_path / "stray.npz", labels), tmp_path / "run"
+    code, _, err = run_cli(capsys, *_train_on(data, out, *extra))
+    assert_one_line_error(code, err, "stray.npz", "y_train", "99", "--num-classes")
+    assert not out.exists()
+    _npz(data, np.arange(200) % 4)  # the corrected file
+    code, _, err = run_cli(capsys, *_train_on(data, out, *extra))
+    assert code == 0, err
+
+
+def test_missing_classes_are_named(tmp_path, capsys):
+    data = _npz(tmp_path / "gap.npz", np.arange(200) % 4 * 2, y_test=np.arange(40) % 4 * 2)
+    code, _, err = run_cli(capsys, *_train_on(data, tmp_path / "run"))
+    assert_one_line_error(code, err, "gap.npz", "y_train", "1, 3, 5")
+
+
+def test_test_labels_outside_the_training_classes(tmp_path, capsys):
+    data = _npz(tmp_path / "t.npz", np.arange(200) % 4, y_test=np.arange(40) % 5)
+    code, _, err = run_cli(capsys, *_train_on(data, tmp_path / "run"))
+    assert_one_line_error(code, err, "t.npz", "y_test", "4")
+
+
+def test_declared_num_classes(tmp_path, capsys):
+    from memloc.core.classifier.data import load_dataset
+
+    data = _npz(tmp_path / "d.npz", np.arange(200) % 4)
+    assert load_dataset(str(data)).num_classes == 4
+    assert load_dataset(str(data), num_classes=6).num_classes == 6
+    code, _, err = run_cli(capsys, *_train_on(data, tmp_path / "small", "--num-classes", "3"))
+    assert_one_line_error(code, err, "d.npz", "y_train", "3", "--num-classes 3")
+    assert not (tmp_path / "small").exists()
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, *_train_on(data, out, "--num-classes", "6", "--noise", "0.5"))
+    assert code == 0, err
+    spec = json.loads((out / "config.json").read_text())
+    assert spec["train"]["num_classes"] == 6 and spec["model"]["num_classes"] == 6
+    code, _, err = run_cli(capsys, "locate", "scores", out, "--device", "cpu")
+    assert code == 0, err  # the run reloads its data with the declared classes
+
+
+def test_runs_without_num_classes_keep_their_config(digits_run):
+    # Run folders from before --num-classes have no such key; resuming them must not
+    # see a different run.
+    from memloc.core.training.train import TrainConfig
+
+    stored = digits_run.config()["train"]
+    assert "num_classes" not in stored
+    assert TrainConfig(**stored).to_dict() == stored
+
+
+def test_a_class_with_one_example_under_limit(tmp_path, capsys):
+    labels = np.arange(200) % 4
+    labels[3] = 4  # class 4 has a single example: a stratified subset cannot keep it
+    data = _npz(tmp_path / "one.npz", labels, y_test=np.arange(40) % 5)
+    code, _, err = run_cli(capsys, *_train_on(data, tmp_path / "run", "--limit", "100"))
+    assert_one_line_error(code, err, "--limit", "class 4")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_images_are_named_not_blamed_on_lr(tmp_path, capsys, bad):
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 8, 8), dtype=np.float32)
+    x[5, 2, 3] = bad
+    data, out = _npz(tmp_path / "x.npz", np.arange(200) % 4, x_train=x), tmp_path / "run"
+    code, _, err = run_cli(capsys, *_train_on(data, out))
+    assert_one_line_error(code, err, "x.npz", "x_train", "example 5")
+    assert "--lr" not in err and not out.exists()
+
+
+def test_non_finite_init_weights_are_named_not_blamed_on_lr(tmp_path, capsys, digits_run):
+    from memloc.core.checkpoints import load_tensors, save_tensors
+
+    weights = load_tensors(digits_run.checkpoint(0))
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] = float("nan")
+    save_tensors(tmp_path / "init.safetensors", weights)
+    out = tmp_path / "run"
+    args = ("train", "--data", "digits", "--arch", "mlp", "--limit", "300", "--epochs", "1", "--out", out)
+    code, _, err = run_cli(capsys, *args, "--init", tmp_path / "init.safetensors")
+    assert_one_line_error(code, err, "init.safetensors", name, "NaN")
+    assert "--lr" not in err and not out.exists()
+
+
+def test_true_divergence_still_blames_lr(tmp_path, capsys):
+    code, _, err = run_cli(capsys, *TRAIN, "--out", tmp_path / "run", "--lr", "1e30")
+    # The progress bar has begun by then; the error is still one line below it.
+    errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err
+    assert "diverged" in errors[0] and "--lr" in errors[0]
