@@ -23,6 +23,7 @@ from memloc.cli.options import (
     LMOptions,
     SeedOpt,
     lm_options,
+    note_limit,
     parse_layers,
 )
 
@@ -81,6 +82,7 @@ def _edit_facts(facts: Path, limit: int | None) -> list:
 
     loaded = load_facts(facts, limit=limit)
     require_edit_targets(loaded)
+    note_limit(limit, len(loaded), f"facts in {facts.name}")
     return loaded
 
 

@@ -234,3 +234,57 @@ def test_true_divergence_still_blames_lr(tmp_path, capsys):
     errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
     assert code == 1 and len(errors) == 1 and "Traceback" not in err
     assert "diverged" in errors[0] and "--lr" in errors[0]
+
+
+# --- --limit: a positive count everywhere ------------------------------------------
+
+
+def test_train_limit_above_the_data_is_a_note(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ("train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--out", out)
+    code, _, err = run_cli(capsys, *args, "--limit", "100000", "--format", "json")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("memloc: note: ")]
+    assert notes == ["memloc: note: --limit 100000 exceeds the 1437 training examples; using all"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_train_limit_must_be_positive(tmp_path, capsys, value):
+    code, _, err = run_cli(capsys, *TRAIN[:-4], "--epochs", "1", "--out", tmp_path / "run", "--limit", value)
+    assert_one_line_error(code, err, "--limit", value)
+    assert not (tmp_path / "run").exists()
+
+
+FACT_COMMANDS = {
+    "trace": ("locate", "trace", "--samples", "1", "--window", "1", "--kind", "mlp"),
+    "knowledge-neurons": ("locate", "knowledge-neurons"),
+    "suppress": ("locate", "suppress"),
+    "edit apply": ("edit", "apply", "--method", "rome", "--layers", "1"),
+    "edit eval": ("edit", "eval"),
+}
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+@pytest.mark.parametrize("command", sorted(FACT_COMMANDS))
+def test_lm_limit_must_be_positive(tmp_path, capsys, command, value):
+    out = tmp_path / "out"
+    args = (*FACT_COMMANDS[command], "--model", MODEL, "--device", "cpu", "--facts", FACTS)
+    code, _, err = run_cli(capsys, *args, "--out", out, "--limit", value)
+    assert_one_line_error(code, err, "--limit", value, "positive")
+    assert not out.exists()
+
+
+def test_lm_limit_above_the_facts_is_a_note(tmp_path, capsys):
+    from memloc.core.lm.facts import load_facts
+
+    two = tmp_path / "two.jsonl"
+    lines = FACTS.read_text()
+    records = json.loads(lines)[:2]
+    two.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert len(load_facts(two, limit=5)) == 2
+    args = (*FACT_COMMANDS["trace"], "--model", MODEL, "--device", "cpu", "--facts", two, "--format", "json")
+    code, out, err = run_cli(capsys, *args, "--limit", "5")
+    assert code in (0, None), err
+    assert len(json.loads(out)["facts"]) == 2
+    notes = [line for line in err.splitlines() if line.startswith("memloc: note: ")]
+    assert notes == ["memloc: note: --limit 5 exceeds the 2 facts in two.jsonl; using all"]
