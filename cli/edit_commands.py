@@ -125,11 +125,12 @@ def apply_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
+    from memloc.core.paths import writable_folder
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
     loaded = _edit_facts(facts, limit)
     monitor = monitor_for(method.value, max_update_ratio)
-    require_new_folder(out)
+    require_new_folder(writable_folder(out))
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
     with progress_bar(f"edit {method.value}") as update:
@@ -230,9 +231,10 @@ def undo_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Restore the base weights bit for bit from the ledger, into a new folder."""
+    from memloc.core.paths import writable_folder
     from memloc.edit.session import check_undo_target, restore_into
 
-    check_undo_target(folder, out)  # one clear line before a model is loaded
+    check_undo_target(folder, writable_folder(out))  # one clear line before a model is loaded
     restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
     if fmt is Format.json:
         emit_json(restored.to_dict())

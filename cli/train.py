@@ -54,6 +54,7 @@ def train_command(
     """Train a classifier on noisy labels, saving checkpoints, dynamics and gradient accounting."""
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
+    from memloc.core.paths import writable_folder
     from memloc.core.training.train import TrainConfig, train_run
 
     config = TrainConfig.for_arch(
@@ -70,6 +71,7 @@ def train_command(
         init=str(init) if init else None,
         num_classes=num_classes,
     )
+    writable_folder(out)
     target = resolve_device(device)
     with progress_bar("train") as update:
         summary = train_run(

@@ -288,3 +288,84 @@ def test_lm_limit_above_the_facts_is_a_note(tmp_path, capsys):
     assert len(json.loads(out)["facts"]) == 2
     notes = [line for line in err.splitlines() if line.startswith("memloc: note: ")]
     assert notes == ["memloc: note: --limit 5 exceeds the 2 facts in two.jsonl; using all"]
+
+
+# --- --out: a place memloc can write ----------------------------------------------
+
+
+def _out_commands(run: Path) -> dict[str, tuple]:
+    """Each command with --out, and whether its --out is a folder (else a results file)."""
+    edit = ("--model", MODEL, "--device", "cpu", "--facts", FACTS, "--limit", "1")
+    return {
+        "train": (TRAIN, True),
+        "edit apply": (("edit", "apply", *edit, "--method", "rome", "--layers", "1"), True),
+        "edit undo": (("edit", "undo", MODEL, "--device", "cpu"), True),
+        "report": (("report", run), True),
+        "locate neurons": (
+            ("locate", "neurons", run, "--n", "1", "--max-units", "3", "--device", "cpu"),
+            False,
+        ),
+    }
+
+
+OUT_COMMANDS = ["train", "edit apply", "edit undo", "report", "locate neurons"]
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_out_below_a_file(tmp_path, capsys, digits_run, command):
+    args, _ = _out_commands(digits_run.root)[command]
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    code, _, err = run_cli(capsys, *args, "--out", blocker / "sub")
+    assert_one_line_error(code, err, "--out", str(blocker), "is a file")
+    assert blocker.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_out_names_the_wrong_kind(tmp_path, capsys, digits_run, command):
+    args, folder = _out_commands(digits_run.root)[command]
+    if folder:
+        wrong = tmp_path / "notes.txt"
+        wrong.write_text("mine\n")
+        needle = "is a file"
+    else:
+        wrong = tmp_path / "a-folder"
+        wrong.mkdir()
+        needle = "is a folder"
+    code, _, err = run_cli(capsys, *args, "--out", wrong)
+    assert_one_line_error(code, err, "--out", str(wrong), needle)
+    assert wrong.is_dir() or wrong.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_out_in_a_read_only_folder(tmp_path, capsys, digits_run, monkeypatch, command):
+    # We run as root, which writes through any permission, and Python lives under
+    # /root (0700), so it cannot be run as nobody either: the permission check is
+    # told the folder is read-only through os.access instead.
+    import os
+
+    import memloc.core.paths
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(
+        memloc.core.paths.os,
+        "access",
+        lambda p, mode, **kw: False if Path(p) == locked and mode & os.W_OK else real(p, mode, **kw),
+    )
+    args, _ = _out_commands(digits_run.root)[command]
+    code, _, err = run_cli(capsys, *args, "--out", locked / "new" / "out.jsonl")
+    assert_one_line_error(code, err, "--out", str(locked), "not writable")
+    assert list(locked.iterdir()) == []
+
+
+def test_corrected_out_succeeds(tmp_path, capsys, digits_run):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    for command in ("train", "report", "locate neurons"):
+        args, _ = _out_commands(digits_run.root)[command]
+        code, _, err = run_cli(capsys, *args, "--out", blocker / "x")
+        assert code not in (0, None)
+        code, _, err = run_cli(capsys, *args, "--out", tmp_path / command.replace(" ", "-") / "x.jsonl")
+        assert code in (0, None), (command, err)
