@@ -369,3 +369,58 @@ def test_corrected_out_succeeds(tmp_path, capsys, digits_run):
         assert code not in (0, None)
         code, _, err = run_cli(capsys, *args, "--out", tmp_path / command.replace(" ", "-") / "x.jsonl")
         assert code in (0, None), (command, err)
+
+
+# --- the corrected command succeeds after each bad one ------------------------------
+
+
+def test_edit_apply_and_undo_after_bad_input(tmp_path, capsys):
+    edited, base, blocker = tmp_path / "edited", tmp_path / "base", tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    args = ("edit", "apply", "--model", MODEL, "--device", "cpu", "--method", "rome", "--facts", FACTS)
+    args = (*args, "--limit", "1", "--layers", "1", "--samples", "8")
+    for bad in (("--max-update-ratio", "nan"), ("--limit", "0"), ("--out", blocker / "x")):
+        code, _, err = run_cli(capsys, *args, "--out", edited, *bad)
+        assert code not in (0, None) and not edited.exists(), err
+    code, _, err = run_cli(capsys, *args, "--out", edited, "--max-update-ratio", "0.5")
+    assert code in (0, None), err
+    undo = ("edit", "undo", edited, "--device", "cpu")
+    code, _, err = run_cli(capsys, *undo, "--out", blocker)
+    assert_one_line_error(code, err, "--out", "is a file")
+    code, _, err = run_cli(capsys, *undo, "--out", base)
+    assert code in (0, None), err
+    assert (base / "config.json").is_file()
+
+
+def test_lm_command_after_a_bad_limit(tmp_path, capsys):
+    out = tmp_path / "trace"
+    args = (*FACT_COMMANDS["trace"], "--model", MODEL, "--device", "cpu", "--facts", FACTS, "--out", out)
+    code, _, err = run_cli(capsys, *args, "--limit", "-1")
+    assert code not in (0, None) and not out.exists()
+    code, _, err = run_cli(capsys, *args, "--limit", "1")
+    assert code in (0, None), err
+
+
+def test_train_after_bad_data_and_init(tmp_path, capsys, digits_run):
+    from memloc.core.checkpoints import load_tensors, save_tensors
+
+    x = np.random.default_rng(1).random((200, 8, 8), dtype=np.float32)
+    x[9, 0, 0] = np.nan
+    data, out = _npz(tmp_path / "x.npz", np.arange(200) % 4 * 2, x_train=x), tmp_path / "run"
+    for _ in range(2):  # first the gaps in the labels, then the NaN pixel
+        code, _, err = run_cli(capsys, *_train_on(data, out))
+        assert code not in (0, None) and not out.exists(), err
+        _npz(data, np.arange(200) % 4, x_train=x)
+    _npz(data, np.arange(200) % 4)
+    code, _, err = run_cli(capsys, *_train_on(data, out))
+    assert code == 0, err
+
+    weights = load_tensors(digits_run.checkpoint(0))
+    weights[sorted(weights)[0]].view(-1)[0] = float("inf")
+    save_tensors(tmp_path / "init.safetensors", weights)
+    args = ("train", "--data", "digits", "--arch", "mlp", "--limit", "300", "--epochs", "1")
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "r2", "--init", tmp_path / "init.safetensors")
+    assert code not in (0, None) and not (tmp_path / "r2").exists(), err
+    save_tensors(tmp_path / "init.safetensors", load_tensors(digits_run.checkpoint(0)))
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "r2", "--init", tmp_path / "init.safetensors")
+    assert code == 0, err
