@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,14 @@ def _config_classes() -> list[type]:
 CONFIGS = _config_classes()
 
 
+@pytest.fixture
+def own_run(digits_run, tmp_path):
+    """A copy of the shared run, for commands that write into their run folder."""
+    from memloc.core.classifier.runs import RunFolder
+
+    return RunFolder(shutil.copytree(digits_run.root, tmp_path / "own-run"))
+
+
 def _numeric_fields(cls: type, kind: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if str(f.type).split(" | ")[0] == kind]
 
@@ -58,6 +67,9 @@ def test_the_config_audit_sees_every_config():
     names = {c.__name__ for c in CONFIGS}
     assert {"TrainConfig", "FlipConfig", "LayersConfig", "StatsConfig", "MonitorConfig", "EditPlan"} <= names
     assert {"TraceConfig", "KNConfig", "InterventionConfig", "TargetConfig", "KNEditConfig"} <= names
+    train = CONFIGS[[c.__name__ for c in CONFIGS].index("TrainConfig")]
+    assert set(_numeric_fields(train, "float")) == {"noise", "lr", "weight_decay", "width"}
+    assert {"epochs", "limit", "seed", "batch_size", "num_classes"} <= set(_numeric_fields(train, "int"))
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
@@ -103,9 +115,9 @@ def test_train_bad_number_is_one_line_and_writes_nothing(tmp_path, capsys, flag,
     assert code == 0, err
 
 
-def test_neurons_collateral_nan_is_refused_before_anything_is_written(digits_run, capsys, tmp_path):
+def test_neurons_collateral_nan_is_refused_before_anything_is_written(own_run, capsys, tmp_path):
     out = tmp_path / "neurons.jsonl"
-    args = ("locate", "neurons", digits_run.root, "--n", "1", "--max-units", "3", "--device", "cpu")
+    args = ("locate", "neurons", own_run.root, "--n", "1", "--max-units", "3", "--device", "cpu")
     code, _, err = run_cli(capsys, *args, "--out", out, "--collateral", "nan")
     assert_one_line_error(code, err, "--collateral", "nan")
     assert not out.exists()
@@ -312,8 +324,8 @@ OUT_COMMANDS = ["train", "edit apply", "edit undo", "report", "locate neurons"]
 
 
 @pytest.mark.parametrize("command", OUT_COMMANDS)
-def test_out_below_a_file(tmp_path, capsys, digits_run, command):
-    args, _ = _out_commands(digits_run.root)[command]
+def test_out_below_a_file(tmp_path, capsys, own_run, command):
+    args, _ = _out_commands(own_run.root)[command]
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine\n")
     code, _, err = run_cli(capsys, *args, "--out", blocker / "sub")
@@ -322,8 +334,8 @@ def test_out_below_a_file(tmp_path, capsys, digits_run, command):
 
 
 @pytest.mark.parametrize("command", OUT_COMMANDS)
-def test_out_names_the_wrong_kind(tmp_path, capsys, digits_run, command):
-    args, folder = _out_commands(digits_run.root)[command]
+def test_out_names_the_wrong_kind(tmp_path, capsys, own_run, command):
+    args, folder = _out_commands(own_run.root)[command]
     if folder:
         wrong = tmp_path / "notes.txt"
         wrong.write_text("mine\n")
@@ -338,7 +350,7 @@ def test_out_names_the_wrong_kind(tmp_path, capsys, digits_run, command):
 
 
 @pytest.mark.parametrize("command", OUT_COMMANDS)
-def test_out_in_a_read_only_folder(tmp_path, capsys, digits_run, monkeypatch, command):
+def test_out_in_a_read_only_folder(tmp_path, capsys, own_run, monkeypatch, command):
     # We run as root, which writes through any permission, and Python lives under
     # /root (0700), so it cannot be run as nobody either: the permission check is
     # told the folder is read-only through os.access instead.
@@ -354,17 +366,17 @@ def test_out_in_a_read_only_folder(tmp_path, capsys, digits_run, monkeypatch, co
         "access",
         lambda p, mode, **kw: False if Path(p) == locked and mode & os.W_OK else real(p, mode, **kw),
     )
-    args, _ = _out_commands(digits_run.root)[command]
+    args, _ = _out_commands(own_run.root)[command]
     code, _, err = run_cli(capsys, *args, "--out", locked / "new" / "out.jsonl")
     assert_one_line_error(code, err, "--out", str(locked), "not writable")
     assert list(locked.iterdir()) == []
 
 
-def test_corrected_out_succeeds(tmp_path, capsys, digits_run):
+def test_corrected_out_succeeds(tmp_path, capsys, own_run):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine\n")
     for command in ("train", "report", "locate neurons"):
-        args, _ = _out_commands(digits_run.root)[command]
+        args, _ = _out_commands(own_run.root)[command]
         code, _, err = run_cli(capsys, *args, "--out", blocker / "x")
         assert code not in (0, None)
         code, _, err = run_cli(capsys, *args, "--out", tmp_path / command.replace(" ", "-") / "x.jsonl")
