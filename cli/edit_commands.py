@@ -24,6 +24,7 @@ from memloc.cli.options import (
     LMOptions,
     SeedOpt,
     lm_options,
+    note_limit,
     parse_layers,
 )
 from memloc.core.errors import MemlocError
@@ -93,6 +94,7 @@ def _edit_facts(facts: Path, limit: int | None) -> list:
 
     loaded = load_facts(facts, limit=limit)
     require_edit_targets(loaded)
+    note_limit(limit, len(loaded), f"facts in {facts.name}")
     return loaded
 
 
@@ -136,10 +138,12 @@ def apply_command(
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
     from memloc.core.lm.loading import quiet_transformers
+    from memloc.core.paths import writable_folder
     from memloc.edit.session import monitor_for, require_new_folder, save_edits
 
     loaded = _edit_facts(facts, limit)
-    require_new_folder(out)
+    monitor = monitor_for(method.value, max_update_ratio)
+    require_new_folder(writable_folder(out))
     plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
     try:
@@ -148,7 +152,7 @@ def apply_command(
                 model,
                 loaded,
                 plan,
-                monitor_for(method.value, max_update_ratio),
+                monitor,
                 out,
                 progress=update,
                 notify=lambda r: stderr.print(f"memloc: warning: {with_flags(r.warning(), ADVICE_FIELDS)}"),
@@ -260,9 +264,10 @@ def undo_command(
 ) -> None:
     """Restore the base weights bit for bit from the ledger, into a new folder."""
     from memloc.core.lm.loading import quiet_transformers
+    from memloc.core.paths import writable_folder
     from memloc.edit.session import check_undo_target, restore_into
 
-    check_undo_target(folder, out)  # one clear line before a model is loaded
+    check_undo_target(folder, writable_folder(out))  # one clear line before a model is loaded
     with quiet_transformers():
         restored = restore_into(LMOptions(str(folder), device=device).load(), folder, out)
     if fmt is Format.json:

@@ -19,6 +19,7 @@ from memloc.cli.options import (
     LMOptions,
     SeedOpt,
     lm_options,
+    note_limit,
     parse_layers,
 )
 
@@ -55,6 +56,7 @@ def load_inputs(lm: LMOptions, facts: Path, limit: int | None) -> tuple[LM, list
     from memloc.core.lm.facts import load_facts
 
     loaded = load_facts(facts, limit=limit)
+    note_limit(limit, len(loaded), f"facts in {facts.name}")
     return lm.load(), loaded
 
 

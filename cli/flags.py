@@ -55,6 +55,9 @@ BY_FIELD = {
         "out",
         "trust_pickle",
         "device",
+        "width",
+        "seed",
+        "num_classes",
     ]
 } | {"document_start": "--doc-start"}
 

@@ -163,10 +163,12 @@ def neurons_command(
     """
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
-    from memloc.locate.classifier.unit_runs import locate_neurons, summary_rows
+    from memloc.core.paths import writable_file
+    from memloc.locate.classifier.unit_runs import RESULTS, locate_neurons, summary_rows
     from memloc.locate.classifier.unit_search import FlipConfig
 
     run = RunFolder.open(run_dir)
+    writable_file(out or run.root / RESULTS)
     config = FlipConfig(
         max_units=max_units,
         collateral=collateral,

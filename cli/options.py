@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -123,8 +124,22 @@ def document_start(value: str) -> str | None:
 
 
 LimitFactsOpt = Annotated[
-    int | None, typer.Option("--limit", help="Use only the first N facts.", rich_help_panel=LM_PANEL)
+    int | None,
+    typer.Option("--limit", help="Use only the first N facts (N >= 1).", rich_help_panel=LM_PANEL),
 ]
+
+
+def note(message: str, field: str | None = None) -> None:
+    """One ``memloc: note:`` line on stderr, with ``field`` shown as its flag; the work goes on."""
+    from memloc.cli.flags import cli_message
+
+    print(f"memloc: note: {cli_message(MemlocError(message, field=field))}", file=sys.stderr)
+
+
+def note_limit(limit: int | None, available: int, what: str) -> None:
+    """Say so when --limit asks for more than there is (all of it is used)."""
+    if limit is not None and limit > available:
+        note(f"limit {limit} exceeds the {available} {what}; using all", field="limit")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,12 @@ def report_command(
 ) -> None:
     """Write report.md (with figures/) and a self-contained report.html for a run."""
     from memloc.core.classifier.runs import RunFolder
+    from memloc.core.paths import writable_folder
     from memloc.locate.classifier.report import build_report
 
-    md, page = build_report(RunFolder.open(run_dir), out)
+    run = RunFolder.open(run_dir)
+    writable_folder(out or run.root / "report")
+    md, page = build_report(run, out)
     if fmt is Format.json:
         emit_json({"markdown": md, "html": page})
         return

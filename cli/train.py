@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
-from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt
+from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt, note
 
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
@@ -38,6 +38,10 @@ def train_command(
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from these weights (.safetensors or .pt).")
     ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option("--num-classes", help="Number of classes (default: the labels' 0..C-1, without gaps)."),
+    ] = None,
     trust_pickle: TrustPickleOpt = False,
     grad_accounting: Annotated[
         bool,
@@ -50,6 +54,7 @@ def train_command(
     """Train a classifier on noisy labels, saving checkpoints, dynamics and gradient accounting."""
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
+    from memloc.core.paths import writable_folder
     from memloc.core.training.train import TrainConfig, train_run
 
     config = TrainConfig.for_arch(
@@ -64,10 +69,19 @@ def train_command(
         seed=seed,
         grad_accounting=grad_accounting,
         init=str(init) if init else None,
+        num_classes=num_classes,
     )
+    writable_folder(out)
     target = resolve_device(device)
     with progress_bar("train") as update:
-        summary = train_run(RunFolder(out), config, target, trust_pickle=trust_pickle, progress=update)
+        summary = train_run(
+            RunFolder(out),
+            config,
+            target,
+            trust_pickle=trust_pickle,
+            progress=update,
+            notify=lambda message: note(message, field="limit"),
+        )
     show_summary(summary, fmt)
 
 

@@ -10,6 +10,7 @@ class Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from memloc.core.errors import ConfigError
@@ -20,8 +21,20 @@ def fail(config: object, field: str, problem: str) -> ConfigError:
     return ConfigError(field, problem, config=type(config).__name__)
 
 
+def finite(config: object, *fields: str) -> None:
+    """Every named field is a finite number (not NaN, not ±inf); None counts as unset and passes.
+
+    NaN compares False with everything, so a range check alone would let it through.
+    """
+    for field in fields:
+        value = getattr(config, field)
+        if value is not None and not math.isfinite(value):
+            raise fail(config, field, f"must be a finite number, got {value}")
+
+
 def at_least(config: object, minimum: float, *fields: str) -> None:
-    """Every named field is at least ``minimum``; None counts as unset and passes."""
+    """Every named field is finite and at least ``minimum``; None counts as unset and passes."""
+    finite(config, *fields)
     for field in fields:
         value = getattr(config, field)
         if value is not None and value < minimum:
@@ -29,7 +42,8 @@ def at_least(config: object, minimum: float, *fields: str) -> None:
 
 
 def positive(config: object, *fields: str) -> None:
-    """Every named field is above zero (NaN fails); None counts as unset and passes."""
+    """Every named field is finite and above zero; None counts as unset and passes."""
+    finite(config, *fields)
     for field in fields:
         value = getattr(config, field)
         if value is not None and not value > 0:
@@ -37,7 +51,7 @@ def positive(config: object, *fields: str) -> None:
 
 
 def in_unit_interval(config: object, *fields: str) -> None:
-    """Every named field lies in [0, 1]."""
+    """Every named field lies in [0, 1] (NaN fails the comparison)."""
     for field in fields:
         value = getattr(config, field)
         if not 0.0 <= value <= 1.0:

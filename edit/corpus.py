@@ -46,6 +46,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "length", "top_k", "batch_size")
+        at_least(self, 0, "seed")
 
     def describe(self) -> str:
         return f"generated:length={self.length}:top_k={self.top_k}:seed={self.seed}"

@@ -49,7 +49,7 @@ from memloc.core.lm.loading import cache_root
 from memloc.core.lm.model import LM, added_prefix, document_start_id
 from memloc.core.progress import Progress
 from memloc.core.sites import Site
-from memloc.core.validation import at_least, fail, one_of
+from memloc.core.validation import at_least, fail, finite, one_of
 from memloc.edit.corpus import GENERATED, GenerationConfig, generate_texts, read_corpus, texts_hash
 from memloc.edit.delta import weights_hash
 from safetensors import SafetensorError, safe_open
@@ -80,6 +80,8 @@ class StatsConfig:
         at_least(
             self, 1, "samples", "max_tokens", "batch_size", "generated_length", "top_k", "checkpoint_every"
         )
+        at_least(self, 0, "seed")
+        finite(self, "max_condition")
         if not self.max_condition > 1:
             raise fail(self, "max_condition", f"must be above 1, got {self.max_condition}")
 

@@ -44,6 +44,7 @@ class TemplateConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "top_k")
+        at_least(self, 0, "seed")
         if any(len(pair) != 2 or min(pair) < 0 for pair in self.counts):
             raise fail(
                 self, "counts", f"must be (how many, new tokens) pairs, none negative, got {self.counts}"

@@ -135,8 +135,69 @@ def _to_images(x: np.ndarray, name: str) -> np.ndarray:
 
 def _to_labels(y: np.ndarray, name: str) -> np.ndarray:
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
-        raise DataError(f"{name} must be a 1-D array of non-negative integer class ids")
+        found = f"shape {y.shape}, dtype {y.dtype}"
+        if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+            found = f"negative labels {_spans(np.unique(y[y < 0]))}"
+        raise DataError(f"{name} must be a 1-D array of non-negative integer class ids, got {found}")
     return y.astype(np.int64)
+
+
+def _spans(values: np.ndarray | list[int], most: int = 6) -> str:
+    """Sorted integers as ``0-3, 99``, at most ``most`` spans."""
+    spans: list[list[int]] = []
+    for v in sorted(int(x) for x in values):
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in spans]
+    return ", ".join(text[:most]) + (", ..." if len(text) > most else "")
+
+
+def _require_finite(x: np.ndarray, name: str) -> None:
+    """NaN or inf pixels would surface later as a "diverged" loss; name them here."""
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise DataError(
+            f"{name} holds {int(bad.sum())} NaN/inf values in {len(rows)} examples (the first at "
+            f"example {rows[0]}); clean or drop those examples"
+        )
+
+
+def _class_count(y_train: np.ndarray, y_test: np.ndarray, num_classes: int | None) -> int:
+    """The number of classes: the declared one, else the training labels' 0..C-1 without gaps.
+
+    A stray label (one 99 among 0-3) would otherwise make a 100-class model and draw
+    label noise from classes that have no example.
+    """
+    if num_classes is not None:
+        for name, y in (("y_train", y_train), ("y_test", y_test)):
+            outside = np.unique(y[y >= num_classes])
+            if outside.size:
+                raise DataError(
+                    f"{name} holds labels {_spans(outside)}, outside the declared "
+                    f"num_classes {num_classes} (labels 0-{num_classes - 1})",
+                    field="num_classes",
+                )
+        return num_classes
+    classes = np.unique(y_train)
+    count = len(classes)
+    if classes[-1] != count - 1:
+        missing = np.setdiff1d(np.arange(classes[-1] + 1), classes)
+        raise DataError(
+            f"y_train labels must be the classes 0..C-1 without gaps, but they are {_spans(classes)} "
+            f"(no example of {_spans(missing)}); fix the labels, or declare the classes with num_classes",
+            field="num_classes",
+        )
+    outside = np.unique(y_test[y_test >= count])
+    if outside.size:
+        raise DataError(
+            f"y_test holds labels {_spans(outside)} that no training example has (training classes "
+            f"0-{count - 1}); fix the labels, or declare the classes with num_classes",
+            field="num_classes",
+        )
+    return count
 
 
 def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
@@ -187,9 +248,23 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     n = len(labels)
     if limit >= n:
         return np.arange(n)
-    classes = len(np.unique(labels))
+    present, sizes = np.unique(labels, return_counts=True)
+    classes = len(present)
     if limit < classes:
         raise DataError(f"limit {limit} is smaller than the number of classes ({classes})", field="limit")
+    if n - limit < classes:
+        raise DataError(
+            f"limit {limit} leaves out fewer examples than there are classes ({classes}); "
+            f"leave limit out to use all {n} examples",
+            field="limit",
+        )
+    single = present[sizes < 2]
+    if single.size:
+        raise DataError(
+            f"limit {limit} needs a stratified subset, but class {_spans(single)} has a single "
+            "training example; leave limit out or add examples of that class",
+            field="limit",
+        )
     keep, _ = train_test_split(
         np.arange(n),
         train_size=limit,
@@ -199,13 +274,26 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0) -> Dataset:
-    """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train."""
+def load_dataset(
+    spec: str, *, limit: int | None = None, seed: int = 0, num_classes: int | None = None
+) -> Dataset:
+    """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train.
+
+    ``num_classes`` declares the class count (labels 0..num_classes-1, not all of them
+    present); without it the training labels must be 0..C-1 without gaps.
+
+    data = load_dataset("runs/my-data.npz", limit=1000, num_classes=10)
+    """
     if limit is not None and limit <= 0:
         raise DataError(f"limit must be positive, got {limit}", field="limit")
     name, raw = _raw_arrays(spec)
-    x_train, x_test = _to_images(raw["x_train"], "x_train"), _to_images(raw["x_test"], "x_test")
-    y_train, y_test = _to_labels(raw["y_train"], "y_train"), _to_labels(raw["y_test"], "y_test")
+    try:
+        x_train, x_test = _to_images(raw["x_train"], "x_train"), _to_images(raw["x_test"], "x_test")
+        y_train, y_test = _to_labels(raw["y_train"], "y_train"), _to_labels(raw["y_test"], "y_test")
+        _require_finite(x_train, "x_train")
+        _require_finite(x_test, "x_test")
+    except DataError as exc:
+        raise DataError(f"{spec}: {exc}", field=exc.field) from None
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise DataError(
             f"{name}: images and labels differ in count "
@@ -215,7 +303,10 @@ def load_dataset(spec: str, *, limit: int | None = None, seed: int = 0) -> Datas
         raise DataError(f"{name}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ")
     if len(y_train) == 0 or len(y_test) == 0:
         raise DataError(f"{name}: the train and test sets must both be non-empty")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    try:
+        num_classes = _class_count(y_train, y_test, num_classes)
+    except DataError as exc:
+        raise DataError(f"{spec}: {exc}", field=exc.field) from None
     if num_classes < 2:
         raise DataError(f"{name}: needs at least two classes")
     index = stratified_subset(y_train, limit, seed) if limit else np.arange(len(y_train))

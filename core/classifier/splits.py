@@ -53,7 +53,9 @@ class RunData:
     def load(cls, run: RunFolder, device: torch.device) -> RunData:
         """Reload the run's data exactly as it was trained (same source, subset and noise)."""
         train = run.config()["train"]
-        data = load_dataset(train["data"], limit=train["limit"], seed=train["seed"])
+        data = load_dataset(
+            train["data"], limit=train["limit"], seed=train["seed"], num_classes=train.get("num_classes")
+        )
         labels, index = run.load_noise()
         if not np.array_equal(index, data.train_index):
             raise RunFolderError(

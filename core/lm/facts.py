@@ -161,7 +161,17 @@ def parse_record(record: Any, source: str, index: int, *, counterfact: bool | No
 
 
 def load_facts(path: str | Path, *, limit: int | None = None) -> list[Fact]:
-    """Read a CounterFact ``.json`` file (a list or one record) or a ``.jsonl`` file of either form."""
+    """Read a CounterFact ``.json`` file (a list or one record) or a ``.jsonl`` file of either form.
+
+    ``limit`` keeps the first ``limit`` facts (a positive count; None keeps all).
+
+    facts = load_facts("fixtures/fixture-facts.json", limit=10)
+    """
+    if limit is not None and limit < 1:
+        raise DataError(
+            f"limit must be a positive count of facts, got {limit}; leave it out to use every fact",
+            field="limit",
+        )
     path = Path(path)
     if not path.is_file():
         raise DataError(f"fact file {path} does not exist")
@@ -196,7 +206,7 @@ def load_facts(path: str | Path, *, limit: int | None = None) -> list[Fact]:
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{path.name}: case_id {dup} appears more than once")
-    return facts[:limit] if limit else facts
+    return facts[:limit] if limit is not None else facts
 
 
 def require_edit_targets(facts: Sequence[Fact]) -> None:

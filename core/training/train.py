@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from memloc.core.classifier.gradients import group_stats, split_gradients
 from memloc.core.classifier.run_results import EpochRecord, TrainSummary
 from memloc.core.classifier.runs import Dynamics, RunFolder
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import MemlocError
+from memloc.core.errors import CheckpointError, MemlocError
 from memloc.core.progress import Progress
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
@@ -55,6 +56,7 @@ class TrainConfig:
     width: float | None = None
     grad_accounting: bool = True
     init: str | None = None  # optional checkpoint to start from instead of a random init
+    num_classes: int | None = None  # None: the training labels' 0..C-1
 
     @classmethod
     def for_arch(cls, data: str, arch: str, **overrides: object) -> TrainConfig:
@@ -68,11 +70,15 @@ class TrainConfig:
         if not 0.0 <= self.noise < 1.0:
             raise fail(self, "noise", f"must be in [0, 1), got {self.noise}")
         at_least(self, 1, "epochs", "batch_size")
-        positive(self, "limit", "lr")
+        at_least(self, 0, "seed", "weight_decay")
+        positive(self, "limit", "lr", "width")
+        at_least(self, 2, "num_classes")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["width"] = self.width if self.width is not None else default_width(self.arch)
+        if self.num_classes is None:
+            del d["num_classes"]  # as run folders stored it before num_classes existed
         return d
 
 
@@ -107,6 +113,16 @@ def _check_finite(losses: torch.Tensor, epoch: int, step: int) -> None:
         )
 
 
+def _require_finite_weights(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or inf starting weights would surface as a "diverged" loss; name them here."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {name} holds {count} NaN/inf values; these weights cannot start a run"
+            )
+
+
 def train_run(
     run: RunFolder,
     config: TrainConfig,
@@ -114,19 +130,26 @@ def train_run(
     *,
     trust_pickle: bool = False,
     progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> TrainSummary:
     """Train (or resume) the run in ``run`` and return its summary metrics.
+
+    ``notify`` receives notes that do not stop the run (a limit above the data's size).
 
     config = TrainConfig.for_arch("digits", "cnn", noise=0.1)
     summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
     summary.noisy_train_acc
     """
-    data = load_dataset(config.data, limit=config.limit, seed=config.seed)
+    data = load_dataset(config.data, limit=config.limit, seed=config.seed, num_classes=config.num_classes)
+    if notify and config.limit and config.limit > len(data.y_train):
+        notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
     spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
     torch.manual_seed(config.seed)
     model = build_model(spec)
     if config.init:
-        load_into(model, load_tensors(config.init, trust_pickle=trust_pickle), source=config.init)
+        weights = load_tensors(config.init, trust_pickle=trust_pickle)
+        _require_finite_weights(weights, config.init)
+        load_into(model, weights, source=config.init)
     labels = inject_noise(data.y_train, config.noise, data.num_classes, config.seed)
     inputs = [config.init] if config.init else []
     state = run.start(config.to_dict(), spec, labels, data.train_index, inputs=inputs)

@@ -49,6 +49,7 @@ class LayersConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "retrain_epochs")
+        at_least(self, 0, "seed")
         positive(self, "retrain_lr")
 
 

@@ -106,7 +106,7 @@ class RetrainConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "epochs", "batch_size", "eval_batch_size")
-        at_least(self, 0, "patience")
+        at_least(self, 0, "patience", "seed")
         positive(self, "lr")
 
 

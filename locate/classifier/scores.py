@@ -50,6 +50,7 @@ class CurvatureConfig:
     def __post_init__(self) -> None:
         positive(self, "h")
         at_least(self, 1, "samples", "batch_size")
+        at_least(self, 0, "seed")
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class FlipConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "max_units")
-        at_least(self, 0, "collateral")
+        at_least(self, 0, "collateral", "seed")
         one_of(self, "mode", MODES)
         at_least(self, 1, "batch_size", "reference_size", "holdout_size")
 

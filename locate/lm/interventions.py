@@ -31,7 +31,7 @@ from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode, next_token_probs
 from memloc.core.progress import Progress
 from memloc.core.sites import Neuron, Site
-from memloc.core.validation import at_least, one_of
+from memloc.core.validation import at_least, one_of, positive
 from memloc.locate.lm.knowledge_neurons import KNResult
 
 
@@ -50,7 +50,8 @@ class InterventionConfig:
 
     def __post_init__(self) -> None:
         one_of(self, "mode", ("suppress", "enhance"))
-        at_least(self, 0, "controls")
+        at_least(self, 0, "controls", "seed")
+        positive(self, "factor")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class TraceConfig:
                 f"holds unknown trace kinds {unknown or '(none)'}; choose from {', '.join(TRACE_KINDS)}",
             )
         at_least(self, 1, "samples", "window", "batch_size")
+        at_least(self, 0, "seed")
         positive(self, "noise")
         one_of(self, "method", METHODS)
 
