@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, progress_bar, stderr, stdout
+from memloc.cli.flags import cli_message
 from memloc.cli.options import DeviceOpt, Format, FormatOpt, SeedOpt
 from memloc.cli.train import show_summary
+from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
+    from memloc.core.classifier.run_results import TrainSummary
+    from memloc.core.classifier.runs import RunFolder
     from memloc.core.training.train import TrainConfig
     from memloc.edit.demo_edit import DemoEdit
+    from memloc.locate.classifier.layer_results import LayersResult
+    from memloc.locate.classifier.scores import ScoresResult
+    from memloc.locate.classifier.unit_results import NeuronsResult
 
 
 class DemoData(str, Enum):
@@ -54,17 +62,76 @@ def demo_command(
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Locate memorized noisy labels in a CNN on Fashion-MNIST; then edit a fact in SmolLM2 and undo it."""
+    """Locate memorized noisy labels in a CNN on Fashion-MNIST; then edit a fact in SmolLM2 and undo it.
+
+    Each half prints as soon as it is done, so a failure of the language-model half
+    never hides the classifier's findings. With ``--format json`` the one document at
+    the end keeps them too: ``lm_edit`` is null and ``lm_error`` holds the error's line,
+    which is also printed on stderr, and the exit code is 1. Nothing of the classifier
+    half is lost either way: its run folder and report are on disk before the LM loads.
+    """
+    from memloc.locate.classifier.report import build_report
+
+    half = _classifier_half(out, data.value, device, seed)
+    if fmt is not Format.json:
+        _show_classifier(half)
+    edit, failure = None, None
+    if lm:
+        try:
+            edit = _edit_demo(device)
+        except MemlocError as exc:
+            if fmt is not Format.json:
+                raise
+            failure = exc
+    if edit is not None:
+        from memloc.edit.demo_edit import edit_section
+
+        build_report(half.run, out / "report", extra=[edit_section(edit)])
+    if fmt is not Format.json:
+        if edit is not None:
+            _show_edit(edit)
+        return
+    error = None if failure is None else cli_message(failure)
+    emit_json({**half.to_json(), "lm_edit": edit, "lm_error": error})
+    if failure is not None:
+        raise failure  # after the document: the CLI prints its one line and exits 1
+
+
+@dataclass(frozen=True)
+class ClassifierHalf:
+    """What the classifier half of the demo found, and where it wrote it."""
+
+    run: RunFolder
+    summary: TrainSummary
+    layers: LayersResult
+    scores: ScoresResult
+    neurons: NeuronsResult
+    markdown: Path
+    page: Path
+
+    def to_json(self) -> dict:
+        return {
+            "train": self.summary.to_dict(),
+            "run_dir": str(self.run.root),
+            "auroc": self.scores.auroc,
+            "rewinding": [c.to_dict() for c in self.layers.rewinding],
+            "neurons": {g: s.to_dict() for g, s in self.neurons.groups().items()},
+            "report": str(self.page),
+        }
+
+
+def _classifier_half(out: Path, data: str, device: str, seed: int) -> ClassifierHalf:
+    """Train on noisy labels, locate the memorization three ways, write the report."""
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
     from memloc.core.training.train import train_run
-    from memloc.locate.classifier.layers import LayersConfig, headline, locate_layers
+    from memloc.locate.classifier.layers import LayersConfig, locate_layers
     from memloc.locate.classifier.report import build_report
     from memloc.locate.classifier.scores import locate_scores
     from memloc.locate.classifier.unit_runs import locate_neurons
     from memloc.locate.classifier.unit_search import FlipConfig
 
-    config = _demo_config(data.value, seed)
+    config = _demo_config(data, seed)
     run = RunFolder(out / "run")
     stderr.print(
         f"[bold]memloc demo[/]: {config.arch} on {config.data} ({config.limit or 'all'} images), "
@@ -83,26 +150,19 @@ def demo_command(
             run, target, FlipConfig(seed=seed), examples="both", n=DEMO_FLIPS, progress=update
         )
     md, page = build_report(run, out / "report")
-    edit = _edit_demo(device) if lm else None
-    if fmt is Format.json:
-        emit_json(
-            {
-                "train": summary.to_dict(),
-                "run_dir": str(run.root),
-                "auroc": scores.auroc,
-                "rewinding": [c.to_dict() for c in layers.rewinding],
-                "neurons": {g: s.to_dict() for g, s in neurons.groups().items()},
-                "report": str(page),
-                "lm_edit": edit,
-            }
-        )
-        return
-    show_summary(summary, fmt)
-    best = headline(layers).largest_noisy_drop
-    aurocs = ", ".join(f"{k} {v:.3f}" for k, v in scores.auroc.items())
+    return ClassifierHalf(run, summary, layers, scores, neurons, md, page)
+
+
+def _show_classifier(half: ClassifierHalf) -> None:
+    from memloc.locate.classifier.layers import headline
+
+    summary, run = half.summary, half.run
+    show_summary(summary, Format.table)
+    best = headline(half.layers).largest_noisy_drop
+    aurocs = ", ".join(f"{k} {v:.3f}" for k, v in half.scores.auroc.items())
     flips = "Units zeroed to flip an example (mean over flipped): " + ", ".join(
         f"{g} {s.mean_units:.2f} ({s.flip_rate:.0%} flip)"
-        for g, s in neurons.groups().items()
+        for g, s in half.neurons.groups().items()
         if s.mean_units is not None
     )
     stdout.print(
@@ -116,11 +176,9 @@ def demo_command(
         f"AUROC at flagging the mislabeled examples: {aurocs}.\n"
         f"{flips}\n"
         f"  layer analyses    : {run.root / 'locate'}\n"
-        f"  report            : {page}  (Markdown: {md})\n"
+        f"  report            : {half.page}  (Markdown: {half.markdown})\n"
         f"Next: memloc models inspect {run.root}"
     )
-    if edit is not None:
-        _show_edit(edit)
 
 
 def _edit_demo(device: str) -> DemoEdit | None:

@@ -28,6 +28,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, list[dict]]] = field(default_factory=list)
     figures: list[tuple[str, Figure]] = field(default_factory=list)  # (file stem, figure)
+    captions: dict[str, str] = field(default_factory=dict)  # file stem -> sentence under the figure
 
 
 def _write_bytes(tmp: Path, *, data: bytes) -> None:
@@ -51,8 +52,13 @@ def _md_table(rows: list[dict]) -> str:
         return "_(empty)_"
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _md_cell(value: object) -> str:
+    # A pipe or a newline (model generations hold both) would end the cell or the row.
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _html_table(rows: list[dict]) -> str:
@@ -95,12 +101,13 @@ def write_report(folder: str | Path, title: str, sections: list[Section]) -> tup
             page.append(f"<h3>{html.escape(caption)}</h3>{_html_table(rows)}")
         for stem, fig in section.figures:
             data = png_bytes(fig)
+            caption = section.captions.get(stem, stem)
             atomic_write(folder / "figures" / f"{stem}.png", partial(_write_bytes, data=data))
-            md += [f"![{stem}](figures/{stem}.png)", ""]
+            md += [f"![{caption}](figures/{stem}.png)", "", f"*{caption}*", ""]
             encoded = base64.b64encode(data).decode()
             page.append(
                 f"<figure id='fig-{html.escape(stem)}'><img alt='{html.escape(stem)}' "
-                f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(stem)}</figcaption></figure>"
+                f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(caption)}</figcaption></figure>"
             )
             fig.clf()
         page.append("</section>")

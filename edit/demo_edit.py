@@ -9,6 +9,7 @@ from importlib import resources
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress, labelled
+from memloc.core.render import Section
 from memloc.edit.delta import weights_hash
 from memloc.edit.editors import EditPlan
 from memloc.edit.evaluate import generate
@@ -90,4 +91,42 @@ def edit_and_undo(
         after=after,
         update_ratio=outcome.checks[0].update_ratio,
         undone_bit_exact=weights_hash(lm.model) == base,
+    )
+
+
+def edit_section(edit: DemoEdit, model: str = "SmolLM2-135M") -> Section:
+    """The edit as a report section: probabilities and generations before and after, and the undo.
+
+    Example::
+
+        build_report(run, out, extra=[edit_section(edit_and_undo(lm, fact))])
+    """
+    fact = edit.fact
+    true, new = f"P({fact['target_true']})", f"P({fact['target_new']})"
+    undone = "bit-identical to" if edit.undone_bit_exact else "NOT bit-identical to"
+    return Section(
+        "Language-model edit (ROME)",
+        [
+            f"ROME (Meng et al., 2022) rewrote one fact in {model} at layer {edit.layer}, the layer causal "
+            f"tracing chose: '{fact['prompt']}' {fact['target_true']} -> {fact['target_new']}.",
+            f"{true} went from {edit.before.p_true:.3f} to {edit.after.p_true:.3f} and {new} from "
+            f"{edit.before.p_new:.3f} to {edit.after.p_new:.3f}.",
+            f"After the undo the weights are {undone} the original ones.",
+        ],
+        [
+            (
+                "rewrite probabilities",
+                [
+                    {"": "before", true: edit.before.p_true, new: edit.before.p_new},
+                    {"": "after", true: edit.after.p_true, new: edit.after.p_new},
+                ],
+            ),
+            (
+                "greedy generations",
+                [
+                    {"prompt": prompt, "before": text, "after": edit.after.generations.get(prompt, "")}
+                    for prompt, text in edit.before.generations.items()
+                ],
+            ),
+        ],
     )

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
+from memloc.core.training.zoo import build_model
 from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
 from memloc.locate.classifier.layers import headline, load_layers, retrain_summary
 from memloc.locate.classifier.scores import ScoresResult, load_scores, roc
@@ -80,6 +82,9 @@ def gradients_figure(rows: Sequence[GradientRow]) -> Figure:
         ax.plot(epochs, [r.noisy_norm for r in curve], label="noisy")
         ax.set_yscale("log")
         ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("epoch")
+        if i % cols == 0:
+            ax.set_ylabel("gradient norm")
         if i == 0:
             ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[n_rows - 1, :])
@@ -93,6 +98,7 @@ def gradients_figure(rows: Sequence[GradientRow]) -> Figure:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title("cosine between clean and noisy gradients", fontsize=9)
     ax.set_xlabel("epoch")
+    ax.set_ylabel("cosine")
     ax.legend(fontsize=7, ncol=min(5, len(layers)))
     fig.suptitle("per-layer gradient norm (scaled by 1/sqrt(numel)), clean vs noisy part", fontsize=10)
     fig.tight_layout()
@@ -117,6 +123,15 @@ def training_figure(history: Sequence[EpochRecord]) -> Figure:
     return fig
 
 
+# What each score's value is, for its histogram's x axis (scores.py defines them).
+SCORE_AXES = {
+    "csl": "cumulative loss over epochs",
+    "forgetting": "forgetting events (learned, then lost)",
+    "learning_time": "epochs until learned for good",
+    "curvature": "loss curvature",
+}
+
+
 def scores_figures(
     scores: dict[str, np.ndarray], noisy: np.ndarray, aurocs: dict[str, float]
 ) -> tuple[Figure, Figure]:
@@ -128,6 +143,8 @@ def scores_figures(
         ax.hist(values[~noisy], bins=bins, alpha=0.6, density=True, label="clean")
         ax.hist(values[noisy], bins=bins, alpha=0.6, density=True, label="noisy")
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel(SCORE_AXES.get(name, f"{name} score"))
+    hist.axes[0].set_ylabel("density (examples)")
     hist.axes[0].legend(fontsize=8)
     hist.tight_layout()
     curves = Figure(figsize=(4.5, 4.2))
@@ -143,8 +160,11 @@ def scores_figures(
     return hist, curves
 
 
-def units_figures(records: Sequence[FlipRecord]) -> tuple[Figure, Figure]:
-    """Histogram of units-to-flip per group, and a stacked bar of units per layer."""
+def units_figures(records: Sequence[FlipRecord], layer_order: Sequence[str] = ()) -> tuple[Figure, Figure]:
+    """Histogram of units-to-flip per group, and a stacked bar of units per layer in ``layer_order``.
+
+    Layers missing from ``layer_order`` follow it in the order the records name them.
+    """
     flipped = [r for r in records if r.flipped]
     hist = Figure(figsize=(6, 3.4))
     ax = hist.subplots()
@@ -162,7 +182,8 @@ def units_figures(records: Sequence[FlipRecord]) -> tuple[Figure, Figure]:
     ax.set_ylabel("examples")
     ax.legend(fontsize=8)
     hist.tight_layout()
-    layers = list(dict.fromkeys(layer for r in flipped for layer, _ in r.units))
+    named = dict.fromkeys(layer for r in flipped for layer, _ in r.units)
+    layers = [layer for layer in layer_order if layer in named] + [x for x in named if x not in layer_order]
     bars = Figure(figsize=(6, 3.4))
     ax = bars.subplots()
     groups = [g for g in ("noisy", "clean") if any(r.group == g for r in flipped)]
@@ -183,7 +204,7 @@ def units_figures(records: Sequence[FlipRecord]) -> tuple[Figure, Figure]:
 def findings(train: TrainSummary, layers: LayersResult | None, aurocs: dict[str, float] | None) -> list[str]:
     """Sentences computed from the numbers."""
     out = [
-        f"The model fits {train.noisy_train_acc:.1%} of the {train.noisy_examples} mislabeled training "
+        f"Training: The model fits {train.noisy_train_acc:.1%} of the {train.noisy_examples} mislabeled training "
         f"examples on their wrong labels (clean train {train.clean_train_acc:.1%}, test {train.test_acc:.1%})."
     ]
     if layers is not None and layers.rewinding:
@@ -193,8 +214,8 @@ def findings(train: TrainSummary, layers: LayersResult | None, aurocs: dict[str,
         clean_only = [r.layer for r in finals if r.clean_acc >= 0.99 and r.noisy_acc <= 0.10]
         lowest = min(finals, key=lambda r: r.noisy_acc)
         out.append(
-            f"Retraining one layer from its initialization on clean examples: {lowest.layer} ends with the lowest "
-            f"noisy accuracy ({lowest.noisy_acc:.1%}, clean {lowest.clean_acc:.1%}); "
+            "Retraining: With one layer reset to its initialization and retrained alone on clean examples, "
+            f"{lowest.layer} ends with the lowest noisy accuracy ({lowest.noisy_acc:.1%}, clean {lowest.clean_acc:.1%}); "
             + (
                 f"layers that fit the clean data without re-memorizing: {', '.join(clean_only)}."
                 if clean_only
@@ -211,13 +232,13 @@ def findings(train: TrainSummary, layers: LayersResult | None, aurocs: dict[str,
                 ratio.setdefault(r.layer, []).append(r.noisy_norm / r.clean_norm)
             top = max(ratio, key=lambda k: np.mean(ratio[k]))
             out.append(
-                f"In the second half of training the noisy examples' gradient outweighs the clean one most in "
+                f"Gradients: In the second half of training the noisy examples' gradient outweighs the clean one most in "
                 f"{top} (mean noisy/clean norm ratio {np.mean(ratio[top]):.2f})."
             )
     if aurocs:
         best = max(aurocs, key=aurocs.__getitem__)
         out.append(
-            "Mislabeled examples are told apart by "
+            "Example scores: Mislabeled examples are told apart by "
             + ", ".join(f"{k} (AUROC {v:.3f})" for k, v in aurocs.items())
             + f"; {best} separates them best."
         )
@@ -230,25 +251,25 @@ def _rewinding_findings(layers: LayersResult) -> list[str]:
     best = h.largest_noisy_drop
     assert best is not None  # the caller passes a non-empty rewinding table
     out = [
-        f"Rewinding {best.layer} to epoch {best.epoch} lowers noisy accuracy the most, to "
+        f"Rewinding: Setting {best.layer} back to its epoch-{best.epoch} weights lowers noisy accuracy the most, to "
         f"{best.noisy_acc:.1%}, with clean accuracy {best.clean_acc:.1%} and test accuracy {best.test_acc:.1%}."
     ]
     if h.single_layer_removers:
         names = sorted({r.layer for r in h.single_layer_removers})
         out.append(
-            "Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
+            "Rewinding: Rewinding a single layer removes memorization (noisy accuracy at most 10% while keeping 90% of "
             f"clean accuracy) for: {', '.join(names)}."
         )
     else:
         out.append(
-            "No single layer removes memorization: no rewinding cell brings noisy accuracy to 10% or below "
+            "Rewinding: No single layer removes memorization; no rewinding cell brings noisy accuracy to 10% or below "
             "while keeping 90% of clean accuracy, in line with Maini et al. (2023)."
         )
     high = [r for r in layers.rewinding if r.epoch > 0 and r.noisy_acc >= 0.5]
     cells = [r for r in layers.rewinding if r.epoch > 0]
     if cells:
         out.append(
-            f"In {len(high)} of {len(cells)} rewinding cells after epoch 0, noisy accuracy stays at 50% or more."
+            f"Rewinding: In {len(high)} of {len(cells)} cells after epoch 0, noisy accuracy stays at 50% or more."
         )
     return out
 
@@ -268,6 +289,10 @@ def training_section(train_report: Report) -> Section:
         ],
         [("final epoch", [summary])],
         [("training", training_figure(train.history))],
+        captions={
+            "training": "Accuracy per epoch on clean and mislabeled training examples (on their given and "
+            "their true labels) and on the test set."
+        },
     )
 
 
@@ -283,6 +308,10 @@ def layer_sections(layers: LayersResult) -> list[Section]:
             ],
             [("rewinding", [c.to_dict() for c in layers.rewinding])],
             [("rewinding_heatmaps", rewinding_figure(layers.rewinding))],
+            captions={
+                "rewinding_heatmaps": "Accuracy of the final model with one layer (row) rewound to an earlier "
+                "epoch (column), on mislabeled examples' given labels (left) and on clean examples (right)."
+            },
         )
     ]
     if layers.retraining:
@@ -300,6 +329,10 @@ def layer_sections(layers: LayersResult) -> list[Section]:
                     )
                 ],
                 [("retraining_curves", retraining_figure(layers.retraining))],
+                captions={
+                    "retraining_curves": "Accuracy while one layer (one curve each) is retrained from its "
+                    "initialization on clean examples: clean, mislabeled (given labels) and test."
+                },
             )
         )
     sections.append(
@@ -308,6 +341,10 @@ def layer_sections(layers: LayersResult) -> list[Section]:
             ["Mean per-step gradient norms of the clean and noisy parts of each batch loss."],
             [],
             [("gradients", gradients_figure(layers.gradients))],
+            captions={
+                "gradients": "Per-layer gradient norm of the clean and the mislabeled part of each batch loss, "
+                "per epoch, and the cosine between the two gradients."
+            },
         )
     )
     return sections
@@ -335,7 +372,7 @@ def _units_lines(neurons: NeuronsResult) -> list[str]:
     return lines
 
 
-def units_section(neurons: NeuronsResult) -> Section:
+def units_section(neurons: NeuronsResult, layer_order: Sequence[str] = ()) -> Section:
     """The flip search of `locate neurons`: units per group, sharing, and their figures."""
     sharing = neurons.sharing
     sharing_row = {
@@ -345,7 +382,7 @@ def units_section(neurons: NeuronsResult) -> Section:
         "noisy_pairs_sharing": sharing.noisy.share_any,
         "clean_pairs_sharing": sharing.clean.share_any,
     }
-    hist, bars = units_figures(neurons.records)
+    hist, bars = units_figures(neurons.records, layer_order)
     flip = neurons.flip
     return Section(
         "Units that flip an example",
@@ -356,6 +393,11 @@ def units_section(neurons: NeuronsResult) -> Section:
         ],
         [("per group", summary_rows(neurons.groups())), ("sharing between examples", [sharing_row])],
         [("units_to_flip", hist), ("units_per_layer", bars)],
+        captions={
+            "units_to_flip": "How many units had to be zeroed to flip each example's prediction, for "
+            "mislabeled and clean examples.",
+            "units_per_layer": "Share of the zeroed units that lie in each layer, in the model's layer order.",
+        },
     )
 
 
@@ -368,11 +410,19 @@ def scores_section(scores: ScoresResult) -> Section:
         ["Larger scores mean more likely memorized; AUROC at flagging the mislabeled examples."],
         [("AUROC", [dict(scores.auroc)])],
         [("score_histograms", hist), ("score_roc", curves)],
+        captions={
+            "score_histograms": "Distribution of each memorization score over clean and mislabeled examples.",
+            "score_roc": "ROC curve of each score at flagging the mislabeled examples.",
+        },
     )
 
 
-def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
+def build_report(
+    run: RunFolder, out: Path | None = None, *, extra: Sequence[Section] = ()
+) -> tuple[Path, Path]:
     """Write report.md and report.html for a run from whatever analyses it holds.
+
+    ``extra``: sections rendered elsewhere (the demo's language-model edit) to end the report with.
 
     Example::
 
@@ -397,11 +447,25 @@ def build_report(run: RunFolder, out: Path | None = None) -> tuple[Path, Path]:
     if neurons is None:
         missing.append(f"memloc locate neurons {run.root}")
     else:
-        sections.append(units_section(neurons))
+        sections.append(units_section(neurons, _layer_order(run)))
     if scores is None:
         missing.append(f"memloc locate scores {run.root}")
     else:
         sections.append(scores_section(scores))
+    sections.extend(extra)
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
-    return write_report(out or run.root / "report", f"memloc report: {run.root.name}", sections)
+    return write_report(out or run.root / "report", _title(train_report.config["train"]), sections)
+
+
+def _title(train: dict) -> str:
+    """What the run is, for the page title: model, data, noise and length."""
+    return (
+        f"Memorization of noisy labels: {train['arch']} on {train['data']} ({train['limit'] or 'all'} images), "
+        f"{train['noise']:.0%} of labels corrupted, {train['epochs']} epochs"
+    )
+
+
+def _layer_order(run: RunFolder) -> tuple[str, ...]:
+    """The model's layer groups, first to last (the zoo model is built, no weights are read)."""
+    return tuple(g.name for g in ClassifierAdapter.for_model(build_model(run.spec())).groups)
