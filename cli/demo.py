@@ -31,6 +31,7 @@ class DemoData(str, Enum):
 
 DEMO_FLIPS = 20  # noisy and clean examples for the flip search
 DEMO_RETRAIN = 5  # epochs of retraining per layer
+DEMO_TRACE_SAMPLES = 3  # causal-tracing noise samples for the edit's layer choice
 
 # Small enough for two CPU cores in a few minutes, large enough to memorize visibly.
 DEMO_LIMIT = 4000
@@ -190,6 +191,7 @@ def _edit_demo(device: str) -> DemoEdit | None:
         return None
     from memloc.core.lm.loading import load_language_model
     from memloc.edit.demo_edit import demo_fact, edit_and_undo
+    from memloc.edit.monitor import MonitorConfig
 
     fact = demo_fact()
     stderr.print(
@@ -197,7 +199,11 @@ def _edit_demo(device: str) -> DemoEdit | None:
     )
     model = load_language_model("smollm2-135m", device=device)
     with progress_bar("edit a fact") as update:
-        return edit_and_undo(model, fact, progress=update)
+        # Three noise samples pick the same layer as five for this fact, and 20 monitor
+        # tokens per prompt judge fluency as well as 40, at about half the CPU time.
+        return edit_and_undo(
+            model, fact, trace_samples=DEMO_TRACE_SAMPLES, monitor=MonitorConfig(tokens=20), progress=update
+        )
 
 
 def _show_edit(edit: DemoEdit) -> None:

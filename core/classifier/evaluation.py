@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CPU_CHUNK = 64
+
 
 @torch.no_grad()
 def per_example(
@@ -14,8 +16,16 @@ def per_example(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy loss and predicted class of every example, in eval mode.
 
-    The model's train/eval mode is restored afterwards.
+    ``batch_size`` is the most examples per forward pass; on the CPU passes take at
+    most ``CPU_CHUNK``, since large batches of conv activations leave the cache and run
+    slower (benchmarks/per_example.py). The model's train/eval mode is restored afterwards.
+
+    Example::
+
+        loss, pred = per_example(model, x, y)
     """
+    if x.device.type == "cpu":
+        batch_size = min(batch_size, CPU_CHUNK)
     was_training = model.training
     model.eval()
     try:
