@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,15 +21,16 @@ import torch
 import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
-from memloc.core.classifier.data import inject_noise, load_dataset
+from memloc.core.classifier.data import Dataset, inject_noise, load_dataset
 from memloc.core.classifier.gradients import group_stats, split_gradients
 from memloc.core.classifier.run_results import EpochRecord, TrainSummary
-from memloc.core.classifier.runs import Dynamics, RunFolder
+from memloc.core.classifier.runs import Dynamics, RunFolder, TrainState
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import CheckpointError, MemlocError
 from memloc.core.progress import Progress
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
+from torch import nn
 
 # Settings under which each architecture memorizes its noisy labels (noisy-train
 # accuracy >= 0.99) on digits and on Fashion-MNIST-10k at 10-20% noise.
@@ -123,6 +124,37 @@ def _require_finite_weights(tensors: dict[str, torch.Tensor], source: str) -> No
             )
 
 
+def _initial_model(config: TrainConfig, data: Dataset, trust_pickle: bool) -> tuple[ModelSpec, nn.Module]:
+    """The seeded initialization, or the ``--init`` weights checked to be finite."""
+    spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
+    torch.manual_seed(config.seed)
+    model = build_model(spec)
+    if config.init:
+        weights = load_tensors(config.init, trust_pickle=trust_pickle)
+        _require_finite_weights(weights, config.init)
+        load_into(model, weights, source=config.init)
+    return spec, model
+
+
+def _first_or_resumed(
+    run: RunFolder,
+    state: TrainState | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: RunData,
+    groups: Sequence[str],
+) -> tuple[Dynamics, tuple[EpochRecord, ...]]:
+    """A fresh run records epoch 0 (the initialization); a resumed one loads its last epoch."""
+    if state is None:
+        first, loss, pred = _record(model, data, 0, None)
+        dynamics = Dynamics.first(loss, pred, data.labels.given, groups)
+        run.save_epoch(0, model, optimizer, dynamics, (first,))
+        return dynamics, (first,)
+    load_into(model, run.load_checkpoint(state.epoch), source=str(run.checkpoint(state.epoch)))
+    optimizer.load_state_dict(state.optimizer)
+    return state.dynamics, state.history
+
+
 def train_run(
     run: RunFolder,
     config: TrainConfig,
@@ -143,13 +175,7 @@ def train_run(
     data = load_dataset(config.data, limit=config.limit, seed=config.seed, num_classes=config.num_classes)
     if notify and config.limit and config.limit > len(data.y_train):
         notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
-    spec = ModelSpec(config.arch, data.input_shape, data.num_classes, config.to_dict()["width"])
-    torch.manual_seed(config.seed)
-    model = build_model(spec)
-    if config.init:
-        weights = load_tensors(config.init, trust_pickle=trust_pickle)
-        _require_finite_weights(weights, config.init)
-        load_into(model, weights, source=config.init)
+    spec, model = _initial_model(config, data, trust_pickle)
     labels = inject_noise(data.y_train, config.noise, data.num_classes, config.seed)
     inputs = [config.init] if config.init else []
     state = run.start(config.to_dict(), spec, labels, data.train_index, inputs=inputs)
@@ -160,16 +186,7 @@ def train_run(
     on_device = RunData.build(data, labels, device)
     x, given, noisy = on_device.x_train, on_device.given, on_device.noisy
 
-    dynamics: Dynamics
-    history: tuple[EpochRecord, ...]
-    if state is None:  # fresh run: epoch 0 is the initialization
-        first, loss, pred = _record(model, on_device, 0, None)
-        dynamics, history = Dynamics.first(loss, pred, labels.given, adapter.names), (first,)
-        run.save_epoch(0, model, optimizer, dynamics, history)
-    else:
-        load_into(model, run.load_checkpoint(state.epoch), source=str(run.checkpoint(state.epoch)))
-        optimizer.load_state_dict(state.optimizer)
-        dynamics, history = state.dynamics, state.history
+    dynamics, history = _first_or_resumed(run, state, model, optimizer, on_device, adapter.names)
 
     params = list(model.parameters())
     index_of = {id(p): i for i, p in enumerate(params)}
