@@ -215,7 +215,8 @@ def _show_edit(edit: DemoEdit) -> None:
         f"P({fact['target_new']}) {edit.before.p_new:.3f} -> {edit.after.p_new:.3f}",
     ]
     for prompt, text in edit.before.generations.items():
-        lines.append(f"  before: {prompt}{text}")
-        lines.append(f"  after : {prompt}{edit.after.generations[prompt]}")
+        # One line each: generations often hold blank lines, which would break the pairs apart.
+        lines.append(f"  before: {prompt}{' '.join(text.split())}")
+        lines.append(f"  after : {prompt}{' '.join(edit.after.generations[prompt].split())}")
     lines.append(f"Undone: weights bit-identical to the original: {edit.undone_bit_exact}")
     stdout.print("\n".join(lines), markup=False)

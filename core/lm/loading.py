@@ -20,7 +20,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -78,7 +80,8 @@ def smollm2_folder() -> Path:
 
     gguf = _smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with quiet_transformers():
+    # The de-quantizing bar ignores transformers' progress switch; only its stderr stops it.
+    with quiet_transformers(), contextlib.redirect_stderr(io.StringIO()):
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -90,8 +93,9 @@ def smollm2_folder() -> Path:
         del model.config.quantization_config
     tmp = temp_folder(target.parent, target.name)  # an interrupted conversion's leftover is removed here
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
