@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,7 +121,10 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run(["memloc", "--help"], capture_output=True, text=True, timeout=120)
+    # Beside this interpreter: a project .venv that is not activated is not on PATH.
+    beside = Path(sys.executable).parent / "memloc"
+    script = str(beside) if beside.is_file() else shutil.which("memloc") or "memloc"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "train" in result.stdout and "models" in result.stdout
 
 

@@ -69,7 +69,13 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_command(tmp_path, caps
     import memloc.core.training.train as train
 
     monkeypatch.setattr(train, "train_run", _train_that_outlives_a_lost_interrupt)
-    code, _, err = run_cli(capsys, *TRAIN, "--out", tmp_path / "r")
+    # A shell's background job inherits Ctrl-C ignored, and then no interrupt can reach
+    # Python at all; the test is about a handled one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = run_cli(capsys, *TRAIN, "--out", tmp_path / "r")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130, err
     assert last_line(err).startswith("memloc train interrupted; rerun") and "Traceback" not in err
 
@@ -115,6 +121,11 @@ def test_every_command_exits_130_with_one_honest_line(tmp_path, capsys, no_model
     assert last_line(err) == line and "Traceback" not in err
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A suite run as a background job (`cmd &`) ignores SIGINT, and children inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _train_env() -> dict:
     path = os.pathsep.join(p for p in (str(ROOT / ".pp"), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
@@ -124,7 +135,12 @@ def test_ctrl_c_during_train_then_rerun_equals_an_uninterrupted_run(tmp_path, ca
     run = tmp_path / "interrupted"
     command = [sys.executable, "-m", "memloc.cli", *TRAIN, "--out", str(run)]
     child = subprocess.Popen(
-        command, env=_train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=_train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     first_epoch = run / "checkpoints" / "epoch_001.safetensors"
     deadline = time.monotonic() + 240
