@@ -30,8 +30,9 @@ class DemoData(str, Enum):
 
 
 DEMO_FLIPS = 20  # noisy and clean examples for the flip search
-DEMO_RETRAIN = 5  # epochs of retraining per layer
+DEMO_RETRAIN = 3  # epochs of retraining per layer
 DEMO_TRACE_SAMPLES = 3  # causal-tracing noise samples for the edit's layer choice
+DEMO_STATS_SAMPLES = 100  # generated texts for SmolLM2's key statistics (computed once, then cached)
 
 # Small enough for two CPU cores in a few minutes, large enough to memorize visibly.
 DEMO_LIMIT = 4000
@@ -202,7 +203,12 @@ def _edit_demo(device: str) -> DemoEdit | None:
         # Three noise samples pick the same layer as five for this fact, and 20 monitor
         # tokens per prompt judge fluency as well as 40, at about half the CPU time.
         return edit_and_undo(
-            model, fact, trace_samples=DEMO_TRACE_SAMPLES, monitor=MonitorConfig(tokens=20), progress=update
+            model,
+            fact,
+            stats_samples=DEMO_STATS_SAMPLES,
+            trace_samples=DEMO_TRACE_SAMPLES,
+            monitor=MonitorConfig(tokens=20),
+            progress=update,
         )
 
 

@@ -436,3 +436,12 @@ def test_train_after_bad_data_and_init(tmp_path, capsys, digits_run):
     save_tensors(tmp_path / "init.safetensors", load_tensors(digits_run.checkpoint(0)))
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "r2", "--init", tmp_path / "init.safetensors")
     assert code == 0, err
+
+
+def test_a_text_file_named_npz_given_as_data_is_not_called_pickled(tmp_path, capsys):
+    # numpy reads a file that is not a zip archive as a pickle, hence its "pickled (object) data".
+    fake = tmp_path / "text.npz"
+    fake.write_text("hello, not an archive")
+    code, _, err = run_cli(capsys, "train", "--data", fake, "--arch", "mlp", "--out", tmp_path / "r")
+    assert code == 1 and "pickled" not in err
+    assert "text.npz is not a valid npz archive" in err and not (tmp_path / "r").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def _load_npz(paths: list[Path]) -> dict[str, np.ndarray]:
                             raise DataError(f"{key} appears in more than one .npz file under {path.parent}")
                         arrays[key] = z[key]
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from exc
+            if not zipfile.is_zipfile(path):  # numpy then reads it as a pickle, and says so
+                raise DataError(f"{path} is not a valid npz archive (it is not a zip archive)") from None
+            raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise DataError(f"the .npz data lacks arrays {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
