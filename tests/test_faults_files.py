@@ -376,3 +376,14 @@ def test_undo_restores_the_base_files_byte_for_byte(lm_folder, tmp_path):
     base = load_language_model(str(lm_folder), device="cpu").tokenizer
     again = load_language_model(str(restored), device="cpu").tokenizer
     assert again("the city of Paris")["input_ids"] == base("the city of Paris")["input_ids"]
+
+
+def test_a_missing_org_name_spec_says_it_is_no_local_folder_either(tmp_path, monkeypatch):
+    # "models/nonexist" reads as a hub id too; the user may have meant a folder.
+    from memloc.core.errors import MemlocError
+    from memloc.core.lm.loading import load_language_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MemlocError, match=r"no local folder models/nonexist.*not on the hub"):
+        load_language_model("models/nonexist", device="cpu")

@@ -259,10 +259,12 @@ def load_language_model(
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     except OSError as exc:
-        hint = " (offline? set HF_HUB_OFFLINE=0 and check the network)" if not extra else ""
-        raise CheckpointError(
-            f"cannot read the config of {spec!r}{hint}: {str(exc).splitlines()[0]}"
-        ) from exc
+        if not extra:  # a hub id, which may also have been meant as a local folder
+            raise CheckpointError(
+                f"model {spec!r} is no local folder {Path(spec)} and not on the hub, or the hub is "
+                f"unreachable (offline? set HF_HUB_OFFLINE=0 and check the network): {str(exc).splitlines()[0]}"
+            ) from exc
+        raise CheckpointError(f"cannot read the config of {spec!r}: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:
         raise CheckpointError(f"cannot read the config of {spec!r}: {str(exc).splitlines()[0]}") from exc
     if config.model_type not in SUPPORTED_MODEL_TYPES:
