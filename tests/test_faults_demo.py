@@ -114,3 +114,10 @@ def test_demo_prints_the_classifier_half_before_the_lm_half_fails(tmp_path, caps
     assert result["lm_edit"] is None and "cannot read the config" in result["lm_error"]
     errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
     assert len(errors) == 1 and "cannot read the config" in errors[0], err
+
+
+def test_a_generation_prints_on_one_line_after_its_prompt():
+    # Blank lines in a generation broke the before/after pairs apart; the leading space must stay.
+    from memloc.cli.demo import _one_line
+
+    assert _one_line(" Paris.\n\nThe museum is\n\n") == " Paris. The museum is"
