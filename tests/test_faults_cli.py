@@ -11,19 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from memloc.cli.app import main
 from memloc.core.checkpoints import load_tensors
+from test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "fixtures" / "fixture-facts.jsonl"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def last_line(err: str) -> str:
