@@ -78,5 +78,5 @@ def _inspect_run(root: Path, fmt: Format) -> None:
     if fmt is Format.json:
         emit_json(info)
         return
-    title = f"{spec.arch} (width {spec.width}), input {tuple(spec.input_shape)}, {spec.num_classes} classes"
+    title = f"{run.model_id()}, input {tuple(spec.input_shape)}, {spec.num_classes} classes"
     emit_table(title, info["layers"], ["index", "name", "site", "units", "unit_kind", "module"])

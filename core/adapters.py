@@ -20,6 +20,7 @@ from memloc.core.sites import Site
 from torch import nn
 
 HookIO = Literal["input", "output"]
+UnitKind = Literal["channel", "feature", "head"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class LayerGroup:
     name: str
     module: str
     units: int
-    unit_kind: Literal["channel", "feature"]
+    unit_kind: UnitKind
     prefixes: tuple[str, ...]
     unit_module: str = ""  # the conv/linear layer whose output channels are the units
+    io: HookIO = "output"  # the units are in the module's output, or in its (first) input
+    unit_axis: int = 1  # 1: (N, C, ...) as convs and linears give; -1: (N, T, F) token features
+    unit_size: int = 1  # coordinates per unit along the axis (an attention head spans head_dim)
 
 
 class LayerNotFoundError(MemlocError):
@@ -138,7 +142,7 @@ class ClassifierAdapter:
     def hook_point(self, site: Site) -> HookPoint:
         group = self.group(site.layer)
         if site.kind == "out":
-            return HookPoint(group.module, "output")
+            return HookPoint(group.module, group.io)
         if site.kind == "pre":
             return HookPoint(group.unit_module, "output")
         raise LayerNotFoundError(f"classifiers have 'out' and 'pre' sites, got {site}")
@@ -171,6 +175,7 @@ class ClassifierAdapter:
                 "module": g.module,
                 "units": g.units,
                 "unit_kind": g.unit_kind,
+                "io": g.io,
             }
             for i, g in enumerate(self.groups)
         ]

@@ -46,6 +46,10 @@ class UnsafePickleError(CheckpointError):
     """A pickle needs code execution and the user did not pass trust_pickle."""
 
 
+class ModelLoadError(MemlocError):
+    """A model folder or a user's model factory cannot give a model."""
+
+
 class DataError(MemlocError):
     """A data set is unknown, missing or malformed."""
 

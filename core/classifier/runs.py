@@ -28,13 +28,19 @@ import numpy as np
 import torch
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
-from memloc.core.classifier.data import NoisyLabels
+from memloc.core.classifier.data import Dataset, NoisyLabels, load_dataset
 from memloc.core.classifier.gradients import GroupGradientStats
+from memloc.core.classifier.model_source import (
+    ModelSource,
+    build_classifier,
+    classifier_adapter,
+    source_from_dict,
+    source_label,
+)
 from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.errors import RunFolderError
 from memloc.core.finite import check_finite_weights
 from memloc.core.report import Report, provenance, to_jsonable
-from memloc.core.training.zoo import ModelSpec, build_model
 from torch import nn
 
 _EPOCH_RE = re.compile(r"^epoch_(\d{3,})\.safetensors$")
@@ -217,8 +223,27 @@ class RunFolder:
                 )
         return config
 
-    def spec(self) -> ModelSpec:
-        return ModelSpec.from_dict(self.config()["model"])
+    def spec(self) -> ModelSource:
+        """Where the run's classifier comes from: the zoo, a Hugging Face config, or a factory."""
+        return source_from_dict(self.config()["model"])
+
+    def model_id(self) -> str:
+        """``arch@data``, the model id of every report on this run."""
+        return f"{source_label(self.spec())}@{self.config()['train']['data']}"
+
+    def seed(self) -> int:
+        return int(self.config()["train"]["seed"])
+
+    def planned_epochs(self) -> int:
+        """The epoch the run's training ends at (its final checkpoint)."""
+        return int(self.config()["train"]["epochs"])
+
+    def dataset(self) -> Dataset:
+        """The run's data, loaded from the same source, subset and classes as in training."""
+        train = self.config()["train"]
+        return load_dataset(
+            train["data"], limit=train["limit"], seed=train["seed"], num_classes=train.get("num_classes")
+        )
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:03d}.safetensors"
@@ -245,10 +270,16 @@ class RunFolder:
     def load_model(self, epoch: int | None = None) -> tuple[nn.Module, ClassifierAdapter]:
         """The zoo model at ``epoch`` (default: the last), on the CPU, in eval mode."""
         epoch = self.epochs()[-1] if epoch is None else epoch
-        model = build_model(self.spec())
+        source = self.spec()
+        model = build_classifier(source)
         load_into(model, self.load_checkpoint(epoch), source=str(self.checkpoint(epoch)))
         check_finite_weights(model, source=str(self.checkpoint(epoch)))
-        return model.eval(), ClassifierAdapter.for_model(model)
+        return model.eval(), classifier_adapter(source, model)
+
+    def adapter(self) -> ClassifierAdapter:
+        """The run's layer groups, from a freshly built model (no checkpoint is read)."""
+        source = self.spec()
+        return classifier_adapter(source, build_classifier(source))
 
     def load_noise(self) -> tuple[NoisyLabels, np.ndarray]:
         z = load_npz(self.noise_path, ("given", "original", "mask", "train_index"))
@@ -264,7 +295,7 @@ class RunFolder:
     def start(
         self,
         config: dict,
-        spec: ModelSpec,
+        spec: ModelSource,
         labels: NoisyLabels,
         train_index: np.ndarray,
         inputs: Iterable[str] = (),
@@ -343,7 +374,7 @@ class RunFolder:
         train = config["train"]
         report = Report(
             method="train",
-            model_id=f"{train['arch']}@{train['data']}",
+            model_id=self.model_id(),
             config=config,
             results=TrainResult(tuple(history), summary).results_dict(),
             metrics=summary.to_dict(),

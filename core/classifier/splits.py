@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from memloc.core.classifier.data import Dataset, NoisyLabels, load_dataset
+from memloc.core.classifier.data import Dataset, NoisyLabels
 from memloc.core.classifier.evaluation import masked_accuracy, per_example
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
@@ -52,14 +52,11 @@ class RunData:
     @classmethod
     def load(cls, run: RunFolder, device: torch.device) -> RunData:
         """Reload the run's data exactly as it was trained (same source, subset and noise)."""
-        train = run.config()["train"]
-        data = load_dataset(
-            train["data"], limit=train["limit"], seed=train["seed"], num_classes=train.get("num_classes")
-        )
+        data = run.dataset()
         labels, index = run.load_noise()
         if not np.array_equal(index, data.train_index):
             raise RunFolderError(
-                f"the data set {train['data']!r} changed since {run.root} was trained (its subset differs)"
+                f"the data set {data.name!r} changed since {run.root} was trained (its subset differs)"
             )
         return cls.build(data, labels, device)
 

@@ -98,12 +98,11 @@ def locate_layers(
         final_epoch=final,
         seconds=round(time.perf_counter() - began, 3),
     )
-    train = run.config()["train"]
     report = Report(
         method="locate.layers",
-        model_id=f"{train['arch']}@{train['data']}",
+        model_id=run.model_id(),
         **result.to_dict(),
-        provenance=provenance(train["seed"], {"final_checkpoint": run.checkpoint(final)}),
+        provenance=provenance(run.seed(), {"final_checkpoint": run.checkpoint(final)}),
     )
     report.save(run.root / REPORT_PATH)
     return result

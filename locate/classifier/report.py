@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from memloc.core.adapters import ClassifierAdapter
 from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-from memloc.core.training.zoo import build_model
 from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
 from memloc.locate.classifier.layers import headline, load_layers, retrain_summary
 from memloc.locate.classifier.scores import ScoresResult, load_scores, roc
@@ -467,5 +465,5 @@ def _title(train: dict) -> str:
 
 
 def _layer_order(run: RunFolder) -> tuple[str, ...]:
-    """The model's layer groups, first to last (the zoo model is built, no weights are read)."""
-    return tuple(g.name for g in ClassifierAdapter.for_model(build_model(run.spec())).groups)
+    """The model's layer groups, first to last (the model is built, no weights are read)."""
+    return tuple(run.adapter().names)

@@ -242,12 +242,11 @@ def locate_scores(
         scores=scores,
         noisy_mask=labels.mask,
     )
-    train = run.config()["train"]
     report = Report(
         method="locate.scores",
-        model_id=f"{train['arch']}@{train['data']}",
+        model_id=run.model_id(),
         **result.to_dict(),
-        provenance=provenance(train["seed"], {"dynamics": run.dynamics_path}),
+        provenance=provenance(run.seed(), {"dynamics": run.dynamics_path}),
     )
     report.save(run.root / REPORT_PATH)
     return result

@@ -36,7 +36,7 @@ SELECTIONS = ("noisy", "clean", "both")
 
 def final_checkpoint(run: RunFolder) -> int:
     """The run's last planned epoch, which must have its checkpoint."""
-    planned = int(run.config()["train"]["epochs"])
+    planned = run.planned_epochs()
     if planned not in run.epochs():
         raise RunFolderError(
             f"{run.root} has no final checkpoint (epoch {planned}; last saved {run.epochs()[-1]}); "
@@ -168,10 +168,9 @@ def locate_neurons(
         noisy=groups.get("noisy"),
         clean=groups.get("clean"),
     )
-    train = run.config()["train"]
     report = Report(
         method="locate.neurons",
-        model_id=f"{train['arch']}@{train['data']}",
+        model_id=run.model_id(),
         **result.to_dict(),
         provenance=provenance(config.seed, {"final_checkpoint": run.checkpoint(final)}),
     )

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from memloc.core.adapters import ClassifierAdapter
+from memloc.core.adapters import ClassifierAdapter, LayerGroup
 from memloc.core.classifier.conv_layout import channels_last_on_cpu
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.classifier.splits import RunData
+from memloc.core.classifier.units import scale_units
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import patch
 from memloc.core.sites import Site
@@ -118,6 +119,7 @@ class UnitSpace:
             raise MemlocError("the model has no candidate layers besides its head; pass include_head")
         kind = "out" if mode == "mask" else "pre"
         self.adapter = adapter
+        self.groups = groups
         self.layers = [g.name for g in groups]
         self.sites = [Site(adapter.names.index(g.name), kind) for g in groups]
         self.sizes = [g.units for g in groups]
@@ -135,14 +137,10 @@ class UnitSpace:
     def masked(self, model: nn.Module, masks: torch.Tensor) -> Iterator[None]:
         """Multiply each example's units by its row of ``masks`` (N, total) in the body."""
 
-        def scale(offset: int, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-            def fn(act: torch.Tensor) -> torch.Tensor:
-                m = masks[:, offset : offset + size].to(act.dtype)
-                return act * m.view(*m.shape, *([1] * (act.dim() - 2)))
+        def scale(offset: int, group: LayerGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda act: scale_units(act, masks[:, offset : offset + group.units], group)
 
-            return fn
-
-        fns = {site: scale(self.offsets[i], self.sizes[i]) for i, site in enumerate(self.sites)}
+        fns = {site: scale(self.offsets[i], self.groups[i]) for i, site in enumerate(self.sites)}
         with patch(model, self.adapter, fns):
             yield
 

@@ -1,0 +1,77 @@
+"""Hugging Face image classifiers as plain ``model(x) -> logits`` modules.
+
+memloc's classifier code calls ``model(x)`` and reads a logits tensor. A transformers
+image model takes ``pixel_values`` and returns an output object, so it is given a
+subclass whose ``forward`` returns ``.logits``. A subclass rather than a wrapper
+module keeps the parameter names exactly those of the checkpoint (``vit.encoder...``),
+so Trainer checkpoints and ``save_pretrained`` folders load without renaming, and the
+adapter cards name the same paths the Hugging Face code does.
+
+No image processor is used: they pull in torchvision, which does not load against the
+CPU torch build; preprocessing is memloc's own (core/classifier/preprocess.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from memloc.core.errors import ModelLoadError
+from torch import nn
+
+
+def _logits_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return super(type(self), self).forward(pixel_values=x).logits  # type: ignore[misc]
+
+
+_LOGITS_CLASSES: dict[type, type] = {}
+
+
+def _logits_class(cls: type[nn.Module]) -> type[nn.Module]:
+    if cls not in _LOGITS_CLASSES:
+        attrs = {"forward": _logits_forward, "__module__": __name__}
+        _LOGITS_CLASSES[cls] = type(f"{cls.__name__}Logits", (cls,), attrs)
+    return _LOGITS_CLASSES[cls]
+
+
+def returning_logits(model: nn.Module) -> nn.Module:
+    """The same model object, whose ``forward(x)`` now returns the logits tensor."""
+    if type(model).__name__.endswith("Logits") and type(model).__module__ == __name__:
+        return model
+    model.__class__ = _logits_class(type(model))
+    return model
+
+
+def image_model_from_config(config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised image classifier for a ``config.json`` dict (seed torch first).
+
+    Example::
+
+        model = image_model_from_config(json.loads(Path("vit/config.json").read_text()))
+        logits = model(torch.zeros(1, 3, 224, 224))
+    """
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    fields = dict(config)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise ModelLoadError("the model's config.json has no model_type")
+    hf_config = AutoConfig.for_model(model_type, **fields)
+    model = AutoModelForImageClassification.from_config(hf_config)
+    return returning_logits(model)
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a Hugging Face model folder, as a dict."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder} has no config.json; it is not a Hugging Face model folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object")
+    return config
