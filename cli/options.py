@@ -33,6 +33,43 @@ class Arch(str, Enum):
     resnet9 = "resnet9"
 
 
+CLASSIFIER_PANEL = "Classifier"
+
+ClassifierModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help=(
+            "The classifier: a Hugging Face image-model folder (config.json), or your own "
+            "module as package.module:factory (naming it consents to running that code)."
+        ),
+        show_default=False,
+        rich_help_panel=CLASSIFIER_PANEL,
+    ),
+]
+ModelArgsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-args",
+        help="Keyword arguments for the factory, as a JSON object, e.g. '{\"width\": 64}'.",
+        show_default=False,
+        rich_help_panel=CLASSIFIER_PANEL,
+    ),
+]
+GroupsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--groups",
+        help=(
+            "Layer groups of a factory's model: a JSON or YAML file listing module paths, or an "
+            "inline JSON list (default: its top-level conv/linear blocks in order)."
+        ),
+        show_default=False,
+        rich_help_panel=CLASSIFIER_PANEL,
+    ),
+]
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"

@@ -18,6 +18,7 @@ its adapter, so a run folder never needs to know which source it holds.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,47 @@ def source_for_model_arg(
     raise ModelLoadError(
         f"--model {model!r} is neither a Hugging Face model folder nor a factory named package.module:function"
     )
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``--model-args``: a JSON object of keyword arguments for the factory."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(
+            f"--model-args is not valid JSON ({exc.msg}); give an object such as '{{\"width\": 64}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise ModelLoadError(
+            f"--model-args must be a JSON object of keyword arguments, got {type(value).__name__}"
+        )
+    return value
+
+
+def parse_groups(text: str | None) -> tuple[str, ...] | None:
+    """``--groups``: module paths from a JSON/YAML file, or an inline JSON list; None when not given."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"cannot read --groups file {path}: {exc}") from None
+        source = str(path)
+    else:
+        raw, source = text, "--groups"
+    try:
+        import yaml
+
+        value = yaml.safe_load(raw)  # YAML is a superset of JSON, so one parser reads both
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelLoadError(f"{source} is neither JSON nor YAML ({first})") from None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ModelLoadError(f'{source} must be a non-empty list of module paths, e.g. ["features.0", "fc"]')
+    if len(set(value)) != len(value):
+        raise ModelLoadError(f"{source} lists a module path twice")
+    return tuple(value)
