@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -278,12 +279,18 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 def load_dataset(
-    spec: str, *, limit: int | None = None, seed: int = 0, num_classes: int | None = None
+    spec: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    preprocess: Preprocess | None = None,
 ) -> Dataset:
     """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train.
 
     ``num_classes`` declares the class count (labels 0..num_classes-1, not all of them
     present); without it the training labels must be 0..C-1 without gaps.
+    ``preprocess`` (resize, normalization) is applied to the kept images.
 
     data = load_dataset("runs/my-data.npz", limit=1000, num_classes=10)
     """
@@ -313,7 +320,10 @@ def load_dataset(
     if num_classes < 2:
         raise DataError(f"{name}: needs at least two classes")
     index = stratified_subset(y_train, limit, seed) if limit else np.arange(len(y_train))
-    return Dataset(name, x_train[index], y_train[index], x_test, y_test, num_classes, index)
+    x_train = x_train[index]
+    if preprocess is not None:
+        x_train, x_test = preprocess.apply(x_train), preprocess.apply(x_test)
+    return Dataset(name, x_train, y_train[index], x_test, y_test, num_classes, index)
 
 
 def inject_noise(labels: np.ndarray, p: float, num_classes: int, seed: int) -> NoisyLabels:
