@@ -58,6 +58,9 @@ BY_FIELD = {
         "width",
         "seed",
         "num_classes",
+        "resize",
+        "normalize",
+        "channels",
     ]
 } | {"document_start": "--doc-start"}
 

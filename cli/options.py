@@ -70,6 +70,40 @@ GroupsOpt = Annotated[
 ]
 
 
+PREPROCESS_PANEL = "Preprocessing"
+
+ResizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resize",
+        help="Resize the images to N (NxN) or HxW, e.g. 32 or 32x48 (needed when their sizes differ).",
+        show_default=False,
+        rich_help_panel=PREPROCESS_PANEL,
+    ),
+]
+NormalizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--normalize",
+        help=(
+            "Per-channel normalization (x - mean) / std of the [0, 1] images: imagenet, none, or "
+            "MEAN/STD such as 0.5,0.5,0.5/0.5,0.5,0.5."
+        ),
+        show_default=False,
+        rich_help_panel=PREPROCESS_PANEL,
+    ),
+]
+ChannelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--channels",
+        help="Channels the images get: 1 averages RGB to gray, 3 repeats gray.",
+        show_default=False,
+        rich_help_panel=PREPROCESS_PANEL,
+    ),
+]
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"

@@ -7,7 +7,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
-from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt, note
+from memloc.cli.options import (
+    Arch,
+    ChannelsOpt,
+    DeviceOpt,
+    Format,
+    FormatOpt,
+    NormalizeOpt,
+    OutOpt,
+    ResizeOpt,
+    SeedOpt,
+    TrustPickleOpt,
+    note,
+)
 
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
@@ -17,7 +29,14 @@ SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_ac
 
 def train_command(
     data: Annotated[
-        str, typer.Option("--data", help="digits, fashion-mnist, or a folder of IDX/.npz files.")
+        str,
+        typer.Option(
+            "--data",
+            help=(
+                "digits, fashion-mnist, a folder of IDX/.npz files, an image folder "
+                "(train/CLASS/*.png, test/CLASS/...) or a saved Hugging Face DatasetDict."
+            ),
+        ),
     ],
     out: OutOpt,
     arch: Annotated[Arch, typer.Option("--arch", help="Model from the zoo.")] = Arch.cnn,
@@ -42,6 +61,9 @@ def train_command(
         int | None,
         typer.Option("--num-classes", help="Number of classes (default: the labels' 0..C-1, without gaps)."),
     ] = None,
+    resize: ResizeOpt = None,
+    normalize: NormalizeOpt = None,
+    channels: ChannelsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     grad_accounting: Annotated[
         bool,
@@ -52,6 +74,7 @@ def train_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train a classifier on noisy labels, saving checkpoints, dynamics and gradient accounting."""
+    from memloc.core.classifier.preprocess_flags import preprocess_from_flags
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
     from memloc.core.paths import writable_folder
@@ -70,6 +93,7 @@ def train_command(
         grad_accounting=grad_accounting,
         init=str(init) if init else None,
         num_classes=num_classes,
+        preprocess=preprocess_from_flags(resize=resize, normalize=normalize, channels=channels),
     )
     writable_folder(out)
     target = resolve_device(device)

@@ -8,6 +8,10 @@ Sources (``spec`` of `load_dataset`):
 - a folder with the four IDX files (``train-images-idx3-ubyte[.gz]`` ...), or a
   folder of ``.npz`` files (or one ``.npz`` file) holding ``x_train, y_train,
   x_test, y_test``.
+- an image folder, ``train/CLASS/*.png|jpg`` and ``test/CLASS/...`` (or ``val/``):
+  core/classifier/image_folder.py.
+- a Hugging Face ``datasets`` folder written by ``DatasetDict.save_to_disk``, with
+  train and test splits: core/classifier/hf_datasets.py (needs the ``data`` extra).
 
 Label noise follows Maini et al. 2023: exactly round(p*N) training examples, chosen
 with a seeded RNG, each relabelled uniformly among the other C-1 classes.
@@ -18,12 +22,16 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from memloc.core.classifier.hf_datasets import is_datasets_folder, read_datasets_folder
+from memloc.core.classifier.image_folder import is_image_folder, read_image_folder
 from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.errors import DataError
+from memloc.core.progress import Progress
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_STEMS = {
@@ -128,8 +136,10 @@ def _to_images(x: np.ndarray, name: str) -> np.ndarray:
     """float32 in [0, 1] for bytes; (N, H, W) -> (N, 1, H, W); NHWC -> NCHW."""
     if x.ndim < 2:
         raise DataError(f"{name} must have a sample axis and features, got shape {x.shape}")
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    x = x.astype(np.float32) / scale
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif x.dtype != np.float32:  # float32 input (decoded image files) is used as it is
+        x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -204,7 +214,12 @@ def _class_count(y_train: np.ndarray, y_test: np.ndarray, num_classes: int | Non
     return count
 
 
-def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
+def _raw_arrays(
+    spec: str,
+    preprocess: Preprocess,
+    progress: Progress | None,
+    notify: Callable[[str], None] | None,
+) -> tuple[str, dict[str, np.ndarray]]:
     if spec == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -229,7 +244,7 @@ def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
     if not path.exists():
         raise DataError(
             f"unknown data set {spec!r}: use {' or '.join(BUILTIN)}, "
-            "or a path to a folder of IDX or .npz files"
+            "or a path to a folder of IDX or .npz files, images or a saved Hugging Face dataset"
         )
     if not os.access(path, os.R_OK):
         raise DataError(f"{path} is not readable (check its permissions)")
@@ -239,9 +254,18 @@ def _raw_arrays(spec: str) -> tuple[str, dict[str, np.ndarray]]:
         return path.stem, _load_npz([path])
     if any(_find_idx(path, stem) for stem in IDX_STEMS.values()):
         return path.name, _load_idx_folder(path)
+    size, channels = preprocess.size, preprocess.channels
+    if is_datasets_folder(path):
+        return path.name, read_datasets_folder(path, size=size, channels=channels, progress=progress)
+    if is_image_folder(path):
+        return path.name, read_image_folder(
+            path, size=size, channels=channels, progress=progress, notify=notify
+        )
     npz = sorted(path.glob("*.npz"))
     if not npz:
-        raise DataError(f"{path} holds neither the four IDX files nor .npz files")
+        raise DataError(
+            f"{path} holds neither the four IDX files nor .npz files, nor train/ and test/ image folders"
+        )
     return path.name, _load_npz(npz)
 
 
@@ -285,18 +309,24 @@ def load_dataset(
     seed: int = 0,
     num_classes: int | None = None,
     preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Load a data set by name or path; ``limit`` keeps a seeded stratified subset of train.
 
     ``num_classes`` declares the class count (labels 0..num_classes-1, not all of them
     present); without it the training labels must be 0..C-1 without gaps.
-    ``preprocess`` (resize, normalization) is applied to the kept images.
+    ``preprocess`` (channels, resize, normalization) is applied to the kept images;
+    image folders are decoded at its size and channel count directly. ``progress``
+    follows the decoding of image files; ``notify`` receives notes that do not stop
+    the loading (files of an image folder that were skipped).
 
     data = load_dataset("runs/my-data.npz", limit=1000, num_classes=10)
+    data = load_dataset("data/pets", preprocess=Preprocess(size=(64, 64)))
     """
     if limit is not None and limit <= 0:
         raise DataError(f"limit must be positive, got {limit}", field="limit")
-    name, raw = _raw_arrays(spec)
+    name, raw = _raw_arrays(spec, preprocess or Preprocess(), progress, notify)
     try:
         x_train, x_test = _to_images(raw["x_train"], "x_train"), _to_images(raw["x_test"], "x_test")
         y_train, y_test = _to_labels(raw["y_train"], "y_train"), _to_labels(raw["y_test"], "y_test")

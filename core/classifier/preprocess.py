@@ -13,6 +13,7 @@ stored without one read as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,15 +85,7 @@ class Preprocess:
         return torch.cat(parts).numpy() if parts else x
 
     def _apply_batch(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if self.channels == 1 and x.shape[1] == 3:
-            x = x.mean(1, keepdim=True)
-        elif self.channels == 3 and x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        elif self.channels is not None and x.shape[1] != self.channels:
-            raise DataError(f"cannot convert {x.shape[1]} channels to {self.channels}")
-        if self.size is not None and tuple(x.shape[2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        x = resize(convert_channels(x.float(), self.channels), self.size)
         if self.mean is not None and self.std is not None:
             if len(self.mean) not in (1, x.shape[1]):
                 raise DataError(f"normalization has {len(self.mean)} channels, the images {x.shape[1]}")
@@ -100,3 +93,40 @@ class Preprocess:
             std = torch.tensor(self.std).view(1, -1, 1, 1)
             x = (x - mean) / std
         return x.contiguous()
+
+    @classmethod
+    def from_model_folder(cls, folder: str | Path) -> Preprocess:
+        """The preprocessing a Hugging Face image model's folder declares.
+
+        Reads ``preprocessor_config.json`` (the keys of ViT-, ConvNeXt- and other
+        AutoImageProcessor files) and the channel count ``num_channels`` of its
+        ``config.json``; see core/classifier/processor_config.py for what is honoured
+        and what is refused. A folder without the file has no resize or normalization.
+
+        prep = Preprocess.from_model_folder("models/vit-fashion")
+        """
+        from memloc.core.classifier.processor_config import ProcessorSettings
+
+        return ProcessorSettings.read(folder).preprocess()
+
+
+def convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """(N, C, H, W) with ``channels`` channels: 1 averages RGB, 3 repeats gray; None keeps C."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        return x.mean(1, keepdim=True)
+    if channels == 3 and x.shape[1] == 1:
+        return x.repeat(1, 3, 1, 1)
+    raise DataError(f"cannot convert {x.shape[1]} channels to {channels}")
+
+
+def resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """(N, C, H, W) float images at ``size`` (height, width), bilinear and antialiased.
+
+    Antialiasing matters when shrinking (a 224-pixel photo to 32): plain bilinear
+    interpolation would sample only a few source pixels per output pixel and alias.
+    """
+    if size is None or tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

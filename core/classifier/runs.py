@@ -37,6 +37,7 @@ from memloc.core.classifier.model_source import (
     source_from_dict,
     source_label,
 )
+from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSummary
 from memloc.core.errors import RunFolderError
 from memloc.core.finite import check_finite_weights
@@ -238,11 +239,19 @@ class RunFolder:
         """The epoch the run's training ends at (its final checkpoint)."""
         return int(self.config()["train"]["epochs"])
 
+    def preprocess(self) -> Preprocess:
+        """The channels, resize and normalization the run's inputs got (the identity if none)."""
+        return Preprocess.from_dict(self.config()["train"].get("preprocess"))
+
     def dataset(self) -> Dataset:
-        """The run's data, loaded from the same source, subset and classes as in training."""
+        """The run's data, loaded from the same source, subset, classes and preprocessing as in training."""
         train = self.config()["train"]
         return load_dataset(
-            train["data"], limit=train["limit"], seed=train["seed"], num_classes=train.get("num_classes")
+            train["data"],
+            limit=train["limit"],
+            seed=train["seed"],
+            num_classes=train.get("num_classes"),
+            preprocess=self.preprocess(),
         )
 
     def checkpoint(self, epoch: int) -> Path:

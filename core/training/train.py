@@ -23,6 +23,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
 from memloc.core.classifier.data import Dataset, inject_noise, load_dataset
 from memloc.core.classifier.gradients import group_stats, split_gradients
+from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.classifier.run_results import EpochRecord, TrainSummary
 from memloc.core.classifier.runs import Dynamics, RunFolder, TrainState
 from memloc.core.classifier.splits import RunData
@@ -58,6 +59,7 @@ class TrainConfig:
     grad_accounting: bool = True
     init: str | None = None  # optional checkpoint to start from instead of a random init
     num_classes: int | None = None  # None: the training labels' 0..C-1
+    preprocess: Preprocess | None = None  # channels, resize, normalization of the inputs
 
     @classmethod
     def for_arch(cls, data: str, arch: str, **overrides: object) -> TrainConfig:
@@ -80,6 +82,10 @@ class TrainConfig:
         d["width"] = self.width if self.width is not None else default_width(self.arch)
         if self.num_classes is None:
             del d["num_classes"]  # as run folders stored it before num_classes existed
+        if self.preprocess is None or self.preprocess.is_identity:
+            del d["preprocess"]  # likewise for runs from before preprocessing
+        else:
+            d["preprocess"] = self.preprocess.to_dict()
         return d
 
 
@@ -172,7 +178,15 @@ def train_run(
     summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
     summary.noisy_train_acc
     """
-    data = load_dataset(config.data, limit=config.limit, seed=config.seed, num_classes=config.num_classes)
+    data = load_dataset(
+        config.data,
+        limit=config.limit,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        preprocess=config.preprocess,
+        progress=progress,
+        notify=notify,
+    )
     if notify and config.limit and config.limit > len(data.y_train):
         notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
     spec, model = _initial_model(config, data, trust_pickle)
