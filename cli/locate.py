@@ -130,10 +130,23 @@ class _ClassifierNeuronsCommand(TyperCommand):
 def neurons_command(
     run_dir: RunDirArg,
     examples: Annotated[
-        str, typer.Option("--examples", help="noisy, clean, both, or comma-separated example ids.")
+        str,
+        typer.Option(
+            "--examples",
+            help=(
+                "noisy, clean, both; comma-separated example ids; or by score: top:SCORE[:K] / "
+                "bottom:SCORE[:K], the K examples with the highest / lowest SCORE (csl, forgetting, "
+                "learning_time, or curvature after 'locate scores --curvature'), e.g. top:csl:50. "
+                "A choice by score needs no noise mask."
+            ),
+        ),
     ] = "both",
     n: Annotated[
-        int, typer.Option("--n", help="Examples per group (noisy/clean), chosen with the seed.")
+        int,
+        typer.Option(
+            "--n",
+            help="Examples per group (noisy/clean), chosen with the seed; K of top:/bottom: without one.",
+        ),
     ] = 100,
     max_units: Annotated[
         int, typer.Option("--max-units", help="Most units to zero per example.")

@@ -228,3 +228,40 @@ def test_suspects_first_changes_no_drop(cnn_setup):
         assert plain == ordered
         recorded += suspects.counts is not None
     assert recorded > 0  # the suspect-first path was exercised
+
+
+def test_choice_by_score_ranks_from_either_end_and_breaks_ties_by_id():
+    import numpy as np
+    from memloc.locate.classifier.example_choice import ScoreChoice, choose_examples, parse_examples
+
+    scores = {"csl": np.array([1.0, 3.0, 3.0, 0.0, 2.0])}
+    mask = np.zeros(5, dtype=bool)  # a run whose noise mask is unknown: nothing is marked noisy
+    assert parse_examples("top:csl:2") == ScoreChoice("top", "csl", 2)
+    assert choose_examples(parse_examples("top:csl:2"), mask, 100, 0, scores.__getitem__) == [1, 2]
+    assert choose_examples(parse_examples("bottom:csl"), mask, 3, 0, scores.__getitem__) == [3, 0, 4]
+    assert choose_examples(parse_examples("top:csl:9"), mask, 1, 0, scores.__getitem__) == [1, 2, 4, 0, 3]
+
+
+def test_cli_examples_by_score(tmp_path, capsys, cnn_run):
+    from memloc.core.classifier.runs import RunFolder
+    from test_cli import assert_one_line_error, run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run.root, run)
+    args = ("locate", "neurons", run, "--max-units", "40")
+    for spec, needles in (
+        ("top:csl:0", ("--examples 'top:csl:0'", "positive integer")),
+        ("top:loss:3", ("unknown score 'loss'", "csl, forgetting, learning_time, curvature")),
+        ("middle:csl:3", ("not a choice by score", "top:SCORE[:K]")),
+        ("top:curvature:3", ("no curvature scores", "memloc locate scores", "--curvature")),
+        ("3,x", ("--examples must be",)),
+    ):
+        code, _, err = run_cli(capsys, *args, "--examples", spec)
+        assert_one_line_error(code, err, *needles)
+        assert not (run / "locate").exists()
+    code, _, err = run_cli(capsys, *args, "--examples", "top:csl:5", "--format", "json")
+    assert code == 0, err
+    ids = [json.loads(line)["id"] for line in (run / "locate/neurons.jsonl").read_text().splitlines()]
+    loss = RunFolder.open(run).load_dynamics().loss
+    csl = loss[1:].astype(float).sum(axis=0)  # cumulative sample loss over the trained epochs
+    assert ids == sorted(range(len(csl)), key=lambda i: -csl[i])[:5]

@@ -15,15 +15,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import torch
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import MemlocError, RunFolderError
+from memloc.core.errors import RunFolderError
 from memloc.core.jsonl import read_log
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
+from memloc.locate.classifier.example_choice import choose_examples, parse_examples, run_scores
 from memloc.locate.classifier.unit_results import FlipRecord, GroupSummary, NeuronsResult
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
 from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
@@ -31,7 +31,6 @@ from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
 RESULTS = "locate/neurons.jsonl"
 REPORT_PATH = "locate/neurons_report.json"
 GRAPH_PATH = "locate/neurons.graphml"
-SELECTIONS = ("noisy", "clean", "both")
 
 
 def final_checkpoint(run: RunFolder) -> int:
@@ -43,31 +42,6 @@ def final_checkpoint(run: RunFolder) -> int:
             "finish its training first (rerunning it resumes from the last saved epoch)"
         )
     return planned
-
-
-def choose_examples(mask: np.ndarray, which: str, n: int, seed: int) -> list[int]:
-    """``n`` seeded noisy and/or clean examples, or explicit comma-separated ids."""
-    if which in SELECTIONS:
-        if n < 1:
-            raise MemlocError(f"n must be at least 1, got {n}", field="n")
-        rng = np.random.default_rng([seed, 0x4E45])
-        picked = []
-        for group in ("noisy", "clean"):
-            if which in (group, "both"):
-                pool = np.flatnonzero(mask if group == "noisy" else ~mask)
-                picked += sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
-        return picked
-    try:
-        ids = [int(part) for part in which.split(",") if part.strip()]
-    except ValueError:
-        raise MemlocError(
-            f"examples must be noisy, clean, both or comma-separated example ids, got {which!r}",
-            field="examples",
-        ) from None
-    bad = [i for i in ids if not 0 <= i < len(mask)]
-    if bad or not ids:
-        raise MemlocError(f"example ids must be in 0..{len(mask) - 1}; out of range: {bad or which!r}")
-    return list(dict.fromkeys(ids))
 
 
 def summarize(records: Sequence[FlipRecord]) -> dict[str, GroupSummary]:
@@ -114,12 +88,15 @@ def locate_neurons(
 ) -> NeuronsResult:
     """The fewest units that flip each chosen example (`flip_search`); resumable.
 
+    ``examples`` chooses them (locate/classifier/example_choice.py): ``noisy``,
+    ``clean`` or ``both`` (``n`` of each), ids ``3,17``, or by score, ``top:csl:50``.
+
     result = locate_neurons(RunFolder.open("runs/cnn"), torch.device("cpu"), FlipConfig(), n=20)
     result.noisy.median_units
     """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
-    targets = choose_examples(labels.mask, examples, n, config.seed)
+    targets = choose_examples(parse_examples(examples), labels.mask, n, config.seed, run_scores(run))
     path = Path(out) if out else run.root / RESULTS
     config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
     wanted = {"flip": asdict(config), "final_epoch": final}
