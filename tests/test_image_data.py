@@ -194,9 +194,9 @@ def test_cli_train_on_an_image_folder_and_its_errors(folder, tmp_path, capsys):
     code, _, err = run_cli(capsys, *train, "--out", out, "--resize", "12x10", "--normalize", "0.5/0.5")
     assert code == 0, err  # the same run resumes (nothing left to do)
 
-    plain = tmp_path / "plain"
-    run_cli(capsys, *train, "--out", plain)
-    assert "preprocess" not in json.loads((plain / "config.json").read_text())["train"]
+    from memloc.core.training.train import TrainConfig
+
+    assert "preprocess" not in TrainConfig(str(root), "mlp").to_dict()  # as stored before preprocessing
 
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "train" / "one" / "big.png")
     for flags, needles in (
@@ -313,6 +313,8 @@ def test_refused_processor_steps(tmp_path):
         with pytest.raises(DataError, match=needle):
             Preprocess.from_model_folder(model_folder(tmp_path, processor))
     assert Preprocess.from_model_folder(model_folder(tmp_path, {**VIT, "rescale_offset": False})).size
+    bit = {**VIT, "size": {"shortest_edge": 448}, "do_center_crop": True, "crop_size": 448}
+    assert Preprocess.from_model_folder(model_folder(tmp_path, bit)).size == (448, 448)  # the crop keeps it
 
 
 def test_flag_parsing():

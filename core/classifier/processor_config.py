@@ -124,28 +124,35 @@ def _size(raw: dict[str, Any], path: Path) -> tuple[tuple[int, int] | None, str 
         size = None
     if raw.get("do_resize") is True and size is None:
         raise DataError(f"{path}: do_resize is true but no size is given")
-    crop = _crop_problem(raw, size, path)
-    if size is None:
-        return None, crop
-    if isinstance(size, int):
-        size = {"height": size, "width": size}
-    if not isinstance(size, dict):
-        raise DataError(f"{path}: size must be a number or an object, got {size!r}")
-    if "height" in size and "width" in size:
-        return (_pixels(size["height"], path), _pixels(size["width"], path)), crop
-    if set(size) == {"shortest_edge"}:
-        edge = _pixels(size["shortest_edge"], path)
-        return (edge, edge), crop
-    return None, f"{path} asks for a size memloc cannot follow ({json.dumps(size)})"
+    hw = _hw(size, "size", path) if size is not None else None
+    if size is not None and hw is None:
+        return None, f"{path} asks for a size memloc cannot follow ({json.dumps(size)})"
+    return hw, _crop_problem(raw, size, hw, path)
 
 
-def _crop_problem(raw: dict[str, Any], size: Any, path: Path) -> str | None:
+def _hw(value: Any, key: str, path: Path) -> tuple[int, int] | None:
+    """(h, w) of an int, ``{height, width}`` or ``{shortest_edge}`` size; None for other forms."""
+    if isinstance(value, int):
+        value = {"height": value, "width": value}
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: {key} must be a number or an object, got {value!r}")
+    if "height" in value and "width" in value:
+        return _pixels(value["height"], path), _pixels(value["width"], path)
+    if set(value) == {"shortest_edge"}:
+        edge = _pixels(value["shortest_edge"], path)
+        return edge, edge
+    return None
+
+
+def _crop_problem(raw: dict[str, Any], size: Any, hw: tuple[int, int] | None, path: Path) -> str | None:
+    """Why the file's center crop cannot be followed; None when it has none, or one that keeps the resize."""
     edge = size.get("shortest_edge") if isinstance(size, dict) else None
     pct = raw.get("crop_pct")
     if edge is not None and pct not in (None, 1, 1.0) and edge < CONVNEXT_CROP_BELOW:
         return f"{path} asks for a center crop (crop_pct {pct} of shortest_edge {edge}), which memloc does not apply"
-    if raw.get("do_center_crop", False) is True and raw.get("crop_size") not in (None, size):
-        return f"{path} asks for a center crop to {json.dumps(raw['crop_size'])}, which memloc does not apply"
+    crop = raw.get("crop_size")
+    if raw.get("do_center_crop", False) is True and crop is not None and _hw(crop, "crop_size", path) != hw:
+        return f"{path} asks for a center crop to {json.dumps(crop)}, which memloc does not apply"
     return None
 
 
