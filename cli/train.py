@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.defaults import config_default
 from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt, note
 
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
 
+ETD = "memloc.core.training.etd:EtdConfig"
+ETD_PANEL = "Example-tied dropout"
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs", "seconds")
 
 
@@ -47,6 +50,38 @@ def train_command(
         bool,
         typer.Option("--grad-accounting/--no-grad-accounting", help="Record clean/noisy gradient norms."),
     ] = True,
+    etd: Annotated[
+        bool,
+        typer.Option(
+            "--etd",
+            help="Example-tied dropout (Maini et al. 2023): tie each example to its own memorization units.",
+            rich_help_panel=ETD_PANEL,
+        ),
+    ] = False,
+    etd_p_gen: Annotated[
+        float,
+        typer.Option(
+            "--etd-p-gen",
+            help="Share of each layer's units shared by all examples.",
+            rich_help_panel=ETD_PANEL,
+        ),
+    ] = config_default(ETD, "p_gen"),
+    etd_p_mem: Annotated[
+        float,
+        typer.Option(
+            "--etd-p-mem",
+            help="Chance that each other unit is one of an example's memorization units.",
+            rich_help_panel=ETD_PANEL,
+        ),
+    ] = config_default(ETD, "p_mem"),
+    etd_layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--etd-layer",
+            help="Tie this layer group (repeatable). Default: every group but the head.",
+            rich_help_panel=ETD_PANEL,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -55,6 +90,7 @@ def train_command(
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
     from memloc.core.paths import writable_folder
+    from memloc.core.training.etd import EtdConfig
     from memloc.core.training.train import TrainConfig, train_run
 
     config = TrainConfig.for_arch(
@@ -70,6 +106,7 @@ def train_command(
         grad_accounting=grad_accounting,
         init=str(init) if init else None,
         num_classes=num_classes,
+        etd=EtdConfig(etd_p_gen, etd_p_mem, tuple(etd_layers) if etd_layers else None) if etd else None,
     )
     writable_folder(out)
     target = resolve_device(device)

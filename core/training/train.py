@@ -4,6 +4,11 @@ Per epoch it saves a checkpoint (epoch 0 is the initialization), the per-example
 loss, correctness on the given label and predicted class of every training example
 (the "dynamics"), and the per-group gradient accounting of Maini et al. 2023.
 
+With example-tied dropout (``TrainConfig.etd``, core/training/etd.py) every step runs each
+example with its own train-time units, and the recorded dynamics and accuracies use
+those same masks (what training fits): each training example with its tied units, the
+test set with untied draws (core/training/etd.py says how).
+
 Determinism: the init comes from ``seed``; the shuffle of epoch e comes from a
 generator seeded by (seed, e); the learning rate is a pure function of the step.
 So a run resumed after epoch k continues exactly as the uninterrupted run would.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +34,7 @@ from memloc.core.classifier.runs import Dynamics, RunFolder, TrainState
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import CheckpointError, MemlocError
 from memloc.core.progress import Progress
+from memloc.core.training.etd import EtdConfig, EtdLayout
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
 from torch import nn
@@ -58,6 +65,7 @@ class TrainConfig:
     grad_accounting: bool = True
     init: str | None = None  # optional checkpoint to start from instead of a random init
     num_classes: int | None = None  # None: the training labels' 0..C-1
+    etd: EtdConfig | None = None  # example-tied dropout; None: plain training
 
     @classmethod
     def for_arch(cls, data: str, arch: str, **overrides: object) -> TrainConfig:
@@ -80,6 +88,8 @@ class TrainConfig:
         d["width"] = self.width if self.width is not None else default_width(self.arch)
         if self.num_classes is None:
             del d["num_classes"]  # as run folders stored it before num_classes existed
+        if self.etd is None:
+            del d["etd"]  # likewise for example-tied dropout
         return d
 
 
@@ -99,10 +109,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _record(
-    model: torch.nn.Module, data: RunData, epoch: int, began: float | None
+    model: torch.nn.Module, data: RunData, epoch: int, began: float | None, etd: EtdLayout | None
 ) -> tuple[EpochRecord, np.ndarray, np.ndarray]:
     """Evaluate after ``epoch``; its seconds run from ``began`` to the end of the evaluation."""
-    accs, loss, pred = data.evaluate(model)
+    if etd is None:
+        accs, loss, pred = data.evaluate(model)
+    else:
+        train_masks, test_masks = etd.tied_chunks(model), etd.tied_chunks(model, offset=len(data.given))
+        accs, loss, pred = data.evaluate(model, train_context=train_masks, test_context=test_masks)
     seconds = 0.0 if began is None else time.perf_counter() - began
     return EpochRecord(epoch, **asdict(accs), train_loss=float(loss.mean()), seconds=seconds), loss, pred
 
@@ -143,10 +157,11 @@ def _first_or_resumed(
     optimizer: torch.optim.Optimizer,
     data: RunData,
     groups: Sequence[str],
+    etd: EtdLayout | None,
 ) -> tuple[Dynamics, tuple[EpochRecord, ...]]:
     """A fresh run records epoch 0 (the initialization); a resumed one loads its last epoch."""
     if state is None:
-        first, loss, pred = _record(model, data, 0, None)
+        first, loss, pred = _record(model, data, 0, None, etd)
         dynamics = Dynamics.first(loss, pred, data.labels.given, groups)
         run.save_epoch(0, model, optimizer, dynamics, (first,))
         return dynamics, (first,)
@@ -177,16 +192,17 @@ def train_run(
         notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
     spec, model = _initial_model(config, data, trust_pickle)
     labels = inject_noise(data.y_train, config.noise, data.num_classes, config.seed)
+    adapter = ClassifierAdapter.for_model(model)
+    etd = EtdLayout.build(config.etd, adapter, config.seed) if config.etd else None
     inputs = [config.init] if config.init else []
     state = run.start(config.to_dict(), spec, labels, data.train_index, inputs=inputs)
 
-    adapter = ClassifierAdapter.for_model(model)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     on_device = RunData.build(data, labels, device)
     x, given, noisy = on_device.x_train, on_device.given, on_device.noisy
 
-    dynamics, history = _first_or_resumed(run, state, model, optimizer, on_device, adapter.names)
+    dynamics, history = _first_or_resumed(run, state, model, optimizer, on_device, adapter.names, etd)
 
     params = list(model.parameters())
     index_of = {id(p): i for i, p in enumerate(params)}
@@ -212,7 +228,9 @@ def train_run(
             step = (epoch - 1) * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, step, total)
-            losses = F.cross_entropy(model(x[idx]).float(), given[idx], reduction="none")
+            with etd.tied(model, idx) if etd else nullcontext():
+                logits = model(x[idx]).float()
+            losses = F.cross_entropy(logits, given[idx], reduction="none")
             _check_finite(losses, epoch, i)
             if config.grad_accounting:
                 clean_g, noisy_g = split_gradients(losses, noisy[idx], params)
@@ -226,7 +244,7 @@ def train_run(
             optimizer.zero_grad(set_to_none=True)
             if progress:
                 progress(step + 1, total, f"epoch {epoch}/{config.epochs}")
-        row, loss, pred = _record(model, on_device, epoch, began)
+        row, loss, pred = _record(model, on_device, epoch, began, etd)
         history = (*history, row)
         dynamics = dynamics.append(loss, pred, labels.given, step_stats, len(adapter.groups))
         run.save_epoch(epoch, model, optimizer, dynamics, history)
