@@ -73,14 +73,13 @@ def _hand_set_mlp() -> tuple[nn.Sequential, ClassifierAdapter]:
     return model, ClassifierAdapter.from_modules(model, [("hidden", "0"), ("head", "1")])
 
 
-def test_test_time_drop_zeroes_the_memorization_units_and_rescales_the_rest():
+def test_test_time_drop_is_the_network_with_the_memorization_units_zeroed():
     model, adapter = _hand_set_mlp()
     layout = EtdLayout.build(EtdConfig(p_gen=0.5, p_mem=0.5), adapter, seed=3)
     general = layout.groups[0].general
     assert int(general.sum()) == 2
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 5.0, 0.5, 2.0]])
-    scale = (2 + 0.5 * 2) / 2  # expected active units in training over generalization units
-    kept = torch.relu(x) * general * scale  # the hidden layer is the identity followed by ReLU
+    kept = torch.relu(x) * general  # the hidden layer is the identity followed by ReLU
     expected = kept @ model[1].weight.T + model[1].bias
     with layout.dropped(model) as seen:
         out = model(x)
@@ -88,7 +87,8 @@ def test_test_time_drop_zeroes_the_memorization_units_and_rescales_the_rest():
     torch.testing.assert_close(out, expected)
     # by hand for the first example: w . kept + b
     w, b = [1.0, 2.0, 3.0, 4.0], 0.5
-    assert out[0, 0].item() == pytest.approx(b + sum(w[u] * (u + 1) * scale for u in range(4) if general[u]))
+    assert out[0, 0].item() == pytest.approx(b + sum(w[u] * (u + 1) for u in range(4) if general[u]))
+    assert out[1, 1].item() == pytest.approx(-0.5 + (2.0 if general[3] else 0.0))
 
 
 def test_train_time_masks_gate_both_the_forward_and_the_gradient():

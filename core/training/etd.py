@@ -23,13 +23,16 @@ How memloc draws the masks (its own design, not the reference code's):
 - Masks multiply whole units (channels, features, attention heads or token features),
   through `scale_units` at each group's site, so every layout a card declares works.
 
-Scaling: training multiplies by the 0/1 mask only, with no inverted-dropout rescaling,
-as the reference does; a per-example factor would differ between examples with the
-size of their Bernoulli draw. When the memorization units are dropped, the
-generalization units are multiplied by (n_gen + p_mem * n_rest) / n_gen, the expected
-number of active units in training over the number left, so the next layer (and its
-BatchNorm statistics) sees the input mass it was trained with; the reference's drop
-mode rescales the same way.
+Scaling: none. Training multiplies by the 0/1 mask only, with no inverted-dropout
+rescaling, as the reference does: a per-example factor would differ between examples
+with the size of their Bernoulli draw, and the generalization units, which carry what
+every example shares, would be scaled differently for each. The test-time drop zeroes
+the memorization units and leaves the generalization units as they are, the same
+intervention as zeroing units in the flip search (`locate neurons --mode mask`), so
+the two analyses speak of one thing. (The reference's drop mode also multiplies the
+generalization units by (p_fixed + p_mem) / p_fixed; with ReLU networks a common
+positive factor on a group changes the output only through the biases and
+normalization after it.)
 """
 
 from __future__ import annotations
@@ -126,11 +129,6 @@ class TiedGroup:
     def n_general(self) -> int:
         return int(self.general.sum())
 
-    def drop_scale(self, p_mem: float) -> float:
-        """Expected active units in training over generalization units (see the module docstring)."""
-        rest = self.group.units - self.n_general
-        return (self.n_general + p_mem * rest) / self.n_general
-
 
 def _general_units(seed: int, index: int, units: int, p_gen: float) -> torch.Tensor:
     """The round(p_gen * units) units with the smallest hashes: a seeded subset, fixed per group."""
@@ -224,11 +222,10 @@ class EtdLayout:
         return patch(model, self.adapter, {Site(t.index, "out"): masked(t) for t in self.groups})
 
     def dropped(self, model: nn.Module) -> AbstractContextManager[object]:
-        """Run the body's forward passes on the generalization units alone, rescaled."""
+        """Run the body's forward passes with every memorization unit zeroed (the test-time drop)."""
 
         def drop(tied: TiedGroup) -> Callable[[torch.Tensor], torch.Tensor]:
-            keep = tied.general.to(torch.float32) * tied.drop_scale(self.config.p_mem)
-            return lambda act: scale_units(act, keep.to(act.device), tied.group)
+            return lambda act: scale_units(act, tied.general.to(act.device), tied.group)
 
         return patch(model, self.adapter, {Site(t.index, "out"): drop(t) for t in self.groups})
 

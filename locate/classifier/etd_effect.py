@@ -8,7 +8,7 @@ model three ways, on the run's clean and mislabeled training examples and its te
 
 - ``tied``: as in training, each training example with its own units (the test set
   with untied draws of memorization units);
-- ``dropped``: memorization units dropped, the generalization units rescaled;
+- ``dropped``: every memorization unit zeroed, the generalization units as they are;
 - ``full``: the plain network with every unit active, for reference (what the other
   analyses of `locate layers` see).
 """

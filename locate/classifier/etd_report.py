@@ -61,8 +61,7 @@ def etd_section(effect: EtdEffect) -> Section:
             f"layer's units is shared by all examples; each other unit is one of an example's own memorization "
             f"units with probability p_mem={config.p_mem}.",
             "Rows: the final model with each training example's train-time units (test examples get untied "
-            "draws), with every memorization unit dropped (the shared units rescaled by the expected share of "
-            "active units in training), and with every unit active.",
+            "draws), with every memorization unit dropped (zeroed), and with every unit active.",
         ],
         [("accuracy by units kept", effect.rows())],
         [("etd_drop", etd_figure(effect))],
