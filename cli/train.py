@@ -9,9 +9,11 @@ import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.defaults import config_default
 from memloc.cli.options import Arch, DeviceOpt, Format, FormatOpt, OutOpt, SeedOpt, TrustPickleOpt, note
+from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
+    from memloc.core.training.etd import EtdConfig
 
 ETD = "memloc.core.training.etd:EtdConfig"
 ETD_PANEL = "Example-tied dropout"
@@ -90,7 +92,6 @@ def train_command(
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
     from memloc.core.paths import writable_folder
-    from memloc.core.training.etd import EtdConfig
     from memloc.core.training.train import TrainConfig, train_run
 
     config = TrainConfig.for_arch(
@@ -106,7 +107,7 @@ def train_command(
         grad_accounting=grad_accounting,
         init=str(init) if init else None,
         num_classes=num_classes,
-        etd=EtdConfig(etd_p_gen, etd_p_mem, tuple(etd_layers) if etd_layers else None) if etd else None,
+        etd=_etd_config(etd, etd_p_gen, etd_p_mem, etd_layers),
     )
     writable_folder(out)
     target = resolve_device(device)
@@ -120,6 +121,26 @@ def train_command(
             notify=lambda message: note(message, field="limit"),
         )
     show_summary(summary, fmt)
+
+
+def _etd_config(on: bool, p_gen: float, p_mem: float, layers: list[str] | None) -> EtdConfig | None:
+    """The example-tied dropout settings; its flags without ``--etd`` are refused, not ignored."""
+    from memloc.core.training.etd import EtdConfig
+
+    if on:
+        return EtdConfig(p_gen, p_mem, tuple(layers) if layers else None)
+    given = [
+        flag
+        for flag, value, default in (
+            ("--etd-p-gen", p_gen, config_default(ETD, "p_gen")),
+            ("--etd-p-mem", p_mem, config_default(ETD, "p_mem")),
+            ("--etd-layer", layers, None),
+        )
+        if value != default
+    ]
+    if given:
+        raise MemlocError(f"{', '.join(given)} set example-tied dropout; add --etd to train with it")
+    return None
 
 
 def show_summary(summary: TrainSummary, fmt: Format) -> None:

@@ -254,6 +254,13 @@ def test_bad_etd_flags_get_one_line_before_anything_is_written(tmp_path, capsys,
     assert out == "" and not (tmp_path / "r").exists()
 
 
+def test_etd_flags_without_etd_are_refused(tmp_path, capsys):
+    cmd = ("train", "--data", "digits", "--arch", "mlp", "--limit", "100", "--epochs", "1")
+    code, _, err = run_cli(capsys, *cmd, "--etd-p-mem", "0.3", "--etd-layer", "fc1", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "--etd-p-mem, --etd-layer", "add --etd")
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_train_command_runs_etd(tmp_path, capsys):
     cmd = ("train", "--data", "digits", "--arch", "mlp", "--limit", "100", "--epochs", "1", "--etd")
     code, _, _ = run_cli(capsys, *cmd, "--etd-p-gen", "0.25", "--etd-layer", "fc2", "--out", tmp_path / "r")
