@@ -174,6 +174,7 @@ def test_a_run_without_etd_stores_no_etd_and_loads(digits_run):
 
 
 def test_locate_layers_and_report_show_what_dropping_does(etd_run, tmp_path):
+    from memloc.locate.classifier.etd_report import etd_figure
     from memloc.locate.classifier.layers import LayersConfig, load_layers, locate_layers
     from memloc.locate.classifier.report import build_report
 
@@ -195,6 +196,9 @@ def test_locate_layers_and_report_show_what_dropping_does(etd_run, tmp_path):
     assert f"| memorization units dropped | {effect.dropped.clean_train_acc:.3f} |" in text
     assert "Example-tied dropout: Dropping the memorization units" in text
     assert "Example-tied dropout" in page.read_text()
+    axes = etd_figure(effect).axes[0]
+    assert axes.get_ylabel() == "accuracy" and len(axes.get_legend().get_texts()) == 3
+    assert [t.get_text() for t in axes.get_xticklabels()][:2] == ["noisy, given labels", "noisy, true labels"]
 
 
 def test_a_plain_run_has_no_etd_section(digits_run, tmp_path):
