@@ -34,7 +34,7 @@ def etd_figure(effect: EtdEffect) -> Figure:
     ax.set_xticks(x, [label for _, label in _SPLITS])
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=len(MODES), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
