@@ -21,6 +21,7 @@ BY_CONFIG = {
     ("StatsConfig", "dtype"): "--accumulate",
     ("EvalConfig", "generation_tokens"): "--fluency-tokens",
     ("LayersConfig", "rewind_epochs"): "--epoch",
+    ("EtdConfig", "layers"): "--etd-layer",
 }
 
 # field -> flag everywhere else.
@@ -62,7 +63,7 @@ BY_FIELD = {
         "normalize",
         "channels",
     ]
-} | {"document_start": "--doc-start"}
+} | {"document_start": "--doc-start", "p_gen": "--etd-p-gen", "p_mem": "--etd-p-mem"}
 
 
 def flag_for(field: str, config: str = "") -> str | None:

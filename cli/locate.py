@@ -77,6 +77,8 @@ def layers_command(
         emit_table(
             "retraining (last epoch per layer)", [c.to_dict() for c in retrain_summary(result.retraining)]
         )
+    if result.etd is not None:
+        emit_table("example-tied dropout (final model, accuracy by units kept)", result.etd.rows())
     best = headline(result).largest_noisy_drop
     stderr.print(f"largest noisy-accuracy drop: {best.layer} at epoch {best.epoch} -> {best.noisy_acc:.3f}")
 

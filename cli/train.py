@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.defaults import config_default
 from memloc.cli.options import (
     Arch,
     ChannelsOpt,
@@ -20,11 +21,62 @@ from memloc.cli.options import (
     TrustPickleOpt,
     note,
 )
+from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
+    from memloc.core.training.etd import EtdConfig
 
+ETD = "memloc.core.training.etd:EtdConfig"
+ETD_PANEL = "Example-tied dropout"
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs", "seconds")
+
+
+EtdOpt = Annotated[
+    bool,
+    typer.Option(
+        "--etd",
+        help="Example-tied dropout (Maini et al. 2023): tie each example to its own memorization units.",
+        rich_help_panel=ETD_PANEL,
+    ),
+]
+
+EtdPGenOpt = Annotated[
+    float,
+    typer.Option(
+        "--etd-p-gen",
+        help="Share of each layer's units shared by all examples.",
+        rich_help_panel=ETD_PANEL,
+    ),
+]
+
+EtdPMemOpt = Annotated[
+    float,
+    typer.Option(
+        "--etd-p-mem",
+        help="Chance that each other unit is one of an example's memorization units.",
+        rich_help_panel=ETD_PANEL,
+    ),
+]
+
+EtdLayerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--etd-layer",
+        help="Tie this layer group (repeatable). Default: every group but the head.",
+        rich_help_panel=ETD_PANEL,
+    ),
+]
+
+GradAccountingOpt = Annotated[
+    bool,
+    typer.Option("--grad-accounting/--no-grad-accounting", help="Record clean/noisy gradient norms."),
+]
+
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option("--num-classes", help="Number of classes (default: the labels' 0..C-1, without gaps)."),
+]
 
 
 def train_command(
@@ -57,18 +109,16 @@ def train_command(
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from these weights (.safetensors or .pt).")
     ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option("--num-classes", help="Number of classes (default: the labels' 0..C-1, without gaps)."),
-    ] = None,
+    num_classes: NumClassesOpt = None,
     resize: ResizeOpt = None,
     normalize: NormalizeOpt = None,
     channels: ChannelsOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    grad_accounting: Annotated[
-        bool,
-        typer.Option("--grad-accounting/--no-grad-accounting", help="Record clean/noisy gradient norms."),
-    ] = True,
+    grad_accounting: GradAccountingOpt = True,
+    etd: EtdOpt = False,
+    etd_p_gen: EtdPGenOpt = config_default(ETD, "p_gen"),
+    etd_p_mem: EtdPMemOpt = config_default(ETD, "p_mem"),
+    etd_layers: EtdLayerOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -94,6 +144,7 @@ def train_command(
         init=str(init) if init else None,
         num_classes=num_classes,
         preprocess=preprocess_from_flags(resize=resize, normalize=normalize, channels=channels),
+        etd=_etd_config(etd, etd_p_gen, etd_p_mem, etd_layers),
     )
     writable_folder(out)
     target = resolve_device(device)
@@ -107,6 +158,26 @@ def train_command(
             notify=lambda message: note(message, field="limit"),
         )
     show_summary(summary, fmt)
+
+
+def _etd_config(on: bool, p_gen: float, p_mem: float, layers: list[str] | None) -> EtdConfig | None:
+    """The example-tied dropout settings; its flags without ``--etd`` are refused, not ignored."""
+    from memloc.core.training.etd import EtdConfig
+
+    if on:
+        return EtdConfig(p_gen, p_mem, tuple(layers) if layers else None)
+    given = [
+        flag
+        for flag, value, default in (
+            ("--etd-p-gen", p_gen, config_default(ETD, "p_gen")),
+            ("--etd-p-mem", p_mem, config_default(ETD, "p_mem")),
+            ("--etd-layer", layers, None),
+        )
+        if value != default
+    ]
+    if given:
+        raise MemlocError(f"{', '.join(given)} set example-tied dropout; add --etd to train with it")
+    return None
 
 
 def show_summary(summary: TrainSummary, fmt: Format) -> None:

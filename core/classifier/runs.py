@@ -42,6 +42,7 @@ from memloc.core.classifier.run_results import EpochRecord, TrainResult, TrainSu
 from memloc.core.errors import RunFolderError
 from memloc.core.finite import check_finite_weights
 from memloc.core.report import Report, provenance, to_jsonable
+from memloc.core.training.etd import EtdConfig
 from torch import nn
 
 _EPOCH_RE = re.compile(r"^epoch_(\d{3,})\.safetensors$")
@@ -242,6 +243,11 @@ class RunFolder:
     def preprocess(self) -> Preprocess:
         """The channels, resize and normalization the run's inputs got (the identity if none)."""
         return Preprocess.from_dict(self.config()["train"].get("preprocess"))
+
+    def etd(self) -> EtdConfig | None:
+        """The run's example-tied dropout settings, or None for a plain run (and runs from before it)."""
+        stored = self.config()["train"].get("etd")
+        return EtdConfig.from_dict(stored) if stored else None
 
     def dataset(self) -> Dataset:
         """The run's data, loaded from the same source, subset, classes and preprocessing as in training."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from memloc.core.classifier.data import Dataset, NoisyLabels
-from memloc.core.classifier.evaluation import masked_accuracy, per_example
+from memloc.core.classifier.evaluation import ChunkContext, masked_accuracy, per_example
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from torch import nn
@@ -75,16 +75,30 @@ class RunData:
             labels,
         )
 
-    def evaluate(self, model: nn.Module, batch_size: int = 1024) -> tuple[Accuracies, np.ndarray, np.ndarray]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        batch_size: int = 1024,
+        *,
+        train_context: ChunkContext | None = None,
+        test_context: ChunkContext | None = None,
+    ) -> tuple[Accuracies, np.ndarray, np.ndarray]:
         """Accuracies, and per-example training loss and prediction, in one pass per set.
+
+        The contexts are entered around each chunk of the training and the test set
+        (`per_example`), for forwards that depend on the example.
 
         Example::
 
             accs, loss, pred = RunData.load(run, device).evaluate(model)
             accs.clean_train_acc
         """
-        train_loss, train_pred = per_example(model, self.x_train, self.given, batch_size=batch_size)
-        _, test_pred = per_example(model, self.x_test, self.y_test, batch_size=batch_size)
+        train_loss, train_pred = per_example(
+            model, self.x_train, self.given, batch_size=batch_size, context=train_context
+        )
+        _, test_pred = per_example(
+            model, self.x_test, self.y_test, batch_size=batch_size, context=test_context
+        )
         loss, pred = train_loss.cpu().numpy(), train_pred.cpu().numpy()
         mask = self.labels.mask
         accs = Accuracies(
@@ -95,5 +109,12 @@ class RunData:
         )
         return accs, loss, pred
 
-    def accuracies(self, model: nn.Module, batch_size: int = 1024) -> Accuracies:
-        return self.evaluate(model, batch_size)[0]
+    def accuracies(
+        self,
+        model: nn.Module,
+        batch_size: int = 1024,
+        *,
+        train_context: ChunkContext | None = None,
+        test_context: ChunkContext | None = None,
+    ) -> Accuracies:
+        return self.evaluate(model, batch_size, train_context=train_context, test_context=test_context)[0]

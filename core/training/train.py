@@ -4,6 +4,11 @@ Per epoch it saves a checkpoint (epoch 0 is the initialization), the per-example
 loss, correctness on the given label and predicted class of every training example
 (the "dynamics"), and the per-group gradient accounting of Maini et al. 2023.
 
+With example-tied dropout (``TrainConfig.etd``, core/training/etd.py) every step runs each
+example with its own train-time units, and the recorded dynamics and accuracies use
+those same masks (what training fits): each training example with its tied units, the
+test set with untied draws (core/training/etd.py says how).
+
 Determinism: the init comes from ``seed``; the shuffle of epoch e comes from a
 generator seeded by (seed, e); the learning rate is a pure function of the step.
 So a run resumed after epoch k continues exactly as the uninterrupted run would.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,13 +28,14 @@ import torch.nn.functional as F
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import load_into, load_tensors
 from memloc.core.classifier.data import Dataset, inject_noise, load_dataset
-from memloc.core.classifier.gradients import group_stats, split_gradients
+from memloc.core.classifier.gradients import GroupGradientStats, group_stats, split_gradients
 from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.classifier.run_results import EpochRecord, TrainSummary
 from memloc.core.classifier.runs import Dynamics, RunFolder, TrainState
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import CheckpointError, MemlocError
 from memloc.core.progress import Progress
+from memloc.core.training.etd import EtdConfig, EtdLayout
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
 from torch import nn
@@ -60,6 +67,7 @@ class TrainConfig:
     init: str | None = None  # optional checkpoint to start from instead of a random init
     num_classes: int | None = None  # None: the training labels' 0..C-1
     preprocess: Preprocess | None = None  # channels, resize, normalization of the inputs
+    etd: EtdConfig | None = None  # example-tied dropout; None: plain training
 
     @classmethod
     def for_arch(cls, data: str, arch: str, **overrides: object) -> TrainConfig:
@@ -86,6 +94,8 @@ class TrainConfig:
             del d["preprocess"]  # likewise for runs from before preprocessing
         else:
             d["preprocess"] = self.preprocess.to_dict()
+        if self.etd is None:
+            del d["etd"]  # likewise for example-tied dropout
         return d
 
 
@@ -105,10 +115,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _record(
-    model: torch.nn.Module, data: RunData, epoch: int, began: float | None
+    model: torch.nn.Module, data: RunData, epoch: int, began: float | None, etd: EtdLayout | None
 ) -> tuple[EpochRecord, np.ndarray, np.ndarray]:
     """Evaluate after ``epoch``; its seconds run from ``began`` to the end of the evaluation."""
-    accs, loss, pred = data.evaluate(model)
+    if etd is None:
+        accs, loss, pred = data.evaluate(model)
+    else:
+        train_masks, test_masks = etd.tied_chunks(model), etd.tied_chunks(model, offset=len(data.given))
+        accs, loss, pred = data.evaluate(model, train_context=train_masks, test_context=test_masks)
     seconds = 0.0 if began is None else time.perf_counter() - began
     return EpochRecord(epoch, **asdict(accs), train_loss=float(loss.mean()), seconds=seconds), loss, pred
 
@@ -149,16 +163,63 @@ def _first_or_resumed(
     optimizer: torch.optim.Optimizer,
     data: RunData,
     groups: Sequence[str],
+    etd: EtdLayout | None,
 ) -> tuple[Dynamics, tuple[EpochRecord, ...]]:
     """A fresh run records epoch 0 (the initialization); a resumed one loads its last epoch."""
     if state is None:
-        first, loss, pred = _record(model, data, 0, None)
+        first, loss, pred = _record(model, data, 0, None, etd)
         dynamics = Dynamics.first(loss, pred, data.labels.given, groups)
         run.save_epoch(0, model, optimizer, dynamics, (first,))
         return dynamics, (first,)
     load_into(model, run.load_checkpoint(state.epoch), source=str(run.checkpoint(state.epoch)))
     optimizer.load_state_dict(state.optimizer)
     return state.dynamics, state.history
+
+
+def _load_data(
+    config: TrainConfig, progress: Progress | None, notify: Callable[[str], None] | None
+) -> Dataset:
+    data = load_dataset(
+        config.data,
+        limit=config.limit,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        preprocess=config.preprocess,
+        progress=progress,
+        notify=notify,
+    )
+    if notify and config.limit and config.limit > len(data.y_train):
+        notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
+    return data
+
+
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: RunData,
+    idx: torch.Tensor,
+    etd: EtdLayout | None,
+    groups: list[list[int]] | None,
+    at: tuple[int, int],
+) -> GroupGradientStats | None:
+    """One optimizer step on the examples ``idx``; with ``groups``, its clean/noisy gradient accounting."""
+    with etd.tied(model, idx) if etd else nullcontext():
+        logits = model(data.x_train[idx]).float()
+    losses = F.cross_entropy(logits, data.given[idx], reduction="none")
+    _check_finite(losses, *at)
+    stats = None
+    if groups is not None:
+        params = list(model.parameters())
+        clean_g, noisy_g = split_gradients(losses, data.noisy[idx], params)
+        for p, c, z in zip(params, clean_g, noisy_g, strict=True):
+            p.grad = c + z
+        stats = group_stats(clean_g, noisy_g, groups)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return stats
 
 
 def train_run(
@@ -178,34 +239,24 @@ def train_run(
     summary = train_run(RunFolder("runs/cnn"), config, torch.device("cpu"))
     summary.noisy_train_acc
     """
-    data = load_dataset(
-        config.data,
-        limit=config.limit,
-        seed=config.seed,
-        num_classes=config.num_classes,
-        preprocess=config.preprocess,
-        progress=progress,
-        notify=notify,
-    )
-    if notify and config.limit and config.limit > len(data.y_train):
-        notify(f"limit {config.limit} exceeds the {len(data.y_train)} training examples; using all")
+    data = _load_data(config, progress, notify)
     spec, model = _initial_model(config, data, trust_pickle)
     labels = inject_noise(data.y_train, config.noise, data.num_classes, config.seed)
+    adapter = ClassifierAdapter.for_model(model)
+    etd = EtdLayout.build(config.etd, adapter, config.seed) if config.etd else None
     inputs = [config.init] if config.init else []
     state = run.start(config.to_dict(), spec, labels, data.train_index, inputs=inputs)
 
-    adapter = ClassifierAdapter.for_model(model)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     on_device = RunData.build(data, labels, device)
-    x, given, noisy = on_device.x_train, on_device.given, on_device.noisy
 
-    dynamics, history = _first_or_resumed(run, state, model, optimizer, on_device, adapter.names)
+    dynamics, history = _first_or_resumed(run, state, model, optimizer, on_device, adapter.names, etd)
 
     params = list(model.parameters())
     index_of = {id(p): i for i, p in enumerate(params)}
     groups = [[index_of[id(p)] for p in adapter.group_parameters(model, g.name)] for g in adapter.groups]
-    n = len(x)
+    n = len(on_device.x_train)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     start_epoch = len(history)
@@ -226,21 +277,13 @@ def train_run(
             step = (epoch - 1) * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, step, total)
-            losses = F.cross_entropy(model(x[idx]).float(), given[idx], reduction="none")
-            _check_finite(losses, epoch, i)
-            if config.grad_accounting:
-                clean_g, noisy_g = split_gradients(losses, noisy[idx], params)
-                for p, c, z in zip(params, clean_g, noisy_g, strict=True):
-                    p.grad = c + z
-                step_stats.append(group_stats(clean_g, noisy_g, groups))
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                losses.mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            accounting = groups if config.grad_accounting else None
+            stats = _step(model, optimizer, on_device, idx, etd, accounting, (epoch, i))
+            if stats is not None:
+                step_stats.append(stats)
             if progress:
                 progress(step + 1, total, f"epoch {epoch}/{config.epochs}")
-        row, loss, pred = _record(model, on_device, epoch, began)
+        row, loss, pred = _record(model, on_device, epoch, began, etd)
         history = (*history, row)
         dynamics = dynamics.append(loss, pred, labels.given, step_stats, len(adapter.groups))
         run.save_epoch(epoch, model, optimizer, dynamics, history)

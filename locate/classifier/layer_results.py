@@ -2,7 +2,8 @@
 
 They turn into JSON only where they are stored (RUN_DIR/locate/layers_report.json and
 the resumable cell store) and are read back into the same types. Field order is the
-key order of the stored files.
+key order of the stored files. A run trained with example-tied dropout adds ``etd``,
+what dropping its memorization units does (locate/classifier/etd_effect.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from memloc.core.classifier.splits import Accuracies
 from memloc.core.report import Report
+from memloc.locate.classifier.etd_effect import EtdEffect
 from memloc.locate.classifier.rewinding import GradientRow, LayerCell, RetrainConfig, RewindConfig
 
 
@@ -42,6 +44,7 @@ class LayersResult:
     final: Accuracies  # of the final model
     final_epoch: int
     seconds: float
+    etd: EtdEffect | None = None  # only for runs trained with example-tied dropout
 
     def config_dict(self) -> dict[str, Any]:
         return {
@@ -51,11 +54,12 @@ class LayersResult:
         }
 
     def results_dict(self) -> dict[str, Any]:
-        return {
+        tables = {
             "rewinding": [c.to_dict() for c in self.rewinding],
             "retraining": [c.to_dict() for c in self.retraining],
             "gradients": [r.to_dict() for r in self.gradients],
         }
+        return tables | ({"etd": self.etd.to_dict()} if self.etd is not None else {})
 
     def metrics_dict(self) -> dict[str, Any]:
         return {"final": self.final.table_row(), "final_epoch": self.final_epoch, "seconds": self.seconds}
@@ -82,6 +86,7 @@ class LayersResult:
             final=Accuracies.from_table_row(metrics["final"]),
             final_epoch=metrics["final_epoch"],
             seconds=metrics["seconds"],
+            etd=EtdEffect.from_dict(stored["etd"]) if stored.get("etd") else None,
         )
 
     @classmethod

@@ -3,7 +3,8 @@
 The methods live in locate/rewinding.py; this module runs them over a run folder,
 resumably (finished cells are kept in RUN_DIR/locate/layers.json), and returns a
 typed `LayersResult` with the tables ``rewinding``, ``retraining`` and ``gradients``,
-stored as a Report in RUN_DIR/locate/layers_report.json.
+stored as a Report in RUN_DIR/locate/layers_report.json. On a run trained with
+example-tied dropout it also measures what dropping the memorization units does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import Accuracies, RunData
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
+from memloc.core.training.etd import EtdLayout
 from memloc.core.validation import at_least, positive
+from memloc.locate.classifier.etd_effect import EtdEffect, etd_effect
 from memloc.locate.classifier.layer_results import LayerCell, LayersResult
 from memloc.locate.classifier.rewinding import (
     RetrainConfig,
@@ -87,6 +90,7 @@ def locate_layers(
         for r in gradient_rows(dyn.groups, dyn.grad_clean, dyn.grad_noisy, dyn.grad_cosine)
         if r.layer in layers
     )
+    etd = _etd_effect(run, model, adapter, data)
     result = LayersResult(
         rewind=rewind,
         retrain=retrain if config.retrain else None,
@@ -97,6 +101,7 @@ def locate_layers(
         final=data.accuracies(model),
         final_epoch=final,
         seconds=round(time.perf_counter() - began, 3),
+        etd=etd,
     )
     report = Report(
         method="locate.layers",
@@ -106,6 +111,16 @@ def locate_layers(
     )
     report.save(run.root / REPORT_PATH)
     return result
+
+
+def _etd_effect(
+    run: RunFolder, model: nn.Module, adapter: ClassifierAdapter, data: RunData
+) -> EtdEffect | None:
+    """What dropping the memorization units does, for a run trained with example-tied dropout."""
+    config = run.etd()
+    if config is None:
+        return None
+    return etd_effect(model, EtdLayout.build(config, adapter, run.seed()), data)
 
 
 def load_layers(run: RunFolder) -> LayersResult | None:

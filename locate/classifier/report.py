@@ -12,6 +12,7 @@ from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import RunFolderError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
+from memloc.locate.classifier.etd_report import etd_findings, etd_section
 from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
 from memloc.locate.classifier.layers import headline, load_layers, retrain_summary
 from memloc.locate.classifier.scores import ScoresResult, load_scores, roc
@@ -205,6 +206,8 @@ def findings(train: TrainSummary, layers: LayersResult | None, aurocs: dict[str,
         f"Training: The model fits {train.noisy_train_acc:.1%} of the {train.noisy_examples} mislabeled training "
         f"examples on their wrong labels (clean train {train.clean_train_acc:.1%}, test {train.test_acc:.1%})."
     ]
+    if layers is not None and layers.etd is not None:
+        out += etd_findings(layers.etd)
     if layers is not None and layers.rewinding:
         out += _rewinding_findings(layers)
     if layers is not None and layers.retraining:
@@ -295,7 +298,7 @@ def training_section(train_report: Report) -> Section:
 
 
 def layer_sections(layers: LayersResult) -> list[Section]:
-    """Rewinding, retraining (when it ran) and gradient accounting of `locate layers`."""
+    """Rewinding, retraining (when it ran), gradient accounting and example-tied dropout of `locate layers`."""
     bn = "included" if layers.rewind.bn_buffers else "not included"
     sections = [
         Section(
@@ -345,6 +348,8 @@ def layer_sections(layers: LayersResult) -> list[Section]:
             },
         )
     )
+    if layers.etd is not None:
+        sections.append(etd_section(layers.etd))
     return sections
 
 
