@@ -13,12 +13,12 @@ CPU torch build; preprocessing is memloc's own (core/classifier/preprocess.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from memloc.core.errors import ModelLoadError
+from memloc.core.json_files import read_json_object
 from torch import nn
 
 
@@ -66,12 +66,6 @@ def image_model_from_config(config: dict[str, Any]) -> nn.Module:
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a Hugging Face model folder, as a dict."""
     path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{folder} has no config.json; it is not a Hugging Face model folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object")
-    return config
+    if not path.is_file():
+        raise ModelLoadError(f"{folder} has no config.json; it is not a Hugging Face model folder")
+    return read_json_object(path, ModelLoadError)

@@ -35,6 +35,7 @@ from typing import Any
 
 from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.errors import DataError
+from memloc.core.json_files import read_json_object
 
 PROCESSOR_FILE = "preprocessor_config.json"
 KNOWN_STEPS = ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "do_convert_rgb")
@@ -70,7 +71,7 @@ class ProcessorSettings:
         path = folder / PROCESSOR_FILE
         if not path.is_file():
             return cls(str(path), channels=channels)
-        raw = _read_json(path)
+        raw = read_json_object(path, DataError)
         size, size_problem = _size(raw, path)
         (mean, std), normalize_problem = _values(raw, path)
         unknown = [k for k, v in raw.items() if k.startswith("do_") and k not in KNOWN_STEPS and v is True]
@@ -95,21 +96,11 @@ class ProcessorSettings:
         return Preprocess(self.size, self.mean, self.std, self.channels)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path} does not hold a JSON object")
-    return raw
-
-
 def _model_channels(folder: Path) -> int | None:
     path = folder / "config.json"
     if not path.is_file():
         return None
-    channels = _read_json(path).get("num_channels")
+    channels = read_json_object(path, DataError).get("num_channels")
     if channels is None:
         return None
     if channels not in (1, 3):
