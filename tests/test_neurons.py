@@ -248,6 +248,8 @@ def test_cli_examples_by_score(tmp_path, capsys, cnn_run):
 
     run = tmp_path / "run"
     shutil.copytree(cnn_run.root, run)
+    # The session's cnn_run may hold results of earlier tests; this copy starts without them.
+    shutil.rmtree(run / "locate", ignore_errors=True)
     args = ("locate", "neurons", run, "--max-units", "40")
     for spec, needles in (
         ("top:csl:0", ("--examples 'top:csl:0'", "positive integer")),
