@@ -165,6 +165,9 @@ def neurons_command(
     include_head: Annotated[
         bool, typer.Option("--include-head", help="Also consider the classifier head's units.")
     ] = False,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="Also search attention heads (ViT-family models).")
+    ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Results file (default RUN_DIR/locate/neurons.jsonl).")
     ] = None,
@@ -190,6 +193,7 @@ def neurons_command(
         mode=mode.value,
         batch_size=batch,
         include_head=include_head,
+        heads=heads,
         seed=seed,
     )
     target = resolve_device(device)

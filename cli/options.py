@@ -31,6 +31,7 @@ class Arch(str, Enum):
     mlp = "mlp"
     cnn = "cnn"
     resnet9 = "resnet9"
+    vit = "vit"
 
 
 CLASSIFIER_PANEL = "Classifier"

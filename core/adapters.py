@@ -11,7 +11,7 @@ output channels of a conv layer or the output features of a linear layer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, cast
 
 import torch
@@ -49,6 +49,13 @@ class LayerGroup:
     io: HookIO = "output"  # the units are in the module's output, or in its (first) input
     unit_axis: int = 1  # 1: (N, C, ...) as convs and linears give; -1: (N, T, F) token features
     unit_size: int = 1  # coordinates per unit along the axis (an attention head spans head_dim)
+    pre_axis: int | None = None  # unit axis in unit_module's output when it differs (channels-last linears)
+
+    def at_pre(self) -> LayerGroup:
+        """This group as laid out at its ``pre`` site, the output of ``unit_module``."""
+        if self.pre_axis is None or self.pre_axis == self.unit_axis:
+            return self
+        return replace(self, unit_axis=self.pre_axis)
 
 
 class LayerNotFoundError(MemlocError):
@@ -107,15 +114,32 @@ class ClassifierAdapter:
         return cls(built)
 
     @classmethod
-    def for_model(cls, model: nn.Module) -> ClassifierAdapter:
-        """The adapter a zoo model declares through ``layer_groups()``."""
+    def for_model(cls, model: nn.Module, heads: bool = False) -> ClassifierAdapter:
+        """The adapter a zoo model declares through ``layer_groups()``, or its image card.
+
+        A Hugging Face image model is read by the card of its ``config.model_type``
+        (`IMAGE_CARDS`); ``heads=True`` adds each attention layer's heads as a group.
+
+        Example::
+
+            adapter = ClassifierAdapter.for_model(vit, heads=True)
+            adapter.group("layer0.heads").units  # config.num_attention_heads
+        """
         declare = getattr(model, "layer_groups", None)
-        if declare is None:
+        if declare is not None:
+            return cls.from_modules(model, declare())
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type is None:
             raise UnsupportedModelError(
                 f"{type(model).__name__} declares no layer groups; build a ClassifierAdapter "
                 "with ClassifierAdapter.from_modules(model, [(name, module_path), ...])"
             )
-        return cls.from_modules(model, declare())
+        card = IMAGE_CARDS.get(str(model_type))
+        if card is None:
+            raise UnsupportedModelError(
+                f"image model type {model_type!r} is not supported; supported types: {', '.join(IMAGE_CARDS)}"
+            )
+        return cls(card.groups(model, heads))
 
     # --- addressing -------------------------------------------------------------
 
@@ -176,6 +200,7 @@ class ClassifierAdapter:
                 "units": g.units,
                 "unit_kind": g.unit_kind,
                 "io": g.io,
+                "unit_size": g.unit_size,
             }
             for i, g in enumerate(self.groups)
         ]
@@ -405,3 +430,160 @@ def _down_shape(weight: torch.Tensor, layout: WeightLayout) -> tuple[int, int]:
     """(F, D) of a down-projection weight stored in ``layout``."""
     rows, cols = weight.shape
     return (rows, cols) if layout == "in_out" else (cols, rows)
+
+
+# --- Hugging Face image classifiers ---------------------------------------------------
+
+
+def _module_or_none(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _config_int(model: nn.Module, name: str) -> int:
+    value = getattr(getattr(model, "config", None), name, None)
+    if not isinstance(value, int):
+        raise UnsupportedModelError(f"the model's config has no integer {name}")
+    return value
+
+
+@dataclass(frozen=True)
+class EncoderNames:
+    """One naming of a ViT-style encoder; paths after ``blocks`` are relative to block i."""
+
+    blocks: str
+    attn_prefixes: tuple[str, ...]  # the attention sublayer's parameters (with its norm)
+    attn_out: str  # the attention output projection; its input is the concatenated heads
+    value: str  # the value projection: head h's slice of its output feeds only head h
+    mlp_prefixes: tuple[str, ...]
+    mlp_in: str  # the first MLP projection: its output features are the neurons
+    mlp_out: str  # the second MLP projection: its input is the neurons after the activation
+    head: str
+
+
+@dataclass(frozen=True)
+class EncoderCard:
+    """A ViT-family classifier. Per layer i, in forward order:
+
+    - ``layer{i}.heads`` (opt-in): the input of the attention output projection, the
+      heads concatenated, one unit per head of ``head_dim`` features, so masking a
+      head is exactly zeroing its slice of that projection's input columns;
+    - ``layer{i}.attn``: the OUTPUT of the attention output projection, one unit per
+      hidden feature (before the residual add);
+    - ``layer{i}.mlp``: the MLP neurons, the input of the second MLP projection.
+
+    All units lie on the last axis of (N, tokens, features). ``names`` lists the module
+    names of each transformers version (v5 first, then v4); the first that the model
+    has is used.
+    """
+
+    names: tuple[EncoderNames, ...]
+
+    def groups(self, model: nn.Module, heads: bool) -> list[LayerGroup]:
+        n = next((n for n in self.names if _module_or_none(model, n.blocks) is not None), None)
+        if n is None:
+            raise UnsupportedModelError(f"none of {', '.join(x.blocks for x in self.names)} is in the model")
+        n_heads = _config_int(model, "num_attention_heads")
+        out: list[LayerGroup] = []
+        for i in range(len(cast(nn.ModuleList, resolve_module(model, n.blocks)))):
+            block = f"{n.blocks}.{i}"
+            attn = tuple(f"{block}.{p}" for p in n.attn_prefixes)
+            o_proj = cast(nn.Linear, resolve_module(model, f"{block}.{n.attn_out}"))
+            if heads:
+                size = o_proj.in_features // n_heads
+                value = f"{block}.{n.value}"
+                out.append(
+                    LayerGroup(f"layer{i}.heads", f"{block}.{n.attn_out}", n_heads, "head", attn, value,
+                               io="input", unit_axis=-1, unit_size=size)
+                )  # fmt: skip
+            out.append(
+                LayerGroup(f"layer{i}.attn", f"{block}.{n.attn_out}", o_proj.out_features, "feature", attn,
+                           f"{block}.{n.attn_out}", unit_axis=-1)
+            )  # fmt: skip
+            fc1 = cast(nn.Linear, resolve_module(model, f"{block}.{n.mlp_in}"))
+            mlp = tuple(f"{block}.{p}" for p in n.mlp_prefixes)
+            out.append(
+                LayerGroup(f"layer{i}.mlp", f"{block}.{n.mlp_out}", fc1.out_features, "feature", mlp,
+                           f"{block}.{n.mlp_in}", io="input", unit_axis=-1)
+            )  # fmt: skip
+        out.append(_head_group(model, n.head))
+        return out
+
+
+@dataclass(frozen=True)
+class StageNames:
+    """One naming of a staged conv net: ``stages.{s}.{blocks}.{b}`` is block b of stage s."""
+
+    stages: str
+    blocks: str
+    unit_part: str  # the part of a block whose last conv/linear makes the block's channels
+    head: str
+    pre_axis: int | None = None  # -1 where that layer is a channels-last linear (ConvNeXt)
+
+
+@dataclass(frozen=True)
+class StageCard:
+    """A ResNet/ConvNeXt-style classifier: one group ``stage{s}.block{b}`` per block, whose
+    units are the block's output channels (axis 1 of (N, C, H, W)), then the head."""
+
+    names: tuple[StageNames, ...]
+
+    def groups(self, model: nn.Module, heads: bool) -> list[LayerGroup]:
+        n = next((n for n in self.names if _module_or_none(model, n.stages) is not None), None)
+        if n is None:
+            raise UnsupportedModelError(f"none of {', '.join(x.stages for x in self.names)} is in the model")
+        out = []
+        stages = cast(nn.ModuleList, resolve_module(model, n.stages))
+        for s in range(len(stages)):
+            blocks = cast(nn.ModuleList, resolve_module(model, f"{n.stages}.{s}.{n.blocks}"))
+            for b in range(len(blocks)):
+                block = f"{n.stages}.{s}.{n.blocks}.{b}"
+                part = f"{block}.{n.unit_part}" if n.unit_part else block
+                unit_module, units, _ = _unit_layer(part, resolve_module(model, part))
+                out.append(
+                    LayerGroup(f"stage{s}.block{b}", block, units, "channel", (block,), unit_module,
+                               pre_axis=n.pre_axis)
+                )  # fmt: skip
+        out.append(_head_group(model, n.head))
+        return out
+
+
+def _head_group(model: nn.Module, path: str) -> LayerGroup:
+    unit_module, units, kind = _unit_layer(path, resolve_module(model, path))
+    return LayerGroup("head", path, units, kind, (path,), unit_module)
+
+
+def _vit_names(root: str) -> tuple[EncoderNames, ...]:
+    v5 = EncoderNames(
+        blocks=f"{root}.layers",
+        attn_prefixes=("layernorm_before", "attention"),
+        attn_out="attention.o_proj",
+        value="attention.v_proj",
+        mlp_prefixes=("layernorm_after", "mlp"),
+        mlp_in="mlp.fc1",
+        mlp_out="mlp.fc2",
+        head="classifier",
+    )
+    v4 = EncoderNames(
+        blocks=f"{root}.encoder.layer",
+        attn_prefixes=("layernorm_before", "attention"),
+        attn_out="attention.output.dense",
+        value="attention.attention.value",
+        mlp_prefixes=("layernorm_after", "intermediate", "output"),
+        mlp_in="intermediate.dense",
+        mlp_out="output.dense",
+        head="classifier",
+    )
+    return (v5, v4)
+
+
+ImageCard = EncoderCard | StageCard
+
+IMAGE_CARDS: dict[str, ImageCard] = {
+    "vit": EncoderCard(_vit_names("vit")),
+    "deit": EncoderCard(_vit_names("deit")),
+    "resnet": StageCard((StageNames("resnet.encoder.stages", "layers", "layer", "classifier"),)),
+    "convnext": StageCard((StageNames("convnext.encoder.stages", "layers", "pwconv2", "classifier", -1),)),
+}

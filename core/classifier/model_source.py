@@ -138,12 +138,16 @@ def build_classifier(source: ModelSource) -> nn.Module:
     return model
 
 
-def classifier_adapter(source: ModelSource, model: nn.Module) -> ClassifierAdapter:
-    """The layer groups of ``model``, as its source declares them."""
+def classifier_adapter(source: ModelSource, model: nn.Module, heads: bool = False) -> ClassifierAdapter:
+    """The layer groups of ``model``, as its source declares them.
+
+    ``heads=True`` adds attention-head groups where the model's image card has them
+    (Hugging Face ViT-family models and the zoo's ViT); other models ignore it.
+    """
     if isinstance(source, FactorySource):
         paths = source.groups if source.groups is not None else default_groups(model)
         return ClassifierAdapter.from_modules(model, [(p, p) for p in paths])
-    return ClassifierAdapter.for_model(model)
+    return ClassifierAdapter.for_model(model, heads=heads)
 
 
 _UNIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -1,4 +1,4 @@
-"""A small zoo of classifiers that declare their layer groups.
+"""A small zoo of classifiers that declare their layer groups (the ViT through its card).
 
 Each model keeps its groups in ``self.blocks`` (plus ``self.head``) and returns
 ``(name, module_path)`` pairs from ``layer_groups()``; the ClassifierAdapter reads
@@ -16,7 +16,7 @@ import torch
 from memloc.core.errors import MemlocError
 from torch import nn
 
-ARCHS = ("mlp", "cnn", "resnet9")
+ARCHS = ("mlp", "cnn", "resnet9", "vit")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,44 @@ class ResNet9(_Declared):
         return self.head(x)
 
 
-_BUILDERS = {"mlp": (MLP, 1.0), "cnn": (SmallCNN, 1.0), "resnet9": (ResNet9, 0.25)}
+def small_vit(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+    """A small ViT (Dosovitskiy et al. 2021) from transformers' ViTConfig, returning logits.
+
+    4 layers, 4 heads, hidden size 64*width (a multiple of the heads), MLP 4*hidden;
+    patches of 4 pixels, or 2 on inputs under 16 pixels a side (8x8 digits get 16
+    patches instead of 4). Its layer groups come from the ``vit`` adapter card, and its
+    parameter names are transformers' own, so a run's checkpoints load as a ViT.
+    """
+    from memloc.core.classifier.hf_models import returning_logits
+    from transformers import ViTConfig, ViTForImageClassification
+
+    c, h, w = input_shape
+    if h != w:
+        raise MemlocError(f"vit needs square images, got {h}x{w}")
+    patch = 4 if h >= 16 else 2
+    if h % patch:
+        raise MemlocError(f"vit needs an image side divisible by its patch size {patch}, got {h}")
+    heads = 4
+    hidden = max(1, round(16 * width)) * heads
+    config = ViTConfig(
+        image_size=h,
+        patch_size=patch,
+        num_channels=c,
+        num_hidden_layers=4,
+        num_attention_heads=heads,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+    )
+    config.num_labels = num_classes
+    return returning_logits(ViTForImageClassification(config))
+
+
+_BUILDERS = {
+    "mlp": (MLP, 1.0),
+    "cnn": (SmallCNN, 1.0),
+    "resnet9": (ResNet9, 0.25),
+    "vit": (small_vit, 1.0),
+}
 
 
 def default_width(arch: str) -> float:
@@ -179,5 +216,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise MemlocError(
             f"{spec.arch} needs image input (channels, height, width), got shape {spec.input_shape}"
         )
-    cls = _BUILDERS[spec.arch][0]
-    return cls(tuple(spec.input_shape), spec.num_classes, spec.width)
+    build = _BUILDERS[spec.arch][0]
+    return build(tuple(spec.input_shape), spec.num_classes, spec.width)

@@ -17,6 +17,7 @@ from typing import cast
 
 import torch
 from memloc.core.checkpoints import atomic_write_text
+from memloc.core.classifier.model_source import classifier_adapter
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import RunFolderError
@@ -99,7 +100,10 @@ def locate_neurons(
     targets = choose_examples(parse_examples(examples), labels.mask, n, config.seed, run_scores(run))
     path = Path(out) if out else run.root / RESULTS
     config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
-    wanted = {"flip": asdict(config), "final_epoch": final}
+    flip = asdict(config)
+    if not config.heads:
+        del flip["heads"]  # as results stored it before heads could be searched
+    wanted = {"flip": flip, "final_epoch": final}
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
             f"{path} holds results of other options; pass another out or remove it", field="out"
@@ -110,6 +114,10 @@ def locate_neurons(
         done[rec.id] = rec
     todo = [t for t in targets if t not in done]
     model, adapter = run.load_model(final)
+    if config.heads:
+        adapter = classifier_adapter(run.spec(), model, heads=True)
+        if not any(g.unit_kind == "head" for g in adapter.groups):
+            raise RunFolderError(f"{run.model_id()} has no attention heads to search; drop --heads")
     model.to(device)
     data = RunData.load(run, device)
     flip_data = FlipData.from_run(data, config.holdout_size, config.seed)

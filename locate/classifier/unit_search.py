@@ -59,6 +59,7 @@ class FlipConfig:
     reference_size: int = 32
     holdout_size: int = 500
     include_head: bool = False
+    heads: bool = False  # also search attention heads (models whose card has them)
     batch_size: int = 32  # target examples per forward pass
     prune: bool = True
     seed: int = 0
@@ -122,6 +123,8 @@ class UnitSpace:
         self.groups = groups
         self.layers = [g.name for g in groups]
         self.sites = [Site(adapter.names.index(g.name), kind) for g in groups]
+        # The layout where the masks apply: the group's output, or its unit layer's output.
+        self.layouts = groups if mode == "mask" else [g.at_pre() for g in groups]
         self.sizes = [g.units for g in groups]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
         self.total = self.offsets[-1]
@@ -140,7 +143,7 @@ class UnitSpace:
         def scale(offset: int, group: LayerGroup) -> Callable[[torch.Tensor], torch.Tensor]:
             return lambda act: scale_units(act, masks[:, offset : offset + group.units], group)
 
-        fns = {site: scale(self.offsets[i], self.groups[i]) for i, site in enumerate(self.sites)}
+        fns = {site: scale(self.offsets[i], self.layouts[i]) for i, site in enumerate(self.sites)}
         with patch(model, self.adapter, fns):
             yield
 
@@ -154,8 +157,9 @@ def zeroed_weights(
     try:
         with torch.no_grad():
             for layer, unit in units:
+                size = adapter.group(layer).unit_size  # a head owns head_dim rows
                 for tensor, dim in adapter.unit_weights(model, layer):
-                    row = tensor.select(dim, unit)
+                    row = tensor.narrow(dim, unit * size, size)
                     saved.append((row, row.clone()))
                     row.zero_()
         yield
