@@ -69,3 +69,30 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"{folder} has no config.json; it is not a Hugging Face model folder")
     return read_json_object(path, ModelLoadError)
+
+
+def load_image_folder(folder: str | Path) -> nn.Module:
+    """A Hugging Face image classifier from its folder, with its weights when it has them.
+
+    Weights (``model.safetensors``) are read by transformers itself, which renames the
+    checkpoint's keys where its own module names changed (v4 folders into v5 names,
+    and back when v5 saves); without weights the model is freshly initialised.
+
+    Example::
+
+        model = load_image_folder("vit-tiny")
+        logits = model(torch.zeros(1, 3, 224, 224))
+    """
+    config = read_config(folder)
+    if not (Path(folder) / "model.safetensors").is_file():
+        return image_model_from_config(config)
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot load the image model in {folder}: {first}") from None
+    return returning_logits(model.eval())

@@ -259,3 +259,33 @@ def parse_groups(text: str | None) -> tuple[str, ...] | None:
     if len(set(value)) != len(value):
         raise ModelLoadError(f"{source} lists a module path twice")
     return tuple(value)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape``: one example's shape without the batch, e.g. ``1,28,28``."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise ModelLoadError(f"--input-shape {text!r} must be positive sizes such as 1,28,28")
+    return shape
+
+
+def output_width(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The number of outputs (classes) of ``model`` on one zero input of ``input_shape``."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:  # the user's module may raise anything
+        raise ModelLoadError(
+            f"the model fails on input shape {input_shape}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ModelLoadError(
+            f"the model must return (batch, classes) logits; on input shape {input_shape} it returned "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+        )
+    return int(out.shape[1])
