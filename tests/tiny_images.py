@@ -50,6 +50,7 @@ def convnext_config() -> dict[str, Any]:
         "patch_size": 2,
         "hidden_sizes": [4, 6],
         "depths": [1, 2],
+        "layer_scale_init_value": 1.0,  # the default 1e-6 makes every block nearly the identity
         "num_labels": NUM_CLASSES,
     }
 
@@ -67,3 +68,13 @@ def tiny_model(model_type: str, seed: int = 0) -> nn.Module:
     """A seeded, randomly initialised tiny model of ``model_type``, in eval mode."""
     torch.manual_seed(seed)
     return image_model_from_config(CONFIGS[model_type]()).eval()
+
+
+def small_net(width: int = 4, classes: int = NUM_CLASSES) -> nn.Module:
+    """A user's own module for ``--model tiny_images:small_net`` (a conv, a ReLU, a linear)."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * 8 * 8, classes),
+    )
