@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import cast
 
 import torch
+from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.model_source import classifier_adapter
 from memloc.core.classifier.runs import RunFolder
@@ -77,6 +78,22 @@ def summary_rows(groups: Mapping[str, GroupSummary]) -> list[dict]:
     return [summary.table_row(group) for group, summary in groups.items()]
 
 
+def _stored_options(config: FlipConfig, final: int) -> dict:
+    """The options a results file was made with, as neurons.config.json holds them."""
+    flip = asdict(config)
+    if not config.heads:
+        del flip["heads"]  # as results stored it before heads could be searched
+    return {"flip": flip, "final_epoch": final}
+
+
+def _with_heads(run: RunFolder, model: torch.nn.Module) -> ClassifierAdapter:
+    """The run's adapter with its attention heads as groups; a model without heads is refused."""
+    adapter = classifier_adapter(run.spec(), model, heads=True)
+    if not any(g.unit_kind == "head" for g in adapter.groups):
+        raise RunFolderError(f"{run.model_id()} has no attention heads to search; drop --heads")
+    return adapter
+
+
 def locate_neurons(
     run: RunFolder,
     device: torch.device,
@@ -100,10 +117,7 @@ def locate_neurons(
     targets = choose_examples(parse_examples(examples), labels.mask, n, config.seed, run_scores(run))
     path = Path(out) if out else run.root / RESULTS
     config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
-    flip = asdict(config)
-    if not config.heads:
-        del flip["heads"]  # as results stored it before heads could be searched
-    wanted = {"flip": flip, "final_epoch": final}
+    wanted = _stored_options(config, final)
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
             f"{path} holds results of other options; pass another out or remove it", field="out"
@@ -115,9 +129,7 @@ def locate_neurons(
     todo = [t for t in targets if t not in done]
     model, adapter = run.load_model(final)
     if config.heads:
-        adapter = classifier_adapter(run.spec(), model, heads=True)
-        if not any(g.unit_kind == "head" for g in adapter.groups):
-            raise RunFolderError(f"{run.model_id()} has no attention heads to search; drop --heads")
+        adapter = _with_heads(run, model)
     model.to(device)
     data = RunData.load(run, device)
     flip_data = FlipData.from_run(data, config.holdout_size, config.seed)
