@@ -461,6 +461,8 @@ class EncoderNames:
     mlp_in: str  # the first MLP projection: its output features are the neurons
     mlp_out: str  # the second MLP projection: its input is the neurons after the activation
     head: str
+    stem: str  # the patch and position embeddings, owned by the first group
+    final_norm: str  # owned by the head
 
 
 @dataclass(frozen=True)
@@ -489,7 +491,7 @@ class EncoderCard:
         out: list[LayerGroup] = []
         for i in range(len(cast(nn.ModuleList, resolve_module(model, n.blocks)))):
             block = f"{n.blocks}.{i}"
-            attn = tuple(f"{block}.{p}" for p in n.attn_prefixes)
+            attn = tuple(f"{block}.{p}" for p in n.attn_prefixes) + ((n.stem,) if i == 0 else ())
             o_proj = cast(nn.Linear, resolve_module(model, f"{block}.{n.attn_out}"))
             if heads:
                 size = o_proj.in_features // n_heads
@@ -508,7 +510,7 @@ class EncoderCard:
                 LayerGroup(f"layer{i}.mlp", f"{block}.{n.mlp_out}", fc1.out_features, "feature", mlp,
                            f"{block}.{n.mlp_in}", io="input", unit_axis=-1)
             )  # fmt: skip
-        out.append(_head_group(model, n.head))
+        out.append(_head_group(model, n.head, n.final_norm))
         return out
 
 
@@ -520,6 +522,9 @@ class StageNames:
     blocks: str
     unit_part: str  # the part of a block whose last conv/linear makes the block's channels
     head: str
+    stem: str  # the stem before the first stage, owned by the first block
+    final_norm: str = ""  # owned by the head
+    downsample: str = ""  # a stage's own downsampling layer, owned by its first block
     pre_axis: int | None = None  # -1 where that layer is a channels-last linear (ConvNeXt)
 
 
@@ -542,17 +547,23 @@ class StageCard:
                 block = f"{n.stages}.{s}.{n.blocks}.{b}"
                 part = f"{block}.{n.unit_part}" if n.unit_part else block
                 unit_module, units, _ = _unit_layer(part, resolve_module(model, part))
+                owned = [block]
+                if b == 0 and n.downsample:
+                    owned.append(f"{n.stages}.{s}.{n.downsample}")
+                if not out:
+                    owned.append(n.stem)
                 out.append(
-                    LayerGroup(f"stage{s}.block{b}", block, units, "channel", (block,), unit_module,
+                    LayerGroup(f"stage{s}.block{b}", block, units, "channel", tuple(owned), unit_module,
                                pre_axis=n.pre_axis)
                 )  # fmt: skip
-        out.append(_head_group(model, n.head))
+        out.append(_head_group(model, n.head, n.final_norm))
         return out
 
 
-def _head_group(model: nn.Module, path: str) -> LayerGroup:
+def _head_group(model: nn.Module, path: str, final_norm: str) -> LayerGroup:
     unit_module, units, kind = _unit_layer(path, resolve_module(model, path))
-    return LayerGroup("head", path, units, kind, (path,), unit_module)
+    owned = (path, final_norm) if final_norm else (path,)
+    return LayerGroup("head", path, units, kind, owned, unit_module)
 
 
 def _vit_names(root: str) -> tuple[EncoderNames, ...]:
@@ -565,6 +576,8 @@ def _vit_names(root: str) -> tuple[EncoderNames, ...]:
         mlp_in="mlp.fc1",
         mlp_out="mlp.fc2",
         head="classifier",
+        stem=f"{root}.embeddings",
+        final_norm=f"{root}.layernorm",
     )
     v4 = EncoderNames(
         blocks=f"{root}.encoder.layer",
@@ -575,6 +588,8 @@ def _vit_names(root: str) -> tuple[EncoderNames, ...]:
         mlp_in="intermediate.dense",
         mlp_out="output.dense",
         head="classifier",
+        stem=f"{root}.embeddings",
+        final_norm=f"{root}.layernorm",
     )
     return (v5, v4)
 
@@ -584,6 +599,21 @@ ImageCard = EncoderCard | StageCard
 IMAGE_CARDS: dict[str, ImageCard] = {
     "vit": EncoderCard(_vit_names("vit")),
     "deit": EncoderCard(_vit_names("deit")),
-    "resnet": StageCard((StageNames("resnet.encoder.stages", "layers", "layer", "classifier"),)),
-    "convnext": StageCard((StageNames("convnext.encoder.stages", "layers", "pwconv2", "classifier", -1),)),
+    "resnet": StageCard(
+        (StageNames("resnet.encoder.stages", "layers", "layer", "classifier", "resnet.embedder"),)
+    ),
+    "convnext": StageCard(
+        (
+            StageNames(
+                "convnext.encoder.stages",
+                "layers",
+                "pwconv2",
+                "classifier",
+                stem="convnext.embeddings",
+                final_norm="convnext.layernorm",
+                downsample="downsampling_layer",
+                pre_axis=-1,
+            ),
+        )
+    ),
 }

@@ -2,6 +2,7 @@ import pytest
 import torch
 from memloc.core.adapters import ClassifierAdapter, LayerNotFoundError
 from memloc.core.errors import UnsupportedModelError
+from memloc.core.hooks import trace
 from memloc.core.sites import Site
 from memloc.core.training.zoo import ARCHS, ModelSpec, build_model, default_width
 from torch import nn
@@ -12,18 +13,12 @@ def test_zoo_groups_count_the_units_of_each_block(arch):
     model = build_model(ModelSpec(arch, (1, 28, 28), 10, default_width(arch)))
     adapter = ClassifierAdapter.for_model(model)
     x = torch.randn(3, 1, 28, 28)
-    outputs = {}
-    handles = [
-        model.get_submodule(g.module).register_forward_hook(
-            lambda m, i, o, n=g.name: outputs.__setitem__(n, o)
-        )
-        for g in adapter.groups
-    ]
-    model.eval()(x)
-    for h in handles:
-        h.remove()
-    for g in adapter.groups:
-        assert outputs[g.name].shape[1] == g.units, g.name
+    sites = [adapter.site(g.name) for g in adapter.groups]
+    with trace(model, adapter, sites) as seen:
+        model.eval()(x)
+    for g, site in zip(adapter.groups, sites, strict=True):
+        # the units lie where the group declares them (the ViT's on the last axis of its input)
+        assert seen[site].shape[g.unit_axis] == g.units * g.unit_size, g.name
     assert adapter.groups[-1].name == "head" and adapter.groups[-1].units == 10
     # every parameter belongs to exactly one group
     owned = [n for g in adapter.groups for n in adapter.group_keys(g.name, dict(model.named_parameters()))]

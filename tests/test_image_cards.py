@@ -68,7 +68,8 @@ def test_stage_groups_follow_the_config(model_type):
     state = model.state_dict()
     block = adapter.group("stage1.block0")
     keys = adapter.group_keys("stage1.block0", state)
-    assert keys and all(k.startswith(block.module + ".") for k in keys)
+    own = [k for k in state if k.startswith(block.module + ".")]
+    assert own and set(own) <= set(keys)
     assert any("norm" in k for k in keys)  # the block's norms rewind with it
 
 
@@ -285,3 +286,13 @@ def test_locate_neurons_heads_on_a_model_without_heads(digits_run, tmp_path, cap
     code, _, err = run_cli(capsys, "locate", "neurons", copy, "--heads", "--n", "2")
     assert_one_line_error(code, err, "no attention heads")
     assert not (copy / "locate").exists()
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_every_parameter_belongs_to_one_group(model_type):
+    """Rewinding or retraining every group touches each parameter exactly once."""
+    model = tiny_model(model_type)
+    adapter = ClassifierAdapter.for_model(model)
+    params = dict(model.named_parameters())
+    owned = [k for g in adapter.groups for k in adapter.group_keys(g.name, params)]
+    assert sorted(owned) == sorted(params)
