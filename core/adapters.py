@@ -539,7 +539,7 @@ class StageCard:
         n = next((n for n in self.names if _module_or_none(model, n.stages) is not None), None)
         if n is None:
             raise UnsupportedModelError(f"none of {', '.join(x.stages for x in self.names)} is in the model")
-        out = []
+        out: list[LayerGroup] = []
         stages = cast(nn.ModuleList, resolve_module(model, n.stages))
         for s in range(len(stages)):
             blocks = cast(nn.ModuleList, resolve_module(model, f"{n.stages}.{s}.{n.blocks}"))
