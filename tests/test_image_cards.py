@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from memloc.core.adapters import IMAGE_CARDS, ClassifierAdapter, LayerGroup
+from memloc.core.classifier.hf_models import image_model_from_config
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.units import scale_units
 from memloc.core.errors import UnsupportedModelError
@@ -296,3 +297,12 @@ def test_every_parameter_belongs_to_one_group(model_type):
     params = dict(model.named_parameters())
     owned = [k for g in adapter.groups for k in adapter.group_keys(g.name, params)]
     assert sorted(owned) == sorted(params)
+
+
+def test_a_deit_config_without_architectures_builds_the_plain_classifier():
+    """DeiT maps to two classes (with and without a distillation head); a hand-written
+    config.json naming neither used to end in a TypeError inside transformers."""
+    config = {k: v for k, v in CONFIGS["deit"]().items() if k != "architectures"}
+    model = image_model_from_config(config)
+    assert type(model).__name__ == "DeiTForImageClassificationLogits"
+    assert ClassifierAdapter.for_model(model).group("head").units == NUM_CLASSES

@@ -53,11 +53,17 @@ def image_model_from_config(config: dict[str, Any]) -> nn.Module:
         logits = model(torch.zeros(1, 3, 224, 224))
     """
     from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     fields = dict(config)
     model_type = fields.pop("model_type", None)
     if not model_type:
         raise ModelLoadError("the model's config.json has no model_type")
+    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    if isinstance(classes, tuple) and not fields.get("architectures"):
+        # DeiT maps to a plain classifier and one with a distillation head; without
+        # "architectures" transformers cannot choose, so the plain one (listed first) is taken.
+        fields["architectures"] = [classes[0]]
     hf_config = AutoConfig.for_model(model_type, **fields)
     model = AutoModelForImageClassification.from_config(hf_config)
     return returning_logits(model)
