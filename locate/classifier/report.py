@@ -437,10 +437,8 @@ def build_report(
     layers = load_layers(run)
     scores = load_scores(run)
     aurocs = scores.auroc if scores else None
-    sections = [
-        Section("Findings", findings(TrainSummary.from_dict(train_report.metrics), layers, aurocs)),
-        training_section(train_report),
-    ]
+    found = findings(TrainSummary.from_dict(train_report.metrics), layers, aurocs)
+    sections = [Section("Findings", [*_import_notes(run), *found]), training_section(train_report)]
     missing = []
     if layers is None:
         missing.append(f"memloc locate layers {run.root}")
@@ -458,14 +456,31 @@ def build_report(
     sections.extend(extra)
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
-    return write_report(out or run.root / "report", _title(train_report.config["train"]), sections)
+    return write_report(out or run.root / "report", _title(train_report.config["train"], run.mask_known()), sections)
 
 
-def _title(train: dict) -> str:
+def _import_notes(run: RunFolder) -> list[str]:
+    """What a reader of an imported run must know: where it came from, and what it cannot show."""
+    info = run.import_info()
+    if info is None:
+        return []
+    notes = [
+        f"Imported with memloc import from {', '.join(info['checkpoints'])} ({len(run.epochs())} checkpoints). "
+        "Its gradient accounting is checkpoint gradients (full-data clean and noisy gradients at each "
+        "checkpoint), not training-step gradients."
+    ]
+    mask = run.mask_note()
+    if mask:
+        notes.append(f"Noise mask: n/a. {mask}.")
+    return notes
+
+
+def _title(train: dict, mask_known: bool = True) -> str:
     """What the run is, for the page title: model, data, noise and length."""
+    noise = f"{train['noise']:.0%} of labels corrupted" if mask_known else "noise mask unknown"
     return (
         f"Memorization of noisy labels: {train['arch']} on {train['data']} ({train['limit'] or 'all'} images), "
-        f"{train['noise']:.0%} of labels corrupted, {train['epochs']} epochs"
+        f"{noise}, {train['epochs']} epochs"
     )
 
 
