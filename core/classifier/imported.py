@@ -216,7 +216,7 @@ def _run_config(
         "model": config.model,
         "gradient_kind": GRADIENT_KIND,
         "gradients": config.gradients,
-        "defaults_from": arch if isinstance(source, ModelSpec) else f"{arch} ({TRAINING_DEFAULTS[arch]})",
+        "defaults_from": arch,  # the zoo arch whose training defaults fill the train section
     }
     return {"train": train, "model": source.to_dict(), "import": provenance}
 
