@@ -49,7 +49,10 @@ def load_data(name: str, limit: int | None, seed: int) -> tuple[np.ndarray, ...]
         x = (digits.images / 16.0).astype(np.float32)
         x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=0.2, random_state=seed)
     elif name == "fashion-mnist":
-        x_tr, y_tr = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
+        x_tr, y_tr = (
+            _idx(FASHION / "train-images-idx3-ubyte.gz"),
+            _idx(FASHION / "train-labels-idx1-ubyte.gz"),
+        )
         x_te, y_te = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
         x_tr, x_te = x_tr.astype(np.float32) / 255.0, x_te.astype(np.float32) / 255.0
     else:

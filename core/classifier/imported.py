@@ -42,7 +42,7 @@ from memloc.core.classifier.runs import Dynamics, RunFolder
 from memloc.core.classifier.splits import RunData
 from memloc.core.errors import CheckpointError, RunFolderError
 from memloc.core.progress import Progress
-from memloc.core.training.train import TRAINING_DEFAULTS, TrainConfig
+from memloc.core.training.train import TrainConfig
 from memloc.core.training.zoo import ARCHS, ModelSpec, default_width
 from memloc.core.validation import at_least, positive
 from torch import nn

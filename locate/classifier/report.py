@@ -407,6 +407,12 @@ def units_section(neurons: NeuronsResult, layer_order: Sequence[str] = ()) -> Se
 def scores_section(scores: ScoresResult) -> Section:
     """The example scores of `locate scores`: AUROC, histograms and ROC curves."""
     assert scores.noisy_mask is not None  # load_scores reads the per-example arrays
+    if not scores.noisy_mask.any():  # an import without a noise mask: no split to draw
+        return Section(
+            "Example scores",
+            ["AUROC n/a: which examples are mislabeled is unknown (imported without a noise mask)."],
+            [("AUROC", [{name: "n/a" for name in scores.auroc}])],
+        )
     hist, curves = scores_figures(scores.scores, scores.noisy_mask, scores.auroc)
     return Section(
         "Example scores",
@@ -437,7 +443,11 @@ def build_report(
     layers = load_layers(run)
     scores = load_scores(run)
     aurocs = scores.auroc if scores else None
-    found = findings(TrainSummary.from_dict(train_report.metrics), layers, aurocs)
+    summary = TrainSummary.from_dict(train_report.metrics)
+    if run.mask_known():
+        found = findings(summary, layers, aurocs)
+    else:  # every finding compares noisy with clean examples
+        found = [f"Training: test accuracy {summary.test_acc:.1%}; the noisy/clean findings are n/a."]
     sections = [Section("Findings", [*_import_notes(run), *found]), training_section(train_report)]
     missing = []
     if layers is None:
@@ -447,6 +457,8 @@ def build_report(
     neurons = load_neurons(run)
     if neurons is None:
         missing.append(f"memloc locate neurons {run.root}")
+    elif not neurons.groups():  # an import without a noise mask: its examples are neither group
+        sections.append(Section("Units", [f"n/a: {run.mask_note()}; see {neurons.jsonl}."]))
     else:
         sections.append(units_section(neurons, _layer_order(run)))
     if scores is None:
@@ -456,7 +468,9 @@ def build_report(
     sections.extend(extra)
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
-    return write_report(out or run.root / "report", _title(train_report.config["train"], run.mask_known()), sections)
+    return write_report(
+        out or run.root / "report", _title(train_report.config["train"], run.mask_known()), sections
+    )
 
 
 def _import_notes(run: RunFolder) -> list[str]:

@@ -99,7 +99,7 @@ def locate_neurons(
     choice = parse_examples(examples)
     if not run.mask_known() and isinstance(choice, GroupChoice):
         raise MemlocError(
-            f"choosing {examples} examples needs the noise mask, which {run.root} lacks; "
+            f"examples {examples!r} are chosen by the noise mask, which {run.root} lacks; "
             "choose them by id (3,17) or by score (top:csl:20), or import it with --true-labels or --noise-mask",
             field="examples",
         )
