@@ -15,6 +15,7 @@ and analyses that need it say they need ``memloc import --init``).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from memloc.core.checkpoints import load_into, load_tensors
+from memloc.core.checkpoints import check_names_and_shapes, load_into, load_tensors
 from memloc.core.classifier.checkpoint_discovery import FoundCheckpoint, discover_checkpoints
 from memloc.core.classifier.data import Dataset, load_dataset
 from memloc.core.classifier.dynamics_pass import GRADIENT_KIND, checkpoint_dynamics, group_indices
@@ -45,6 +46,7 @@ from memloc.core.progress import Progress
 from memloc.core.training.train import TrainConfig
 from memloc.core.training.zoo import ARCHS, ModelSpec, default_width
 from memloc.core.validation import at_least, positive
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 
@@ -182,9 +184,26 @@ def _manifest(found: tuple[FoundCheckpoint, ...], config: ImportConfig, model: n
     for i, c in enumerate(found):
         entries.append(ManifestEntry.of(first + i, c.path, c.step, c.source_epoch))
     manifest = Manifest(tuple(entries), config.trust_pickle)
-    for entry in entries[: 2 if config.init else 1]:
-        load_into(model, load_tensors(entry.path, trust_pickle=config.trust_pickle), source=entry.path)
+    for entry in entries:
+        _check_fits(model, Path(entry.path), config.trust_pickle)
     return manifest
+
+
+def _check_fits(model: nn.Module, path: Path, trust_pickle: bool) -> None:
+    """Refuse a file whose names or shapes do not fit ``model``, or a pickle not trusted.
+
+    safetensors headers are read without the tensors (cheap); a pickle must be loaded to
+    know whether it runs code.
+    """
+    if path.suffix != ".safetensors":
+        load_into(copy.deepcopy(model), load_tensors(path, trust_pickle=trust_pickle), source=str(path))
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+    check_names_and_shapes(model, shapes, source=str(path))
 
 
 def _run_config(
