@@ -9,7 +9,7 @@ line, so an analysis never silently reads other weights than those imported.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,16 @@ class ManifestEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ManifestEntry:
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        step, epoch = data.get("step"), data.get("source_epoch")
+        return cls(
+            int(data["epoch"]),
+            str(data["path"]),
+            str(data["sha256"]),
+            int(data["size"]),
+            int(data["mtime_ns"]),
+            int(step) if step is not None else None,
+            float(epoch) if epoch is not None else None,
+        )
 
     def verify(self) -> Path:
         """The file, refused in one line when it is gone or its bytes changed since the import."""
@@ -96,7 +105,7 @@ class Manifest:
             body = json.loads(path.read_text(encoding="utf-8"))
             entries = tuple(ManifestEntry.from_dict(e) for e in body["checkpoints"])
             return cls(entries, bool(body.get("trust_pickle", False)))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise RunFolderError(f"{path} is not a checkpoint manifest memloc wrote: {exc}") from None
 
 
