@@ -27,59 +27,78 @@ from memloc.core.errors import MemlocError
 SUMMARY_KEYS = ("clean_train_acc", "noisy_train_acc", "noisy_orig_acc", "test_acc", "epochs")
 
 
+DataOpt = Annotated[
+    str,
+    typer.Option("--data", help="The training data, as memloc train takes it, in training order."),
+]
+
+LabelsOpt = Annotated[
+    Path,
+    typer.Option("--labels", help="The labels training used (.npy, .npz or CSV), in data order."),
+]
+
+SourceArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help=(
+            "The checkpoints: a folder of per-epoch files (.safetensors, .pt, .bin), a folder of "
+            "Trainer checkpoint-N/ folders, or a text file listing them in order."
+        ),
+        show_default=False,
+    ),
+]
+
+TrueLabelsOpt = Annotated[
+    Path | None, typer.Option("--true-labels", help="The uncorrupted labels (gives the noise mask).")
+]
+
+NoiseMaskOpt = Annotated[
+    Path | None, typer.Option("--noise-mask", help="Which training labels are noisy (booleans).")
+]
+
+CheckpointOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--checkpoint", help="A checkpoint file, in training order (repeatable; instead of SOURCE)."
+    ),
+]
+
+InitOpt = Annotated[
+    Path | None,
+    typer.Option("--init", help="The initialization (epoch 0), for rewinding and retraining."),
+]
+
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate for retraining (zoo default).")]
+
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Batch size for retraining (zoo default).")
+]
+
+GradAccountingOpt = Annotated[
+    bool,
+    typer.Option("--grad-accounting/--no-grad-accounting", help="Compute the checkpoint gradients."),
+]
+
+
 def import_command(
     out: OutOpt,
-    data: Annotated[
-        str,
-        typer.Option("--data", help="The training data, as memloc train takes it, in training order."),
-    ],
-    labels: Annotated[
-        Path,
-        typer.Option("--labels", help="The labels training used (.npy, .npz or CSV), in data order."),
-    ],
-    source: Annotated[
-        Path | None,
-        typer.Argument(
-            help=(
-                "The checkpoints: a folder of per-epoch files (.safetensors, .pt, .bin), a folder of "
-                "Trainer checkpoint-N/ folders, or a text file listing them in order."
-            ),
-            show_default=False,
-        ),
-    ] = None,
+    data: DataOpt,
+    labels: LabelsOpt,
+    source: SourceArg = None,
     model: ClassifierModelOpt = None,
-    true_labels: Annotated[
-        Path | None, typer.Option("--true-labels", help="The uncorrupted labels (gives the noise mask).")
-    ] = None,
-    noise_mask: Annotated[
-        Path | None, typer.Option("--noise-mask", help="Which training labels are noisy (booleans).")
-    ] = None,
-    checkpoint: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--checkpoint", help="A checkpoint file, in training order (repeatable; instead of SOURCE)."
-        ),
-    ] = None,
-    init: Annotated[
-        Path | None,
-        typer.Option("--init", help="The initialization (epoch 0), for rewinding and retraining."),
-    ] = None,
+    true_labels: TrueLabelsOpt = None,
+    noise_mask: NoiseMaskOpt = None,
+    checkpoint: CheckpointOpt = None,
+    init: InitOpt = None,
     model_args: ModelArgsOpt = None,
     groups: GroupsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     resize: ResizeOpt = None,
     normalize: NormalizeOpt = None,
     channels: ChannelsOpt = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Learning rate for retraining (zoo default).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Batch size for retraining (zoo default).")
-    ] = None,
-    grad_accounting: Annotated[
-        bool,
-        typer.Option("--grad-accounting/--no-grad-accounting", help="Compute the checkpoint gradients."),
-    ] = True,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accounting: GradAccountingOpt = True,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,

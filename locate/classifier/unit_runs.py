@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.runs import RunFolder
@@ -96,15 +97,7 @@ def locate_neurons(
     """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
-    choice = parse_examples(examples)
-    if not run.mask_known() and isinstance(choice, GroupChoice):
-        raise MemlocError(
-            f"examples {examples!r} are chosen by the noise mask, which {run.root} lacks; "
-            "choose them by id (3,17) or by score (top:csl:20), or import it with --true-labels or --noise-mask",
-            field="examples",
-        )
-    targets = choose_examples(choice, labels.mask, n, config.seed, run_scores(run))
-    known = run.mask_known()
+    targets, known = _targets(run, examples, labels.mask, n, config.seed), run.mask_known()
     path = Path(out) if out else run.root / RESULTS
     config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
     wanted = {"flip": asdict(config), "final_epoch": final}
@@ -163,6 +156,18 @@ def locate_neurons(
     )
     report.save(run.root / REPORT_PATH)
     return result
+
+
+def _targets(run: RunFolder, examples: str, mask: np.ndarray, n: int, seed: int) -> list[int]:
+    """The chosen example ids; a choice by noisy/clean group needs the noise mask an import may lack."""
+    choice = parse_examples(examples)
+    if not run.mask_known() and isinstance(choice, GroupChoice):
+        raise MemlocError(
+            f"examples {examples!r} are chosen by the noise mask, which {run.root} lacks; "
+            "choose them by id (3,17) or by score (top:csl:20), or import it with --true-labels or --noise-mask",
+            field="examples",
+        )
+    return choose_examples(choice, mask, n, seed, run_scores(run))
 
 
 def load_neurons(run: RunFolder) -> NeuronsResult | None:
