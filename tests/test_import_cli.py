@@ -191,3 +191,24 @@ def test_import_factory_looks_in_the_current_directory(tmp_path, monkeypatch):
     assert callable(import_factory("my_nets:make"))
     with pytest.raises(ModelLoadError, match="cannot import"):
         import_factory("not_here_either:make")
+
+
+def test_an_explicit_list_by_flag_or_file_imports_in_its_order(trained, outside, tmp_path, capsys):
+    files = sorted((outside / "ckpt").iterdir())
+    by_flag = tmp_path / "by_flag"
+    args = import_args(outside, by_flag)
+    args.pop(1)  # no SOURCE
+    for path in files:
+        args += ["--checkpoint", path]
+    assert run_cli(capsys, *args)[0] == 0
+    (outside / "order.txt").write_text("".join(f"ckpt/{p.name}\n" for p in files))
+    by_file = tmp_path / "by_file"
+    args = import_args(outside, by_file)
+    args[1] = outside / "order.txt"
+    assert run_cli(capsys, *args)[0] == 0
+    for run_dir in (by_flag, by_file):
+        run = RunFolder(run_dir)
+        assert [Path(e.path).name for e in run.manifest().entries] == [p.name for p in files]
+        np.testing.assert_array_equal(run.load_dynamics().pred[1:], trained.load_dynamics().pred[1:])
+    line = one_line_error(*run_cli(capsys, *import_args(outside, tmp_path / "x", "--checkpoint", files[0]))[::2])
+    assert "not both" in line
