@@ -134,6 +134,9 @@ def test_dynamics_equal_those_training_recorded(trained, foreign, tmp_path):
     assert result.summary.test_acc == trained_final.test_acc
     report = json.loads(run.metrics_path.read_text())
     assert report["method"] == "import" and report["results"]["gradient_kind"] == "checkpoint"
+    rows = report["results"]["checkpoints"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["train_acc"] == pytest.approx(float(theirs.correct[2].mean()))
     assert run.config()["train"]["epochs"] == 2 and run.planned_epochs() == 2
     TrainConfig(**{k: v for k, v in run.config()["train"].items() if k != "preprocess"})  # still valid
 
@@ -179,6 +182,8 @@ def test_a_changed_checkpoint_is_refused_and_a_touched_one_is_not(foreign, tmp_p
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="changed since it was imported"):
         run.load_checkpoint(1)
+    with pytest.raises(RunFolderError, match=r"differs in: checkpoints \(files or their bytes\)"):
+        import_run(run, config_for(foreign), CPU)  # the same arguments over other bytes
 
 
 def test_a_pickle_that_runs_code_is_refused_unless_trusted(trained, foreign, tmp_path):

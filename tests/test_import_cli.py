@@ -210,5 +210,7 @@ def test_an_explicit_list_by_flag_or_file_imports_in_its_order(trained, outside,
         run = RunFolder(run_dir)
         assert [Path(e.path).name for e in run.manifest().entries] == [p.name for p in files]
         np.testing.assert_array_equal(run.load_dynamics().pred[1:], trained.load_dynamics().pred[1:])
-    line = one_line_error(*run_cli(capsys, *import_args(outside, tmp_path / "x", "--checkpoint", files[0]))[::2])
+    line = one_line_error(
+        *run_cli(capsys, *import_args(outside, tmp_path / "x", "--checkpoint", files[0]))[::2]
+    )
     assert "not both" in line

@@ -539,7 +539,7 @@ class RunFolder:
         train = config["train"]
         results = TrainResult(tuple(history), summary).results_dict()
         if self.is_imported():
-            results["gradient_kind"] = config["import"]["gradient_kind"]
+            results |= self._imported_results(history, config["import"]["gradient_kind"])
         report = Report(
             method="import" if self.is_imported() else "train",
             model_id=self.model_id(),
@@ -550,6 +550,24 @@ class RunFolder:
         )
         report.save(self.metrics_path)
         return summary
+
+    def _imported_results(self, history: Sequence[EpochRecord], gradient_kind: str) -> dict:
+        """Per checkpoint of an import: its accuracy on the given labels, and its file, step and epoch."""
+        correct = self.load_dynamics().correct
+        manifest = self.manifest()
+        rows = []
+        for h in history:
+            entry = manifest.entry(h.epoch)
+            rows.append(
+                {
+                    "epoch": h.epoch,
+                    "train_acc": float(correct[h.epoch].mean()),
+                    "step": entry.step,
+                    "source_epoch": entry.source_epoch,
+                    "path": entry.path,
+                }
+            )
+        return {"gradient_kind": gradient_kind, "checkpoints": rows}
 
     def summary(self) -> TrainSummary:
         return self.result().summary
