@@ -88,18 +88,22 @@ def make_model(arch: str, size: int, classes: int, width: int) -> torch.nn.Modul
         return make_cnn(1, classes, width)
     from transformers import ViTConfig, ViTForImageClassification
 
-    patch = 2 if size <= 8 else 4
-    config = ViTConfig(
-        image_size=size,
-        patch_size=patch,
-        num_channels=1,
-        hidden_size=width * 4,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=width * 8,
-        num_labels=classes,
-    )
+    # The same settings as examples.outside_models:make_vit's arguments (the README's import command).
+    config = ViTConfig(**vit_settings(size, classes, width))
     return ViTForImageClassification(config)
+
+
+def vit_settings(size: int, classes: int, width: int) -> dict:
+    return {
+        "image_size": size,
+        "patch_size": 2 if size <= 8 else 4,
+        "num_channels": 1,
+        "hidden_size": width * 4,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": width * 8,
+        "num_labels": classes,
+    }
 
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +119,8 @@ def save_epoch(model: torch.nn.Module, out: Path, arch: str, epoch: int, step: i
         return
     if epoch == 0:
         model.save_pretrained(out / "vit")  # config.json + model.safetensors: the --model folder and --init
+        settings = {k: getattr(model.config, k) for k in vit_settings(8, 10, 8)}
+        (out / "vit" / "model_args.json").write_text(json.dumps(settings))  # for --model-args
         return
     folder = out / "checkpoints" / f"checkpoint-{step}"
     model.save_pretrained(folder)

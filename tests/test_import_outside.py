@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from memloc.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,3 +72,45 @@ def test_import_and_every_locate_command(outside, tmp_path, capsys, monkeypatch)
     layers = json.loads((run_dir / "locate" / "layers_report.json").read_text())
     assert {c["layer"] for c in layers["results"]["rewinding"]} == {"0", "3", "8"}  # the default groups
     assert (run_dir / "report" / "report.html").is_file()
+
+
+def test_a_vit_trained_outside_in_trainer_folders_imports_with_the_factory(tmp_path, capsys, monkeypatch):
+    """transformers saves a ViT under other names than its modules; the import maps them back."""
+    out = tmp_path / "vit"
+    args = ["--out", out, "--arch", "vit", "--epochs", "2", "--width", "8"]
+    done = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(REPO)
+    run_dir = tmp_path / "imported"
+    code, _, err = run_cli(
+        capsys, "import", out / "checkpoints", "--out", run_dir,
+        "--model", "examples.outside_models:make_vit", "--model-args", (out / "vit" / "model_args.json").read_text(),
+        "--groups", '["vit.layers.0", "vit.layers.1", "classifier"]',
+        "--data", out / "data.npz", "--labels", out / "labels.npy",
+        "--true-labels", out / "true_labels.npy", "--init", out / "vit" / "model.safetensors",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((run_dir / "checkpoints" / "imported.json").read_text())
+    steps = [c["step"] for c in manifest["checkpoints"]]
+    assert steps[0] is None and steps[1] < steps[2]  # the init, then the Trainer's global steps in order
+    for command in (["locate", "layers", run_dir, "--retrain-epochs", "1"], ["locate", "scores", run_dir]):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 0, err
+
+
+def test_saved_transformers_names_map_to_the_module_names(tmp_path):
+    from memloc.core.checkpoints import load_tensors
+    from memloc.core.classifier.hf_keys import to_module_names
+
+    from examples.outside_models import make_vit
+
+    model = make_vit()
+    model.save_pretrained(tmp_path)
+    saved = load_tensors(tmp_path / "model.safetensors")
+    assert set(saved) != set(model.state_dict())  # transformers 5 writes the original names
+    mapped = to_module_names(model, saved)
+    assert set(mapped) == set(model.state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(mapped[name], tensor)
+    partial = dict(list(saved.items())[1:])
+    assert to_module_names(model, partial) is partial  # not a full set: left for load_into to name

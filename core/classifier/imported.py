@@ -28,6 +28,7 @@ from memloc.core.checkpoints import check_names_and_shapes, load_into, load_tens
 from memloc.core.classifier.checkpoint_discovery import FoundCheckpoint, discover_checkpoints
 from memloc.core.classifier.data import Dataset, load_dataset
 from memloc.core.classifier.dynamics_pass import GRADIENT_KIND, checkpoint_dynamics, group_indices
+from memloc.core.classifier.hf_keys import to_module_names
 from memloc.core.classifier.label_files import ImportedLabels, imported_labels, read_label_file
 from memloc.core.classifier.manifest import Manifest, ManifestEntry
 from memloc.core.classifier.model_source import (
@@ -133,7 +134,7 @@ def import_run(
         if fail_after is not None and i >= fail_after:
             raise RunFolderError(f"import stopped after {fail_after} checkpoints (fail_after)")
         began = time.perf_counter()
-        load_into(model, manifest.load(epoch), source=manifest.entry(epoch).path)
+        load_into(model, to_module_names(model, manifest.load(epoch)), source=manifest.entry(epoch).path)
         step = checkpoint_dynamics(
             model, on_device, groups if epoch > 0 else None, mask_known=labels.mask_known
         )
@@ -196,14 +197,15 @@ def _check_fits(model: nn.Module, path: Path, trust_pickle: bool) -> None:
     know whether it runs code.
     """
     if path.suffix != ".safetensors":
-        load_into(copy.deepcopy(model), load_tensors(path, trust_pickle=trust_pickle), source=str(path))
+        tensors = to_module_names(model, load_tensors(path, trust_pickle=trust_pickle))
+        load_into(copy.deepcopy(model), tensors, source=str(path))
         return
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
-    check_names_and_shapes(model, shapes, source=str(path))
+    check_names_and_shapes(model, to_module_names(model, shapes), source=str(path))
 
 
 def _run_config(

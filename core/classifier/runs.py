@@ -30,6 +30,7 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
 from memloc.core.classifier.data import Dataset, NoisyLabels, load_dataset
 from memloc.core.classifier.gradients import GroupGradientStats
+from memloc.core.classifier.hf_keys import to_module_names
 from memloc.core.classifier.manifest import MANIFEST_NAME, Manifest, same_files
 from memloc.core.classifier.model_source import (
     ModelSource,
@@ -429,8 +430,14 @@ class RunFolder:
     def load_checkpoint(self, epoch: int) -> dict[str, torch.Tensor]:
         self.require_epochs([epoch])
         if self.is_imported():
-            return self.manifest().load(epoch)
+            return self._as_module_names(self.manifest().load(epoch))
         return load_tensors(self.checkpoint(epoch))
+
+    def _as_module_names(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An imported checkpoint's tensors under the model's names (transformers saves some under others)."""
+        if not hasattr(self, "_template"):
+            self._template = build_classifier(self.spec())  # built once per folder, only for imports
+        return dict(to_module_names(self._template, tensors))
 
     def load_model(self, epoch: int | None = None) -> tuple[nn.Module, ClassifierAdapter]:
         """The zoo model at ``epoch`` (default: the last), on the CPU, in eval mode."""
