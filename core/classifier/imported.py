@@ -46,7 +46,7 @@ from memloc.core.errors import CheckpointError, RunFolderError
 from memloc.core.progress import Progress
 from memloc.core.training.train import TrainConfig
 from memloc.core.training.zoo import ARCHS, ModelSpec, default_width
-from memloc.core.validation import at_least, positive
+from memloc.core.validation import at_least, fail, positive
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
@@ -83,6 +83,8 @@ class ImportConfig:
         positive(self, "lr")
         at_least(self, 1, "batch_size")
         at_least(self, 0, "seed", "weight_decay")
+        if self.channels not in (None, 1, 3):
+            raise fail(self, "channels", f"must be 1 or 3, got {self.channels}")
 
 
 @dataclass(frozen=True)
