@@ -17,6 +17,7 @@ from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
 from memloc.cli.flags import cli_message
 from memloc.cli.help_format import hide_flag_types
+from memloc.cli.import_run import import_command
 from memloc.cli.interrupt import EXIT_CODE, interrupted_message, lost_interrupts_reraised
 from memloc.cli.report import report_command
 from memloc.cli.train import train_command
@@ -34,6 +35,7 @@ app = typer.Typer(
     help="Locate where neural networks memorize, and edit what they memorized.",
 )
 app.command("train")(train_command)
+app.command("import")(import_command)
 app.command("demo")(demo_command)
 app.command("report")(report_command)
 app.add_typer(locate.app, name="locate")

@@ -10,7 +10,7 @@ import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.defaults import config_default
 from memloc.cli.facts import enhance_command, knowledge_neurons_command, suppress_command, trace_command
-from memloc.cli.options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt
+from memloc.cli.options import DeviceOpt, Format, FormatOpt, RunDirArg, SeedOpt, note
 from memloc.core.errors import MemlocError
 from typer.core import TyperCommand
 
@@ -79,6 +79,10 @@ def layers_command(
         )
     if result.etd is not None:
         emit_table("example-tied dropout (final model, accuracy by units kept)", result.etd.rows())
+    mask = run.mask_note()
+    if mask:
+        note(mask)
+        return
     best = headline(result).largest_noisy_drop
     stderr.print(f"largest noisy-accuracy drop: {best.layer} at epoch {best.epoch} -> {best.noisy_acc:.3f}")
 
@@ -108,6 +112,8 @@ def scores_command(
         emit_json(result.summary())
         return
     emit_table("AUROC at flagging mislabeled examples", [dict(result.auroc)])
+    if run.mask_note():
+        note(f"AUROC n/a: {run.mask_note()}")
     stderr.print(f"per-example scores: {result.scores_file}")
 
 
@@ -202,6 +208,8 @@ def neurons_command(
     if fmt is Format.json:
         emit_json(result.summary())
         return
+    if run.mask_note():
+        note(f"{run.mask_note()}; per-example results only")
     rows = summary_rows(result.groups())
     emit_table("units to flip an example", rows)
     shares = [{"group": g, **s.layer_share} for g, s in result.groups().items()]

@@ -203,6 +203,14 @@ def load_tensors(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
 
 def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """Copy tensors into the model in place, refusing any mismatch of names or shapes."""
+    check_names_and_shapes(model, tensors, source=source)
+    model.load_state_dict(dict(tensors), strict=True)
+
+
+def check_names_and_shapes(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+) -> None:
+    """Refuse, naming a few keys, tensors whose names or shapes differ from the model's (meta tensors do)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -220,7 +228,6 @@ def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: 
                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
             )
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
-    model.load_state_dict(dict(tensors), strict=True)
 
 
 def _few(keys: list[str], n: int = 3) -> str:

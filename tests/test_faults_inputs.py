@@ -31,6 +31,7 @@ REQUIRED = {
     "RewindConfig": {"epochs": (0,)},
     "RomeConfig": {"layer": 0},
     "EditPlan": {"method": "rome"},
+    "ImportConfig": {"checkpoints": ("ckpt",), "model": "mlp", "data": "digits", "labels": "labels.npy"},
 }
 
 

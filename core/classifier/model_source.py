@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def import_factory(path: str) -> Any:
     if not sep or not module_name or not attr:
         raise ModelLoadError(f"--model {path!r} must name a factory as package.module:function")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
         raise ModelLoadError(f"cannot import {module_name!r} for --model {path}: {exc}") from None
     target: Any = module
@@ -116,6 +117,23 @@ def import_factory(path: str) -> Any:
     if not callable(target):
         raise ModelLoadError(f"--model {path} names {type(target).__name__}, not a callable")
     return target
+
+
+def _import_module(name: str) -> Any:
+    """Import ``name``, looking in the current directory too: the ``memloc`` console script does not
+    put it on sys.path (``python -m`` does), and a factory usually lives beside the user's script."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        here = str(Path.cwd())
+        if here in sys.path or exc.name is None or not name.startswith(exc.name):
+            raise
+    sys.path.append(here)
+    try:
+        return importlib.import_module(name)
+    except BaseException:
+        sys.path.remove(here)
+        raise
 
 
 def build_classifier(source: ModelSource) -> nn.Module:

@@ -30,6 +30,8 @@ from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write, atomic_write_text, load_into, load_tensors, save_tensors
 from memloc.core.classifier.data import Dataset, NoisyLabels, load_dataset
 from memloc.core.classifier.gradients import GroupGradientStats
+from memloc.core.classifier.hf_keys import to_module_names
+from memloc.core.classifier.manifest import MANIFEST_NAME, Manifest, same_files
 from memloc.core.classifier.model_source import (
     ModelSource,
     build_classifier,
@@ -63,9 +65,19 @@ class Dynamics:
     grad_noisy: np.ndarray
     grad_cosine: np.ndarray
     groups: tuple[str, ...]
+    # "training": means over each epoch's steps; "checkpoint": full-data gradients at each
+    # imported checkpoint (core/classifier/dynamics_pass.py).
+    gradient_kind: str = "training"
 
     @classmethod
-    def first(cls, loss: np.ndarray, pred: np.ndarray, given: np.ndarray, groups: Sequence[str]) -> Dynamics:
+    def first(
+        cls,
+        loss: np.ndarray,
+        pred: np.ndarray,
+        given: np.ndarray,
+        groups: Sequence[str],
+        gradient_kind: str = "training",
+    ) -> Dynamics:
         empty = np.zeros((0, len(groups)))
         return cls(
             loss[None].astype(np.float32),
@@ -75,6 +87,37 @@ class Dynamics:
             empty,
             empty,
             tuple(groups),
+            gradient_kind,
+        )
+
+    @classmethod
+    def empty(cls, examples: int, groups: Sequence[str], gradient_kind: str = "training") -> Dynamics:
+        """No rows yet (an import that has not read a checkpoint)."""
+        rows = np.zeros((0, examples))
+        grads = np.zeros((0, len(groups)))
+        return cls(
+            rows.astype(np.float32),
+            rows.astype(np.int16),
+            rows.astype(bool),
+            grads,
+            grads,
+            grads,
+            tuple(groups),
+            gradient_kind,
+        )
+
+    def placeholder_first(self) -> Dynamics:
+        """Row 0 for a run without its initialization: NaN loss, prediction -1, never correct."""
+        n = self.loss.shape[1]
+        return Dynamics(
+            np.full((1, n), np.nan, dtype=np.float32),
+            np.full((1, n), -1, dtype=np.int16),
+            np.zeros((1, n), dtype=bool),
+            self.grad_clean,
+            self.grad_noisy,
+            self.grad_cosine,
+            self.groups,
+            self.gradient_kind,
         )
 
     def append(
@@ -102,6 +145,7 @@ class Dynamics:
             np.concatenate([self.grad_noisy, noisy[None]]),
             np.concatenate([self.grad_cosine, cosine[None]]),
             self.groups,
+            self.gradient_kind,
         )
 
     def truncate(self, epoch: int) -> Dynamics:
@@ -113,6 +157,7 @@ class Dynamics:
             self.grad_noisy[:epoch],
             self.grad_cosine[:epoch],
             self.groups,
+            self.gradient_kind,
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -124,12 +169,16 @@ class Dynamics:
             "grad_noisy_norm": self.grad_noisy,
             "grad_cosine": self.grad_cosine,
             "groups": np.array(self.groups),
+            "gradient_kind": np.array(self.gradient_kind),
         }
 
     @classmethod
     def load(cls, path: Path) -> Dynamics:
         names = ("loss", "pred", "correct", "grad_clean_norm", "grad_noisy_norm", "grad_cosine", "groups")
         z = load_npz(path, names)
+        kind = (
+            load_npz(path, ("gradient_kind",))["gradient_kind"] if _has(path, "gradient_kind") else "training"
+        )
         return cls(
             loss=z["loss"],
             pred=z["pred"],
@@ -138,7 +187,17 @@ class Dynamics:
             grad_noisy=z["grad_noisy_norm"],
             grad_cosine=z["grad_cosine"],
             groups=tuple(str(g) for g in z["groups"]),
+            gradient_kind=str(kind),
         )
+
+
+def _has(path: Path, name: str) -> bool:
+    """Whether an npz archive holds ``name`` (runs from before a field was added lack it)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return isinstance(z, np.lib.npyio.NpzFile) and name in z.files
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def load_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -194,6 +253,7 @@ class RunFolder:
         self.state_path = self.checkpoints / "train_state.pt"
         self.dynamics_path = self.root / "dynamics.npz"
         self.metrics_path = self.root / "metrics.json"
+        self.manifest_path = self.checkpoints / MANIFEST_NAME  # an imported run's checkpoints
 
     # --- opening an existing run -----------------------------------------------------
 
@@ -261,9 +321,93 @@ class RunFolder:
         )
 
     def checkpoint(self, epoch: int) -> Path:
+        """The file of ``epoch``: in the run folder, or where an imported run's manifest says."""
+        if self.is_imported():
+            manifest = self.manifest()
+            if epoch in manifest.epochs():
+                return Path(manifest.entry(epoch).path)
         return self.checkpoints / f"epoch_{epoch:03d}.safetensors"
 
+    # --- imported runs (memloc import) -----------------------------------------------
+
+    def is_imported(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.manifest_path)
+
+    def import_info(self) -> dict | None:
+        """config.json's ``import`` section (source, labels files, time), or None for a trained run."""
+        info = self.config().get("import")
+        return info if isinstance(info, dict) else None
+
+    def mask_known(self) -> bool:
+        """False for an imported run given neither true labels nor a noise mask."""
+        info = self.import_info()
+        return info is None or info.get("mask") != "unknown"
+
+    def mask_note(self) -> str | None:
+        """The one line analyses print when they cannot split noisy from clean examples."""
+        if self.mask_known():
+            return None
+        return (
+            f"{self.root} was imported without --true-labels or --noise-mask, so which examples are "
+            "noisy is unknown: noisy/clean splits are shown as n/a"
+        )
+
+    def initialization(self) -> dict[str, torch.Tensor]:
+        """Epoch 0's weights; an import without ``--init`` says what it needs instead of using another point."""
+        if 0 not in self.epochs() and self.is_imported():
+            raise RunFolderError(
+                f"{self.root} has no initialization (epoch 0); retraining from it needs "
+                "the run imported with memloc import --init FILE"
+            )
+        return self.load_checkpoint(0)
+
+    def start_import(
+        self, config: dict, labels: NoisyLabels, train_index: np.ndarray, manifest: Manifest, stamp: str
+    ) -> None:
+        """Create an imported run's folder, or check it holds this same import (refused otherwise)."""
+        wanted = to_jsonable(config)
+        if self.config_path.is_file():
+            found = self.config()
+            stored = {k: v for k, v in found.items()}
+            stored["import"] = {k: v for k, v in (found.get("import") or {}).items() if k != "imported_at"}
+            keys = _diff_keys(stored, wanted)
+            if not keys and (not self.is_imported() or not same_files(self.manifest(), manifest)):
+                keys = ["checkpoints (files or their bytes)"]
+            if keys:
+                raise RunFolderError(
+                    f"{self.root} holds a different run (differs in: {', '.join(keys)}); "
+                    "choose another run folder or remove that one"
+                )
+            return
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise RunFolderError(
+                f"{self.root} exists and is not a memloc run folder; choose another run folder"
+            )
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        _save_npz(self.noise_path, {**labels.to_npz(), "train_index": train_index})
+        manifest.save(self.manifest_path)
+        config = {**wanted, "import": {**wanted["import"], "imported_at": stamp}}
+        atomic_write_text(self.config_path, json.dumps(config, indent=2) + "\n")
+
+    def imported_history(self) -> tuple[EpochRecord, ...]:
+        """The checkpoints an earlier, possibly interrupted, import finished (none before the first)."""
+        if not self.metrics_path.is_file() or not self.dynamics_path.is_file():
+            return ()
+        history = self.result().history
+        rows = self.load_dynamics().loss.shape[0]
+        return tuple(h for h in history if h.epoch < rows)
+
+    def save_imported_epoch(self, dynamics: Dynamics, history: Sequence[EpochRecord]) -> None:
+        # Dynamics first, metrics last: metrics never name a checkpoint whose rows are missing.
+        _save_npz(self.dynamics_path, dynamics.arrays())
+        self._write_metrics(history, complete=False)
+
     def epochs(self) -> list[int]:
+        if self.is_imported():
+            return self.manifest().epochs()
         if not self.checkpoints.is_dir():
             return []
         found = (_EPOCH_RE.match(p.name) for p in self.checkpoints.iterdir())
@@ -273,6 +417,11 @@ class RunFolder:
         """Refuse, naming the first missing epoch and the available ones, unless all have checkpoints."""
         available = self.epochs()
         for epoch in epochs:
+            if epoch == 0 and 0 not in available and self.is_imported():
+                raise RunFolderError(
+                    f"epoch 0 (the initialization) is not in {self.root}; rewinding to it needs "
+                    "the run imported with memloc import --init FILE"
+                )
             if epoch not in available:
                 raise RunFolderError(
                     f"epoch {epoch} is not in {self.root}; available epochs: {_ranges(available)}"
@@ -280,7 +429,15 @@ class RunFolder:
 
     def load_checkpoint(self, epoch: int) -> dict[str, torch.Tensor]:
         self.require_epochs([epoch])
+        if self.is_imported():
+            return self._as_module_names(self.manifest().load(epoch))
         return load_tensors(self.checkpoint(epoch))
+
+    def _as_module_names(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An imported checkpoint's tensors under the model's names (transformers saves some under others)."""
+        if not hasattr(self, "_template"):
+            self._template = build_classifier(self.spec())  # built once per folder, only for imports
+        return dict(to_module_names(self._template, tensors))
 
     def load_model(self, epoch: int | None = None) -> tuple[nn.Module, ClassifierAdapter]:
         """The zoo model at ``epoch`` (default: the last), on the CPU, in eval mode."""
@@ -387,16 +544,37 @@ class RunFolder:
             history, len(labels.given), int(labels.mask.sum()), complete, str(self.root)
         )
         train = config["train"]
+        results = TrainResult(tuple(history), summary).results_dict()
+        if self.is_imported():
+            results |= self._imported_results(history, config["import"]["gradient_kind"])
         report = Report(
-            method="train",
+            method="import" if self.is_imported() else "train",
             model_id=self.model_id(),
             config=config,
-            results=TrainResult(tuple(history), summary).results_dict(),
+            results=results,
             metrics=summary.to_dict(),
             provenance=provenance(train["seed"], {"init": train["init"]} if train.get("init") else {}),
         )
         report.save(self.metrics_path)
         return summary
+
+    def _imported_results(self, history: Sequence[EpochRecord], gradient_kind: str) -> dict:
+        """Per checkpoint of an import: its accuracy on the given labels, and its file, step and epoch."""
+        correct = self.load_dynamics().correct
+        manifest = self.manifest()
+        rows = []
+        for h in history:
+            entry = manifest.entry(h.epoch)
+            rows.append(
+                {
+                    "epoch": h.epoch,
+                    "train_acc": float(correct[h.epoch].mean()),
+                    "step": entry.step,
+                    "source_epoch": entry.source_epoch,
+                    "path": entry.path,
+                }
+            )
+        return {"gradient_kind": gradient_kind, "checkpoints": rows}
 
     def summary(self) -> TrainSummary:
         return self.result().summary

@@ -9,9 +9,10 @@ example-tied dropout it also measures what dropping the memorization units does.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import cast
 
 import torch
@@ -91,6 +92,10 @@ def locate_layers(
         if r.layer in layers
     )
     etd = _etd_effect(run, model, adapter, data)
+    final_accs = data.accuracies(model)
+    if not run.mask_known():
+        rewinding, retraining = _without_split(rewinding), _without_split(retraining)
+        final_accs = Accuracies(math.nan, math.nan, math.nan, final_accs.test_acc)
     result = LayersResult(
         rewind=rewind,
         retrain=retrain if config.retrain else None,
@@ -98,7 +103,7 @@ def locate_layers(
         rewinding=rewinding,
         retraining=retraining,
         gradients=gradients,
-        final=data.accuracies(model),
+        final=final_accs,
         final_epoch=final,
         seconds=round(time.perf_counter() - began, 3),
         etd=etd,
@@ -121,6 +126,12 @@ def _etd_effect(
     if config is None:
         return None
     return etd_effect(model, EtdLayout.build(config, adapter, run.seed()), data)
+
+
+def _without_split(cells: tuple[LayerCell, ...]) -> tuple[LayerCell, ...]:
+    """Cells of a run whose noise mask is unknown: only the test accuracy means anything (NaN for the rest)."""
+    nan = math.nan
+    return tuple(replace(c, clean_acc=nan, noisy_acc=nan, noisy_orig_acc=nan) for c in cells)
 
 
 def load_layers(run: RunFolder) -> LayersResult | None:
@@ -187,7 +198,7 @@ class _Cells:
         model, progress = self.model, self.progress
         section = "retraining-" + config_key(asdict(retrain) | {"final": self.final})
         retraining: list[LayerCell] = []
-        init = self.run.load_checkpoint(0)
+        init = self.run.initialization()
         final_state = {k: v.clone() for k, v in model.state_dict().items()}
         for layer in self.layers:
             rows = self.store.get(section, layer)

@@ -407,6 +407,12 @@ def units_section(neurons: NeuronsResult, layer_order: Sequence[str] = ()) -> Se
 def scores_section(scores: ScoresResult) -> Section:
     """The example scores of `locate scores`: AUROC, histograms and ROC curves."""
     assert scores.noisy_mask is not None  # load_scores reads the per-example arrays
+    if not scores.noisy_mask.any():  # an import without a noise mask: no split to draw
+        return Section(
+            "Example scores",
+            ["AUROC n/a: which examples are mislabeled is unknown (imported without a noise mask)."],
+            [("AUROC", [{name: "n/a" for name in scores.auroc}])],
+        )
     hist, curves = scores_figures(scores.scores, scores.noisy_mask, scores.auroc)
     return Section(
         "Example scores",
@@ -437,10 +443,12 @@ def build_report(
     layers = load_layers(run)
     scores = load_scores(run)
     aurocs = scores.auroc if scores else None
-    sections = [
-        Section("Findings", findings(TrainSummary.from_dict(train_report.metrics), layers, aurocs)),
-        training_section(train_report),
-    ]
+    summary = TrainSummary.from_dict(train_report.metrics)
+    if run.mask_known():
+        found = findings(summary, layers, aurocs)
+    else:  # every finding compares noisy with clean examples
+        found = [f"Training: test accuracy {summary.test_acc:.1%}; the noisy/clean findings are n/a."]
+    sections = [Section("Findings", [*_import_notes(run), *found]), training_section(train_report)]
     missing = []
     if layers is None:
         missing.append(f"memloc locate layers {run.root}")
@@ -449,6 +457,8 @@ def build_report(
     neurons = load_neurons(run)
     if neurons is None:
         missing.append(f"memloc locate neurons {run.root}")
+    elif not neurons.groups():  # an import without a noise mask: its examples are neither group
+        sections.append(Section("Units", [f"n/a: {run.mask_note()}; see {neurons.jsonl}."]))
     else:
         sections.append(units_section(neurons, _layer_order(run)))
     if scores is None:
@@ -458,14 +468,33 @@ def build_report(
     sections.extend(extra)
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
-    return write_report(out or run.root / "report", _title(train_report.config["train"]), sections)
+    return write_report(
+        out or run.root / "report", _title(train_report.config["train"], run.mask_known()), sections
+    )
 
 
-def _title(train: dict) -> str:
+def _import_notes(run: RunFolder) -> list[str]:
+    """What a reader of an imported run must know: where it came from, and what it cannot show."""
+    info = run.import_info()
+    if info is None:
+        return []
+    notes = [
+        f"Imported with memloc import from {', '.join(info['checkpoints'])} ({len(run.epochs())} checkpoints). "
+        "Its gradient accounting is checkpoint gradients (full-data clean and noisy gradients at each "
+        "checkpoint), not training-step gradients."
+    ]
+    mask = run.mask_note()
+    if mask:
+        notes.append(f"Noise mask: n/a. {mask}.")
+    return notes
+
+
+def _title(train: dict, mask_known: bool = True) -> str:
     """What the run is, for the page title: model, data, noise and length."""
+    noise = f"{train['noise']:.0%} of labels corrupted" if mask_known else "noise mask unknown"
     return (
         f"Memorization of noisy labels: {train['arch']} on {train['data']} ({train['limit'] or 'all'} images), "
-        f"{train['noise']:.0%} of labels corrupted, {train['epochs']} epochs"
+        f"{noise}, {train['epochs']} epochs"
     )
 
 

@@ -225,7 +225,10 @@ def locate_scores(
             curvature,
             progress=progress,
         )
-    aurocs = {name: auroc(values, labels.mask) for name, values in scores.items()}
+    if run.mask_known():
+        aurocs = {name: auroc(values, labels.mask) for name, values in scores.items()}
+    else:  # an import without a noise mask: nothing to score against (run.mask_note says so)
+        aurocs = {name: float("nan") for name in scores}
 
     def write(tmp):
         with open(tmp, "wb") as f:

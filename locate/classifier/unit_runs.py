@@ -11,21 +11,22 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 from memloc.core.adapters import ClassifierAdapter
 from memloc.core.checkpoints import atomic_write_text
 from memloc.core.classifier.model_source import classifier_adapter
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import RunFolderError
+from memloc.core.errors import MemlocError, RunFolderError
 from memloc.core.jsonl import read_log
 from memloc.core.progress import Progress
 from memloc.core.report import Report, provenance
-from memloc.locate.classifier.example_choice import choose_examples, parse_examples, run_scores
+from memloc.locate.classifier.example_choice import GroupChoice, choose_examples, parse_examples, run_scores
 from memloc.locate.classifier.unit_results import FlipRecord, GroupSummary, NeuronsResult
 from memloc.locate.classifier.unit_search import FlipConfig, FlipData, FlipResult, flip_search
 from memloc.locate.graph import example_unit_graph, sharing_stats, write_graphml
@@ -114,7 +115,7 @@ def locate_neurons(
     """
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
-    targets = choose_examples(parse_examples(examples), labels.mask, n, config.seed, run_scores(run))
+    targets, known = _targets(run, examples, labels.mask, n, config.seed), run.mask_known()
     path = Path(out) if out else run.root / RESULTS
     config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
     wanted = _stored_options(config, final)
@@ -143,6 +144,8 @@ def locate_neurons(
         def keep(result: FlipResult) -> None:
             nonlocal finished
             rec = FlipRecord.of(result, bool(labels.mask[result.index]))
+            if not known:  # neither noisy nor clean: kept out of both summaries
+                rec = replace(rec, group="unknown")
             done[result.index] = rec
             sink.write(json.dumps(rec.to_dict()) + "\n")
             sink.flush()
@@ -173,6 +176,18 @@ def locate_neurons(
     )
     report.save(run.root / REPORT_PATH)
     return result
+
+
+def _targets(run: RunFolder, examples: str, mask: np.ndarray, n: int, seed: int) -> list[int]:
+    """The chosen example ids; a choice by noisy/clean group needs the noise mask an import may lack."""
+    choice = parse_examples(examples)
+    if not run.mask_known() and isinstance(choice, GroupChoice):
+        raise MemlocError(
+            f"examples {examples!r} are chosen by the noise mask, which {run.root} lacks; "
+            "choose them by id (3,17) or by score (top:csl:20), or import it with --true-labels or --noise-mask",
+            field="examples",
+        )
+    return choose_examples(choice, mask, n, seed, run_scores(run))
 
 
 def load_neurons(run: RunFolder) -> NeuronsResult | None:

@@ -1,0 +1,1 @@
+"""Examples of using memloc with models and runs made outside it."""
