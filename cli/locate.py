@@ -209,3 +209,6 @@ def neurons_command(
 from memloc.cli.memorized_text import extractable_command  # noqa: E402
 
 app.command("extractable")(extractable_command)
+from memloc.cli.memorized_text import exposure_command  # noqa: E402
+
+app.command("exposure")(exposure_command)

@@ -62,3 +62,47 @@ def extractable_command(
     stderr.print(f"skipped {result.skipped_short} of {result.corpus_documents} documents as too short")
     for path in written:
         stderr.print(f"wrote {path}")
+
+
+@lm_options
+def exposure_command(
+    lm: LMOptions,
+    canaries: Annotated[
+        Path,
+        typer.Option("--canaries", help="A canaries file from 'memloc canaries make'.", show_default=False),
+    ],
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="Skew-normal estimate from sampled candidates (needed above 10^6)."),
+    ] = False,
+    samples: Annotated[int, typer.Option("--samples", help="Candidates sampled for --estimate.")] = 10_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Candidates scored per pass.")] = 256,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file for the results.")] = None,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Exposure of planted canaries (Carlini et al. 2019): log2|R| - log2 rank."""
+    import json
+
+    from memloc.core.lm.canaries import read_canaries
+    from memloc.core.paths import writable_file
+    from memloc.core.report import to_jsonable
+    from memloc.locate.lm.exposure import ExposureConfig, canary_exposure, check_space
+
+    config = ExposureConfig(batch_size=batch_size, estimate=estimate, samples=samples, seed=seed)
+    planted = read_canaries(canaries)
+    check_space(planted, config)
+    if out is not None:
+        writable_file(out)
+    model = lm.load()
+    with progress_bar("exposure") as update:
+        result = canary_exposure(model, planted, config, progress=update)
+    data = to_jsonable(result)
+    if out is not None:
+        out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    if fmt is Format.json:
+        emit_json(data)
+        return
+    emit_table("exposure of canaries", result.rows())
+    if out is not None:
+        stderr.print(f"wrote {out}")

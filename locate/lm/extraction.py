@@ -168,10 +168,21 @@ def _measure(
     ]
 
 
+def _fits_context(lm: LM, config: ExtractionConfig) -> None:
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    need = len(added_prefix(lm.tokenizer)) + config.longest + config.suffix
+    if limit and need > limit:
+        raise DataError(
+            f"prefix {config.longest} + suffix {config.suffix} tokens exceed the model's context "
+            f"of {limit} positions; choose a shorter --prefix or --suffix"
+        )
+
+
 def find_extractable(
     lm: LM, documents: Sequence[str], config: ExtractionConfig, *, progress: Progress | None = None
 ) -> ExtractionResult:
     """Greedy extraction and exact memorization of a seeded sample of ``documents``."""
+    _fits_context(lm, config)
     ids = _text_ids(lm, documents)
     chosen = _choose([len(t) for t in ids], config)
     results: list[DocumentExtraction] = []
