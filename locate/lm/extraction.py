@@ -117,7 +117,8 @@ class ExtractionResult:
 
 def _text_ids(lm: LM, documents: Sequence[str]) -> list[tuple[int, ...]]:
     start = len(added_prefix(lm.tokenizer))
-    return [tuple(lm.tokenizer(text)["input_ids"][start:]) for text in documents]
+    # verbose=False: a document longer than the model's context is fine, only its start is used
+    return [tuple(lm.tokenizer(text, verbose=False)["input_ids"][start:]) for text in documents]
 
 
 def _choose(lengths: list[int], config: ExtractionConfig) -> list[int]:
@@ -182,9 +183,9 @@ def find_extractable(
     lm: LM, documents: Sequence[str], config: ExtractionConfig, *, progress: Progress | None = None
 ) -> ExtractionResult:
     """Greedy extraction and exact memorization of a seeded sample of ``documents``."""
-    _fits_context(lm, config)
     ids = _text_ids(lm, documents)
     chosen = _choose([len(t) for t in ids], config)
+    _fits_context(lm, config)
     results: list[DocumentExtraction] = []
     for k in config.prefixes:
         results.extend(_measure(lm, ids, chosen, k, config, labelled(progress, f"prefix {k}")))
