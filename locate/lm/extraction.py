@@ -151,7 +151,10 @@ def _measure(
     full = [p + s for p, s in zip(prefixes, suffixes, strict=True)]
     # Every prefix of one length has the same token count, so one start serves all rows.
     argmax = teacher_forced_argmax(lm, full, len(prefixes[0]), batch_size=config.batch_size)
-    decode = lm.tokenizer.decode
+
+    def decode(ids: tuple[int, ...], skip_special_tokens: bool = False) -> str:
+        return str(lm.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
     return [
         DocumentExtraction(
             document=i,
