@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from memloc.core.lm.canaries import Canary
 from memloc.core.lm.canary_space import CanarySpace
 from memloc.core.lm.loading import load_language_model
@@ -40,8 +41,6 @@ def timed(lm, canary: Canary, config: ExposureConfig):
     start = time.perf_counter()
     result = canary_exposure(lm, [canary], config).canaries[0]
     if lm.device.type == "cuda":
-        import torch
-
         torch.cuda.synchronize(lm.device)
     return result, time.perf_counter() - start
 
@@ -52,7 +51,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--slots", type=int, default=5, help="word slots of ten options: |R| = 10^slots")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: a loaded machine skews less)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     lm = load_language_model(args.model, device=args.device)
     canary = canary_for(lm, args.slots)
     timed(lm, canary_for(lm, 1), ExposureConfig(batch_size=args.batch_size))  # warm-up

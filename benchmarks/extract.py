@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--suffix", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: a loaded machine skews less)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     lm = load_language_model(args.model, device=args.device)
     prefixes = prefixes_of(lm, args.prefixes, args.prefix)
     greedy_continue(lm, prefixes[:2], 2)  # warm-up
