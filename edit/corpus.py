@@ -8,6 +8,7 @@ corpus instead:
 - a ``.jsonl`` file, one document per line in the field ``"text"``;
 - a folder of such files, read in sorted name order.
 
+(The reader lives in core/lm/corpus_files.py, so that locate/ can read corpora too.)
 Or it samples its own corpus from the model (``generated``): every text starts at
 the tokenizer's BOS token (EOS where there is none) and continues for a fixed
 number of tokens, sampled at temperature 1 from the top-k tokens. Each text has its
