@@ -80,7 +80,7 @@ BIG = "the {choice:%s} of {choice:%s} in {choice:%s}" % (("|".join(WORDS10),) * 
 
 
 def test_skew_normal_estimate_agrees_with_the_exact_rank():
-    """On 1000 enumerable candidates, the estimate from 600 samples is within 1.5 bits of exact."""
+    """On 1000 enumerable candidates, the estimate from 600 samples is within 0.25 bits of exact (measured: 0.06)."""
     lm = tiny_lm("gpt_neox", seed=2)
     space = CanarySpace.parse(BIG)
     secrets = [space.values(i) for i in (3, 250, 511, 977)]
@@ -90,7 +90,7 @@ def test_skew_normal_estimate_agrees_with_the_exact_rank():
     for e, s in zip(exact.canaries, estimated.canaries, strict=True):
         assert s.estimated and s.rank is None and e.rank is not None
         assert s.log_perplexity == pytest.approx(e.log_perplexity, abs=1e-4)
-        assert abs(s.exposure - e.exposure) < 1.5, (e, s)
+        assert abs(s.exposure - e.exposure) < 0.25, (e, s)
 
 
 def test_space_too_large_is_refused_without_estimate():
