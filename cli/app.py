@@ -114,3 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+# Canaries for measuring exposure (cli/canaries.py).
+from memloc.cli import canaries  # noqa: E402
+
+app.add_typer(canaries.app, name="canaries")

@@ -215,3 +215,12 @@ def neurons_command(
     shares = [{"group": g, **s.layer_share} for g, s in result.groups().items()]
     emit_table("share of units per layer", shares)
     stderr.print(f"per-example results: {result.jsonl}; graph: {result.graphml}")
+
+
+# Memorized text in language models (cli/memorized_text.py).
+from memloc.cli.memorized_text import extractable_command  # noqa: E402
+
+app.command("extractable")(extractable_command)
+from memloc.cli.memorized_text import exposure_command  # noqa: E402
+
+app.command("exposure")(exposure_command)

@@ -8,6 +8,7 @@ corpus instead:
 - a ``.jsonl`` file, one document per line in the field ``"text"``;
 - a folder of such files, read in sorted name order.
 
+(The reader lives in core/lm/corpus_files.py, so that locate/ can read corpora too.)
 Or it samples its own corpus from the model (``generated``): every text starts at
 the tokenizer's BOS token (EOS where there is none) and continues for a fixed
 number of tokens, sampled at temperature 1 from the top-k tokens. Each text has its
@@ -19,20 +20,27 @@ in the logits).
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from memloc.core.errors import DataError
+from memloc.core.lm.corpus_files import CORPUS_SUFFIXES, corpus_files, read_corpus, texts_hash
 from memloc.core.lm.model import LM, document_start_id
 from memloc.core.lm.prefix_runner import cache_keyword
 from memloc.core.validation import at_least
 from memloc.edit.sampling import top_k_sample
 
 GENERATED = "generated"
-CORPUS_SUFFIXES = (".txt", ".jsonl")
+__all__ = [
+    "CORPUS_SUFFIXES",
+    "GENERATED",
+    "GenerationConfig",
+    "corpus_files",
+    "generate_texts",
+    "read_corpus",
+    "texts_hash",
+]
 
 
 @dataclass(frozen=True)
@@ -50,89 +58,6 @@ class GenerationConfig:
 
     def describe(self) -> str:
         return f"generated:length={self.length}:top_k={self.top_k}:seed={self.seed}"
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    """SHA-256 over the texts, each length-prefixed so that boundaries count."""
-    h = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8")
-        h.update(f"{len(data)}:".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def _split_txt(path: Path) -> list[str]:
-    blocks, current = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            current.append(line.strip())
-        elif current:
-            blocks.append(" ".join(current))
-            current = []
-    if current:
-        blocks.append(" ".join(current))
-    return blocks
-
-
-def _read_jsonl(path: Path) -> list[str]:
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}:{number} is not valid JSON ({exc.msg}); each line must be an object"
-            ) from exc
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise DataError(
-                f'{path}:{number} has no string field "text"; each line must be {{"text": "..."}}'
-            )
-        if text.strip():
-            texts.append(text)
-    return texts
-
-
-def _read_file(path: Path) -> list[str]:
-    try:
-        return _read_jsonl(path) if path.suffix == ".jsonl" else _split_txt(path)
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"corpus file {path} is not UTF-8 text (bad byte at line {line}); is it a binary file?"
-        ) from None
-
-
-def corpus_files(path: str | Path) -> list[Path]:
-    """The files of a local corpus in reading order; one-line errors for a bad path."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(
-            f"corpus {path} does not exist; give a .txt or .jsonl file, a folder of them, or 'generated'"
-        )
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CORPUS_SUFFIXES)
-        if not files:
-            raise DataError(f"corpus folder {path} holds no .txt or .jsonl files")
-        return files
-    if path.suffix not in CORPUS_SUFFIXES:
-        raise DataError(f"corpus {path} must be a .txt or .jsonl file, or a folder of them")
-    return [path]
-
-
-def read_corpus(path: str | Path, limit: int | None = None) -> list[str]:
-    """The documents of a local corpus in order, at most ``limit`` of them."""
-    texts: list[str] = []
-    for file in corpus_files(path):
-        texts.extend(_read_file(file))
-        if limit is not None and len(texts) >= limit:
-            break
-    if not texts:
-        raise DataError(f"corpus {path} holds no text")
-    return texts[:limit] if limit is not None else texts
 
 
 def _text_generator(seed: int, index: int) -> torch.Generator:

@@ -1,0 +1,232 @@
+"""Exposure of planted canaries (Carlini et al. 2019, "The Secret Sharer").
+
+exposure = log2 |R| - log2 rank, where rank orders every candidate s[r'] of the
+canary's space R by its log-perplexity Px = sum_i -log2 P(x_i | x_<i) over the canary's
+tokens after the template's fixed start. The maximum, log2 |R|, means the secret is the
+model's most likely candidate.
+
+- Exact (|R| <= ``exact_limit``, 10^6 by default): every candidate is scored. The fixed
+  text before the first slot is run once and its key/value cache shared by every row
+  (`PrefixCache`); rows are the candidates' remaining tokens, right-padded (causal
+  attention: padding after a token never changes it). Ties: rank = the number of
+  candidates with a Px at most the secret's, so a secret tied with others takes the
+  worst rank of the tie and exposure never overstates memorization (a model that
+  cannot tell the candidates apart gets exposure 0). Canaries of one template share
+  one scoring of R.
+- Estimated (``estimate=True``, needed above the limit): ``samples`` candidates drawn
+  uniformly (seeded) are scored, a skew-normal is fitted to their Px (scipy.stats.skewnorm,
+  maximum likelihood) and exposure ~= -log2 P(Px <= Px(secret)) under the fit.
+
+A candidate's tokens are those of the fixed start (cut at its last space, with the
+tokenizer's document start) followed by those of the rest of its text, so every
+candidate, the secret included, is tokenized the same way.
+
+Usage::
+
+    result = canary_exposure(lm, read_canaries(Path("planted.canaries.jsonl")), ExposureConfig())
+    [(c.repeats, c.exposure) for c in result.canaries]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from memloc.core.errors import DataError
+from memloc.core.lm.canaries import Canary
+from memloc.core.lm.canary_space import CanarySpace
+from memloc.core.lm.decoding import pad_id
+from memloc.core.lm.model import LM, added_prefix, document_start_id
+from memloc.core.lm.prefix_runner import PrefixCache, cache_inputs
+from memloc.core.progress import Progress
+from memloc.core.validation import at_least
+
+EXACT_LIMIT = 10**6
+
+
+@dataclass(frozen=True)
+class ExposureConfig:
+    batch_size: int = 256  # candidates per forward pass
+    estimate: bool = False  # skew-normal estimate instead of scoring all of R
+    samples: int = 10_000  # candidates scored for the estimate
+    seed: int = 0
+    exact_limit: int = EXACT_LIMIT
+    shared_prefix: bool = True  # False scores every candidate in full (the benchmark's baseline)
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "exact_limit")
+        at_least(self, 0, "seed")
+        at_least(self, 10, "samples")
+
+
+@dataclass(frozen=True)
+class CanaryExposure:
+    text: str
+    repeats: int
+    space_size: int
+    log_perplexity: float  # Px of the secret, in bits
+    exposure: float
+    rank: int | None  # exact rank (1 = most likely); None when estimated
+    estimated: bool
+    scored: int  # candidates scored
+
+
+@dataclass(frozen=True)
+class ExposureResult:
+    canaries: tuple[CanaryExposure, ...]
+    config: ExposureConfig
+    model: str = ""
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "canary": c.text,
+                "repeats": c.repeats,
+                "|R|": c.space_size,
+                "log_perplexity": round(c.log_perplexity, 3),
+                "rank": "estimated" if c.rank is None else c.rank,
+                "exposure": round(c.exposure, 3),
+                "max": round(math.log2(c.space_size), 3),
+            }
+            for c in self.canaries
+        ]
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Scores candidates of one template: the fixed start's tokens and, once, its cache."""
+
+    lm: LM
+    space: CanarySpace
+    prefix_ids: tuple[int, ...]
+    config: ExposureConfig
+
+    @classmethod
+    def build(cls, lm: LM, space: CanarySpace, config: ExposureConfig) -> _Scorer:
+        head = space.fixed_prefix
+        ids = tuple(lm.tokenizer(head)["input_ids"]) if head else added_prefix(lm.tokenizer)
+        return cls(lm, space, ids or (document_start_id(lm.tokenizer),), config)
+
+    def check_known(self, canary: Canary) -> None:
+        """A secret the tokenizer reads as unknown tokens cannot be told from other candidates."""
+        unk = self.lm.tokenizer.unk_token_id
+        if unk is not None and unk in self.rest_ids([self.space.index(canary.secret)])[0]:
+            raise DataError(
+                f"the tokenizer maps part of the canary {canary.text!r} to its unknown token, so its "
+                "candidates cannot be told apart; use a template whose slot values it knows"
+            )
+
+    def rest_ids(self, indices: Sequence[int]) -> list[list[int]]:
+        cut = len(self.space.fixed_prefix)
+        texts = [self.space.fill(self.space.values(i))[cut:] for i in indices]
+        return self.lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def score(self, indices: Sequence[int], progress: Progress | None = None) -> torch.Tensor:
+        """Px in bits of each candidate, float64."""
+        device, model = self.lm.device, self.lm.model
+        prefix = torch.tensor([self.prefix_ids], device=device)
+        cache, out = PrefixCache.run(model, input_ids=prefix) if self.config.shared_prefix else (None, None)
+        first = out.logits[0, -1].float().log_softmax(-1) if out is not None else None
+        scores = []
+        for start in range(0, len(indices), self.config.batch_size):
+            rows = self.rest_ids(indices[start : start + self.config.batch_size])
+            scores.append(self._batch(rows, prefix, cache, first))
+            if progress:
+                progress(
+                    min(start + self.config.batch_size, len(indices)), len(indices), "scoring candidates"
+                )
+        return torch.cat(scores)
+
+    def _batch(self, rows, prefix: torch.Tensor, cache: PrefixCache | None, first) -> torch.Tensor:
+        model, n = self.lm.model, len(rows)
+        width = max(len(r) for r in rows)
+        ids = torch.full((n, width), pad_id(self.lm.tokenizer), dtype=torch.long)
+        valid = torch.zeros((n, width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            valid[i, : len(row)] = True
+        ids, valid = ids.to(prefix.device), valid.to(prefix.device)
+        if cache is not None:
+            logits = model(input_ids=ids, **cache_inputs(model, cache.fresh(rows=n))).logits[:, :-1]
+            logp = torch.cat([first.expand(n, 1, -1), logits.float().log_softmax(-1)], dim=1)
+        else:
+            full = torch.cat([prefix.expand(n, -1), ids], dim=1)
+            logp = model(input_ids=full).logits[:, prefix.shape[1] - 1 : -1].float().log_softmax(-1)
+        token_logp = logp.gather(-1, ids[..., None])[..., 0].double()
+        return -(token_logp * valid).sum(-1).cpu() / math.log(2)
+
+
+def exposure_from_rank(size: int, rank: int) -> float:
+    return math.log2(size) - math.log2(rank)
+
+
+def _exact(scorer: _Scorer, canaries: list[Canary], progress) -> list[CanaryExposure]:
+    size = scorer.space.size
+    scores = scorer.score(range(size), progress)
+    out = []
+    for c in canaries:
+        px = float(scores[scorer.space.index(c.secret)])
+        rank = int((scores <= px).sum())
+        out.append(
+            CanaryExposure(c.text, c.repeats, size, px, exposure_from_rank(size, rank), rank, False, size)
+        )
+    return out
+
+
+def skewnorm_exposure(sample: torch.Tensor, px: float) -> float:
+    """-log2 P(Px <= px) under a skew-normal fitted to the sampled log-perplexities."""
+    from scipy.stats import skewnorm
+
+    a, loc, scale = skewnorm.fit(sample.numpy())
+    return max(0.0, -float(skewnorm.logcdf(px, a, loc, scale)) / math.log(2))
+
+
+def _estimated(scorer: _Scorer, canaries: list[Canary], progress) -> list[CanaryExposure]:
+    size, config = scorer.space.size, scorer.config
+    rng = random.Random(config.seed)
+    drawn = [rng.randrange(size) for _ in range(config.samples)]
+    secrets = [scorer.space.index(c.secret) for c in canaries]
+    scores = scorer.score(drawn + secrets, progress)
+    sample = scores[: len(drawn)]
+    return [
+        CanaryExposure(
+            c.text, c.repeats, size, float(px), skewnorm_exposure(sample, float(px)), None, True, len(drawn)
+        )
+        for c, px in zip(canaries, scores[len(drawn) :], strict=True)
+    ]
+
+
+def check_space(canaries: Sequence[Canary], config: ExposureConfig) -> None:
+    """Refuse, before any work, a space too large to enumerate without ``estimate``."""
+    for template in {c.template for c in canaries}:
+        size = CanarySpace.parse(template).size
+        if size > config.exact_limit and not config.estimate:
+            raise DataError(
+                f"|R| = {size:.3g} candidates of {template!r} are more than the {config.exact_limit:.0e} "
+                "scored exactly; estimate the exposure instead (--estimate, estimate=True)"
+            )
+
+
+def canary_exposure(
+    lm: LM, canaries: Sequence[Canary], config: ExposureConfig, *, progress: Progress | None = None
+) -> ExposureResult:
+    """Exposure of every canary, exact or estimated; canaries of one template share their scoring."""
+    check_space(canaries, config)
+    by_template: dict[str, list[Canary]] = {}
+    for c in canaries:
+        by_template.setdefault(c.template, []).append(c)
+    results: dict[int, CanaryExposure] = {}
+    for template, group in by_template.items():
+        scorer = _Scorer.build(lm, CanarySpace.parse(template), config)
+        for c in group:
+            scorer.check_known(c)
+        method = _estimated if config.estimate else _exact
+        for c, r in zip(group, method(scorer, group, progress), strict=True):
+            results[id(c)] = r
+    if not results:
+        raise DataError("no canaries to measure")
+    return ExposureResult(tuple(results[id(c)] for c in canaries), config, getattr(lm, "source", ""))
