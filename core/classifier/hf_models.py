@@ -3,9 +3,13 @@
 memloc's classifier code calls ``model(x)`` and reads a logits tensor. A transformers
 image model takes ``pixel_values`` and returns an output object, so it is given a
 subclass whose ``forward`` returns ``.logits``. A subclass rather than a wrapper
-module keeps the parameter names exactly those of the checkpoint (``vit.encoder...``),
-so Trainer checkpoints and ``save_pretrained`` folders load without renaming, and the
-adapter cards name the same paths the Hugging Face code does.
+module keeps the module names those of the Hugging Face class, so the adapter cards
+name the same paths the Hugging Face code does. Files on disk may still use other
+names: transformers 5 renames some modules in memory and writes the original names
+back when it saves (a ViT's ``vit.layers.0.attention.q_proj`` is saved as
+``vit.encoder.layer.0.attention.attention.query``); `load_image_folder` reads through
+``from_pretrained`` and imported checkpoints through core/classifier/hf_keys.py.
+memloc's own checkpoints are the module's state dict, under the in-memory names.
 
 No image processor is used: they pull in torchvision, which does not load against the
 CPU torch build; preprocessing is memloc's own (core/classifier/preprocess.py).
