@@ -267,3 +267,23 @@ def test_cli_examples_by_score(tmp_path, capsys, cnn_run):
     loss = RunFolder.open(run).load_dynamics().loss
     csl = loss[1:].astype(float).sum(axis=0)  # cumulative sample loss over the trained epochs
     assert ids == sorted(range(len(csl)), key=lambda i: -csl[i])[:5]
+
+
+def test_cli_neurons_out_keeps_the_default_results(tmp_path, capsys, cnn_run):
+    """A second search written elsewhere with --out must not overwrite the first one's graph and summary."""
+    from test_cli import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run.root, run)
+    shutil.rmtree(run / "locate", ignore_errors=True)
+    code, _, _ = run_cli(capsys, "locate", "neurons", run, "--n", "2", "--max-units", "40")
+    assert code == 0
+    kept = {name: (run / "locate" / name).read_bytes() for name in ("neurons.graphml", "neurons_report.json")}
+    other = run / "other" / "flips.jsonl"
+    code, _, _ = run_cli(capsys, "locate", "neurons", run, "--n", "3", "--max-units", "30", "--out", other)
+    assert code == 0
+    for name, content in kept.items():
+        assert (run / "locate" / name).read_bytes() == content, f"{name} was overwritten"
+    assert (other.parent / "flips.graphml").read_text().startswith("<?xml")
+    stored = json.loads((other.parent / "flips_report.json").read_text())
+    assert stored["config"]["n"] == 3 and len(stored["results"]["records"]) == 6

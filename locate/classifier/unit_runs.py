@@ -117,7 +117,7 @@ def locate_neurons(
     labels, _ = run.load_noise()
     targets, known = _targets(run, examples, labels.mask, n, config.seed), run.mask_known()
     path = Path(out) if out else run.root / RESULTS
-    config_path = path.with_name(path.name.replace(".jsonl", "") + ".config.json")
+    config_path, graph_path, report_path = _companions(run, out, path)
     wanted = _stored_options(config, final)
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
@@ -163,7 +163,7 @@ def locate_neurons(
         n=n,
         records=records,
         sharing=sharing_stats(graph),
-        graphml=str(write_graphml(graph, run.root / GRAPH_PATH)),
+        graphml=str(write_graphml(graph, graph_path)),
         jsonl=str(path),
         noisy=groups.get("noisy"),
         clean=groups.get("clean"),
@@ -174,8 +174,21 @@ def locate_neurons(
         **result.to_dict(),
         provenance=provenance(config.seed, {"final_checkpoint": run.checkpoint(final)}),
     )
-    report.save(run.root / REPORT_PATH)
+    report.save(report_path)
     return result
+
+
+def _companions(run: RunFolder, out: Path | None, path: Path) -> tuple[Path, Path, Path]:
+    """The options, graph and summary files beside a results file.
+
+    A search written elsewhere with ``out`` keeps its graph and summary beside it, so
+    it never overwrites the run's default search, which `load_neurons` and the report read.
+    """
+    stem = path.name.removesuffix(".jsonl")
+    config = path.with_name(stem + ".config.json")
+    if not out:
+        return config, run.root / GRAPH_PATH, run.root / REPORT_PATH
+    return config, path.with_name(stem + ".graphml"), path.with_name(stem + "_report.json")
 
 
 def _targets(run: RunFolder, examples: str, mask: np.ndarray, n: int, seed: int) -> list[int]:
