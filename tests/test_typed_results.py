@@ -110,4 +110,7 @@ def test_neurons_result_round_trips(cnn_run, tmp_path):
     assert again.records == result.records and again.sharing == result.sharing
     only_noisy = locate_neurons(run, CPU, config, examples="noisy", n=2, out=tmp_path / "noisy.jsonl")
     assert only_noisy.clean is None and list(only_noisy.groups()) == ["noisy"]
-    assert load_neurons(run) == only_noisy
+    # written elsewhere, it keeps its own summary and leaves the run's default one to the report
+    assert load_neurons(run) == result
+    stored = Report.load(tmp_path / "noisy_report.json")
+    assert NeuronsResult.from_report(stored) == only_noisy
