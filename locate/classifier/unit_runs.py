@@ -116,8 +116,7 @@ def locate_neurons(
     final = final_checkpoint(run)
     labels, _ = run.load_noise()
     targets, known = _targets(run, examples, labels.mask, n, config.seed), run.mask_known()
-    path = Path(out) if out else run.root / RESULTS
-    config_path, graph_path, report_path = _companions(run, out, path)
+    path, config_path, graph_path, report_path = _result_files(run, out)
     wanted = _stored_options(config, final)
     if config_path.is_file() and json.loads(config_path.read_text()) != wanted:
         raise RunFolderError(
@@ -178,17 +177,18 @@ def locate_neurons(
     return result
 
 
-def _companions(run: RunFolder, out: Path | None, path: Path) -> tuple[Path, Path, Path]:
-    """The options, graph and summary files beside a results file.
+def _result_files(run: RunFolder, out: Path | None) -> tuple[Path, Path, Path, Path]:
+    """The results file, and the options, graph and summary files beside it.
 
     A search written elsewhere with ``out`` keeps its graph and summary beside it, so
     it never overwrites the run's default search, which `load_neurons` and the report read.
     """
+    path = Path(out) if out else run.root / RESULTS
     stem = path.name.removesuffix(".jsonl")
     config = path.with_name(stem + ".config.json")
     if not out:
-        return config, run.root / GRAPH_PATH, run.root / REPORT_PATH
-    return config, path.with_name(stem + ".graphml"), path.with_name(stem + "_report.json")
+        return path, config, run.root / GRAPH_PATH, run.root / REPORT_PATH
+    return path, config, path.with_name(stem + ".graphml"), path.with_name(stem + "_report.json")
 
 
 def _targets(run: RunFolder, examples: str, mask: np.ndarray, n: int, seed: int) -> list[int]:
