@@ -28,6 +28,7 @@ def assert_one_line_error(code, err, *needles):
     assert lines[0].startswith("memloc: error: ") and "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 TRAIN = ("train", "--data", "digits", "--arch", "mlp", "--limit", "200", "--epochs", "2")

@@ -10,26 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from memloc.cli.app import main
 from memloc.core.classifier.model_source import import_factory
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.errors import ModelLoadError
 from memloc.core.training.train import TrainConfig, train_run
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
-def one_line_error(code, err) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code not in (0, None) and len(lines) == 1, err
-    assert lines[0].startswith("memloc: error: ")
-    return lines[0]
+from test_cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +112,7 @@ def test_without_a_mask_analyses_say_so_and_show_nan(outside, tmp_path, capsys):
     assert code == 0 and "noisy/clean splits are shown as n/a" in err
     cells = json.loads((imported / "locate" / "layers.json").read_text())
     assert cells
-    line = one_line_error(*run_cli(capsys, "locate", "neurons", imported, "--n", "2")[::2])
+    line = assert_one_line_error(*run_cli(capsys, "locate", "neurons", imported, "--n", "2")[::2])
     assert "noise mask" in line and "top:csl" in line
     code, _, err = run_cli(
         capsys, "locate", "neurons", imported, "--examples", "top:csl:2", "--max-units", "10"
@@ -142,9 +127,9 @@ def test_without_a_mask_analyses_say_so_and_show_nan(outside, tmp_path, capsys):
 def test_without_init_rewinding_to_zero_and_retraining_need_import_init(outside, tmp_path, capsys):
     imported = tmp_path / "imported"
     assert run_cli(capsys, *import_args(outside, imported, "--true-labels", outside / "true.npy"))[0] == 0
-    line = one_line_error(*run_cli(capsys, "locate", "layers", imported, "--epoch", "0")[::2])
+    line = assert_one_line_error(*run_cli(capsys, "locate", "layers", imported, "--epoch", "0")[::2])
     assert "memloc import --init" in line
-    line = one_line_error(*run_cli(capsys, "locate", "layers", imported, "--epoch", "1")[::2])
+    line = assert_one_line_error(*run_cli(capsys, "locate", "layers", imported, "--epoch", "1")[::2])
     assert "retraining from it needs" in line and "memloc import --init" in line
     code, _, err = run_cli(capsys, "locate", "layers", imported, "--epoch", "1", "--no-retrain")
     assert code == 0, err
@@ -162,10 +147,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(trained, outside, tmp_path, c
         args = import_args(outside, run_dir)
         for i in range(0, len(extra), 2):
             args[args.index(extra[i]) + 1] = extra[i + 1]
-        assert needle in one_line_error(*run_cli(capsys, *args)[::2])
+        assert needle in assert_one_line_error(*run_cli(capsys, *args)[::2])
         assert not run_dir.exists()
     torch.save({"m": trained.load_checkpoint(1), "x": Path("p")}, outside / "ckpt" / "ep9.pt")
-    assert "--trust-pickle" in one_line_error(*run_cli(capsys, *import_args(outside, run_dir))[::2])
+    assert "--trust-pickle" in assert_one_line_error(*run_cli(capsys, *import_args(outside, run_dir))[::2])
     assert not run_dir.exists()
 
 
@@ -179,7 +164,7 @@ def test_changed_checkpoint_is_refused_by_later_analyses(outside, tmp_path, caps
     data = bytearray(last.read_bytes())
     data[-1] ^= 1
     last.write_bytes(bytes(data))
-    assert "changed since it was imported" in one_line_error(
+    assert "changed since it was imported" in assert_one_line_error(
         *run_cli(capsys, "locate", "neurons", imported)[::2]
     )
 
@@ -210,7 +195,7 @@ def test_an_explicit_list_by_flag_or_file_imports_in_its_order(trained, outside,
         run = RunFolder(run_dir)
         assert [Path(e.path).name for e in run.manifest().entries] == [p.name for p in files]
         np.testing.assert_array_equal(run.load_dynamics().pred[1:], trained.load_dynamics().pred[1:])
-    line = one_line_error(
+    line = assert_one_line_error(
         *run_cli(capsys, *import_args(outside, tmp_path / "x", "--checkpoint", files[0]))[::2]
     )
     assert "not both" in line

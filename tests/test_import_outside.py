@@ -11,18 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from memloc.cli.app import main
+from test_cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "train_outside.py"
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_the_script_does_not_import_memloc():
