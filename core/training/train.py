@@ -36,6 +36,7 @@ from memloc.core.classifier.splits import RunData
 from memloc.core.errors import CheckpointError, MemlocError
 from memloc.core.progress import Progress
 from memloc.core.training.etd import EtdConfig, EtdLayout
+from memloc.core.training.schedule import epoch_generator, warmup_cosine
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
 from torch import nn
@@ -98,21 +99,6 @@ class TrainConfig:
         if self.etd is None:
             del d["etd"]  # likewise for example-tied dropout
         return d
-
-
-def _lr_at(config: TrainConfig, step: int, total: int) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero.
-
-    The low final rate is what lets the network fit (memorize) the noisy labels.
-    """
-    warm = max(1, total // 20)
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def _record(
@@ -272,12 +258,12 @@ def train_run(
     for epoch in range(start_epoch, config.epochs + 1):
         began = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch)).to(device)
+        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(device)
         step_stats = []
         for i, idx in enumerate(torch.tensor_split(perm, steps_per_epoch)):
             step = (epoch - 1) * steps_per_epoch + i
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, step, total)
+                group["lr"] = warmup_cosine(config.lr, step, total)
             accounting = groups if config.grad_accounting else None
             stats = _step(model, optimizer, on_device, idx, etd, accounting, (epoch, i))
             if stats is not None:

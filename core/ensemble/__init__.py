@@ -1,0 +1,1 @@
+"""Subset ensembles: K models trained on seeded subsets of one run's training set."""
