@@ -1,0 +1,52 @@
+"""Typed results survive a trip to disk: nested dataclasses, tuples, dicts, arrays, NaN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from memloc.core.dataclass_files import load_dataclass, save_dataclass
+from memloc.core.errors import RunFolderError
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str
+    auc: float
+    fpr: np.ndarray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Outer:
+    curves: tuple[Curve, ...]
+    by_epoch: dict[int, float]
+    note: str | None
+    missing: float
+    scores: dict[str, np.ndarray] = field(compare=False)
+
+
+def test_a_nested_result_comes_back_as_the_same_types_and_values(tmp_path):
+    out = Outer(
+        curves=(Curve("online", 0.9, np.linspace(0, 1, 5)), Curve("loss", 0.6, np.zeros(3, np.float32))),
+        by_epoch={1: 0.5, 10: 0.25},
+        note=None,
+        missing=float("nan"),
+        scores={"mem": np.arange(4.0), "ssft": np.array([1, 2, 3])},
+    )
+    json_path, npz_path = save_dataclass(out, tmp_path / "result")
+    assert json_path.is_file() and npz_path.is_file()
+    back = load_dataclass(Outer, tmp_path / "result")
+    assert isinstance(back.curves[0], Curve) and back.curves[1].name == "loss"
+    assert np.array_equal(back.curves[0].fpr, out.curves[0].fpr)
+    assert back.curves[1].fpr.dtype == np.float32
+    assert back.by_epoch == {1: 0.5, 10: 0.25}
+    assert back.note is None and np.isnan(back.missing)
+    assert np.array_equal(back.scores["ssft"], [1, 2, 3])
+
+
+def test_a_damaged_file_says_how_to_recover(tmp_path):
+    save_dataclass(Curve("x", 1.0, np.ones(2)), tmp_path / "c")
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="remove it to recompute"):
+        load_dataclass(Curve, tmp_path / "c")
