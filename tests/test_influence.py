@@ -86,3 +86,19 @@ def test_config_validation_names_the_field(make, field):
     with pytest.raises(ConfigError) as err:
         make()
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_influence_grid_shows_each_pair_as_two_pictures(tmp_path):
+    from memloc.locate.classifier.ensemble_figures import influence_grid
+    from memloc.locate.classifier.influence import InfluencePair
+
+    rng = np.random.default_rng(5)
+    train, test = rng.random((10, 64)), rng.random((4, 1, 8, 8))
+    pairs = [InfluencePair(3, 1, 0.5, 0.9), InfluencePair(7, 2, 0.3, 0.4), InfluencePair(0, 0, 0.2, 0.3)]
+    fig = influence_grid(pairs, train, test, image_shape=(8, 8), given=np.arange(10) % 10, columns=2)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 6 and shown[0].get_title().startswith("train 3 y=3")
+    np.testing.assert_allclose(shown[0].images[0].get_array().shape, (8, 8))
+    fig.savefig(tmp_path / "pairs.png")
+    with pytest.raises(MemlocError, match="image_shape"):
+        influence_grid(pairs, train, test)

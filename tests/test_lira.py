@@ -125,3 +125,21 @@ def test_config_validation_names_the_field(make, field):
     with pytest.raises(ConfigError) as err:
         make()
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_roc_figure_has_every_variant_and_chance_on_log_axes(tmp_path):
+    from memloc.locate.classifier.ensemble_figures import in_out_histograms, lira_roc_figure
+
+    inside = draw_membership(MembershipConfig(models=8, seed=12), 100).matrix
+    phi = gaussian_phi(inside, 1.0, 0.0, seed=13)
+    fig = lira_roc_figure(lira_from_phi(phi, inside, phi, LiraConfig()))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert len(ax.get_lines()) == len(VARIANTS) + 1 and ax.get_legend_handles_labels()[1][-1] == "chance"
+    fig.savefig(tmp_path / "roc.png")
+    hist = in_out_histograms(
+        [(phi[inside[:, i], i], phi[~inside[:, i], i]) for i in range(3)], ["a", "b", "c"]
+    )
+    assert len(hist.axes) == 3 and hist.axes[0].get_legend_handles_labels()[1] == ["in (4)", "out (4)"]
+    with pytest.raises(MemlocError):
+        in_out_histograms([], [])
