@@ -205,6 +205,7 @@ def peer_part(args: argparse.Namespace, target: nn.Module, members_mask: np.ndar
         np.zeros(ref_logits.shape[:2], bool),
     )
     offline = offline_score(phi_t, mu, sigma)
+    fixed = offline_score(phi_t, mu, np.sqrt(np.mean(sigma**2)))  # one σ pooled over the examples
     ours_s = time.perf_counter() - start
     print(
         f"peer: target = ensemble model 0, {args.references} references trained on halves of pool B (all out)"
@@ -214,6 +215,7 @@ def peer_part(args: argparse.Namespace, target: nn.Module, members_mask: np.ndar
         f"TPR@1% {100 * tpr_at(fpr, tpr, 1e-2):5.1f}%  ({peer_s:.2f} s, {len(fpr)} thresholds)"
     )
     print(roc_line(f"memloc offline LiRA ({ours_s:.3f} s)", offline[members_mask], offline[~members_mask])[0])
+    print(roc_line("memloc offline, fixed variance", fixed[members_mask], fixed[~members_mask])[0])
     loss_score = negative_cross_entropy(target_logits, labels[None])[0]
     print(roc_line("LOSS", loss_score[members_mask], loss_score[~members_mask])[0])
 

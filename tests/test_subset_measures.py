@@ -108,3 +108,41 @@ def test_config_validation_names_the_field(make, field):
     with pytest.raises(ConfigError) as err:
         make()
     assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_on_a_tiny_trained_digits_ensemble_mislabeled_examples_are_memorized():
+    import torch
+    from memloc.core.ensemble.logits import EnsembleLogits
+    from memloc.core.ensemble.membership import MembershipConfig, draw_membership
+    from memloc.core.training.subset_fit import FitConfig, fit
+    from memloc.locate.classifier.scores import auroc
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    data = load_digits()
+    x = torch.tensor(data.data[:240] / 16.0, dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    noisy = rng.random(240) < 0.15
+    given = np.where(noisy, (data.target[:240] + rng.integers(1, 10, 240)) % 10, data.target[:240])
+    membership = draw_membership(MembershipConfig(models=8, keep=0.5, seed=0), 240)
+    logits = []
+    for k in range(8):
+        torch.manual_seed(k)
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+        fit(
+            model,
+            x,
+            torch.tensor(given),
+            membership.subset(k),
+            FitConfig(epochs=100, batch_size=32, lr=1e-2, seed=k),
+        )
+        with torch.no_grad():
+            logits.append(model.eval()(x).numpy())
+    train = np.stack(logits)
+    ens = EnsembleLogits(membership, train, train[:, :5], given, given[:5])
+    mem = label_memorization(ens, LabelMemorizationConfig()).mem
+    # 120 examples per model: clean ones keep a generalization gap, mislabeled ones are only right when in
+    assert mem[noisy].mean() > 0.8 and abs(mem[~noisy].mean()) < 0.3
+    assert auroc(mem, noisy) > 0.9
+    assert auroc(c_score(ens, CScoreConfig()).memorized, noisy) > 0.9
+    assert auroc(counterfactual_memorization(ens, CounterfactualConfig()).score, noisy) > 0.9
