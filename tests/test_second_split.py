@@ -103,6 +103,15 @@ def test_bad_second_split_config_names_its_field(kwargs, field):
     assert caught.value.field == field and "\n" not in str(caught.value)
 
 
+def test_the_first_half_gets_the_runs_steps_and_overrides_win():
+    train = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.0}
+    first, tune = SecondSplitConfig(finetune_epochs=4).fit_configs(train)
+    assert (first.epochs, first.lr, first.batch_size) == (6, 1e-3, 32)  # half the set, twice the epochs
+    assert (tune.epochs, tune.lr) == (4, 1e-3)
+    first, tune = SecondSplitConfig(epochs=5, lr=2e-3, finetune_lr=1e-4).fit_configs(train)
+    assert (first.epochs, first.lr, tune.lr) == (5, 2e-3, 1e-4)
+
+
 def _ensemble(run, models: int = 4) -> EnsembleLogits:
     """A small real ensemble of the run's MLP on half-subsets (few epochs: it is a smoke test)."""
     data = RunData.load(run, torch.device("cpu"))

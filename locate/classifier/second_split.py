@@ -50,7 +50,9 @@ from torch import nn
 @dataclass(frozen=True)
 class SecondSplitConfig:
     """``epochs``, ``lr``, ``batch_size``, ``weight_decay``: the first-half training (None: the
-    run's); ``finetune_lr``: the second-half fine-tune's (None: the training lr)."""
+    run's; for ``epochs`` twice the run's, so that the half set gets the run's number of
+    steps and is fit the way the run fit the whole set, as SSFT assumes);
+    ``finetune_lr``: the second-half fine-tune's (None: the training lr)."""
 
     finetune_epochs: int = 10
     epochs: int | None = None
@@ -73,7 +75,7 @@ class SecondSplitConfig:
         lr = self.lr if self.lr is not None else float(train["lr"])
         batch = self.batch_size if self.batch_size is not None else int(train["batch_size"])
         decay = self.weight_decay if self.weight_decay is not None else float(train.get("weight_decay", 0.0))
-        epochs = self.epochs if self.epochs is not None else int(train["epochs"])
+        epochs = self.epochs if self.epochs is not None else 2 * int(train["epochs"])
         tune_lr = self.finetune_lr if self.finetune_lr is not None else lr
         return (
             FitConfig(epochs, batch, lr, decay, self.seed),
@@ -221,9 +223,15 @@ def second_split_forgetting(
         torch.manual_seed(config.seed * 2 + d)  # a fresh seeded init per direction
         model = build_classifier(run.spec()).to(device)
         result = _run_direction(
-            model, data, first, second, configs, attack=fits is not None,
-            eval_batch_size=config.eval_batch_size, progress=labelled(progress, f"direction {d + 1}/2"),
-        )  # fmt: skip
+            model,
+            data,
+            first,
+            second,
+            configs,
+            attack=fits is not None,
+            eval_batch_size=config.eval_batch_size,
+            progress=labelled(progress, f"direction {d + 1}/2"),
+        )
         correct[:, first] = result.correct
         half[first] = d
         if fits is not None and result.member_phi is not None and result.test_phi is not None:
