@@ -157,3 +157,10 @@ def test_an_ensemble_of_another_run_is_refused(digits_run):
         second_split_forgetting(
             digits_run, torch.device("cpu"), SecondSplitConfig(finetune_epochs=1), ensemble=other
         )
+
+
+def test_second_split_forgetting_reproduces_from_its_seed(digits_run):
+    config = SecondSplitConfig(finetune_epochs=2, epochs=3, seed=5)
+    first = second_split_forgetting(digits_run, torch.device("cpu"), config)
+    again = second_split_forgetting(digits_run, torch.device("cpu"), config)
+    assert np.array_equal(first.correct, again.correct) and np.array_equal(first.half, again.half)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from memloc.locate.classifier.benign import BenignResult
 from memloc.locate.classifier.neural_collapse import CollapseResult
 from memloc.locate.classifier.second_split import SecondSplitResult
@@ -40,6 +41,7 @@ def ssft_curves(result: SecondSplitResult) -> Figure:
             )
     ax.set(xlabel="fine-tuning epoch on the second half", ylabel="fraction correct", ylim=(-0.02, 1.02))
     ax.set_title("Second-split forgetting")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return fig
 
@@ -61,6 +63,8 @@ def forgetting_rate_curve(result: SecondSplitResult) -> Figure:
     tpr_ax.axhline(fpr, color="grey", lw=0.8, ls="--")
     auc_ax.set(xlabel="fine-tuning epoch", ylabel="offline LiRA AUC", title="Forgetting rate: AUC")
     tpr_ax.set(xlabel="fine-tuning epoch", ylabel=f"TPR at {fpr:g} FPR", title="Forgetting rate: TPR")
+    for ax in (auc_ax, tpr_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     auc_ax.legend()
     return fig
 
@@ -72,6 +76,7 @@ def nc1_curves(result: CollapseResult) -> Figure:
     for g, name in enumerate(result.groups):
         ax.plot(result.epochs, result.nc1[:, g], marker="o", label=name)
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="NC1 = tr(Σ_W Σ_B⁺)/K", title="Within-class variability (true labels)")
     ax.legend()
     return fig
@@ -87,6 +92,10 @@ def benign_bars(result: BenignResult) -> Figure:
         x + 0.2, [layer.final_accuracy for layer in result.layers], 0.4, label=f"epoch {result.final_epoch}"
     )
     ax.set_xticks(x, [layer.group for layer in result.layers])
-    ax.set(ylabel="kNN probe test accuracy", ylim=(0, 1), title=f"Benign memorization (k={result.config.k})")
-    ax.legend()
+    # The headroom above 1 keeps the legend off the bars.
+    ax.set(
+        ylabel="kNN probe test accuracy", ylim=(0, 1.18), title=f"Benign memorization (k={result.config.k})"
+    )
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(loc="upper center", ncol=2)
     return fig
