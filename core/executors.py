@@ -61,8 +61,9 @@ class RayExecutor:
     """Jobs as Ray tasks: a local Ray on this machine's CPUs (and GPUs) unless ``address`` names a cluster.
 
     Each task asks for ``cpus_per_job`` CPUs (Ray then sets OMP_NUM_THREADS to match) and
-    ``gpus_per_job`` GPUs, fractional to share one. Workers get the driver's PYTHONPATH,
-    so they import the same memloc. A Ray this executor started is shut down afterwards.
+    ``gpus_per_job`` GPUs, fractional to share one. Workers get the driver's PYTHONPATH (a
+    local Ray's inherit it, a cluster's get it in their runtime_env), so they import the
+    same memloc. A Ray this executor started is shut down afterwards.
     """
 
     name = "ray"
@@ -76,12 +77,16 @@ class RayExecutor:
         gpus_per_job: float = 0.0,
     ) -> None:
         self.ray = import_ray()  # here, so a missing Ray is refused before any work or file
-        if gpus_per_job < 0 or cpus_per_job <= 0:
-            raise MemlocError("gpus per job must be at least 0 and cpus per job above 0", field="executor")
+        if not gpus_per_job >= 0:
+            raise MemlocError(f"gpus_per_job must be at least 0, got {gpus_per_job}", field="gpus_per_job")
+        if not cpus_per_job > 0:
+            raise MemlocError(f"cpus_per_job must be positive, got {cpus_per_job}", field="cpus_per_job")
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
 
     def _runtime_env(self) -> dict:
+        # A cluster's workers do not inherit this process's environment (a local Ray's do, and
+        # a runtime_env there would only start a second pool of workers).
         path = os.environ.get("PYTHONPATH")
         return {"env_vars": {"PYTHONPATH": path}} if path else {}
 
@@ -97,7 +102,6 @@ class RayExecutor:
                 num_cpus=self.num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 ignore_reinit_error=True,
-                runtime_env=self._runtime_env(),
                 log_to_driver=False,
             )
         return True

@@ -105,7 +105,7 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
             raise MemlocError(
                 f"member {k} trains on {len(subset)} examples, fewer than the {steps} steps per epoch; {REFUSED}"
             )
-    params, buffers = stack_module_state(models)  # type: ignore[arg-type]  # takes a list of modules
+    params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
 
     def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:

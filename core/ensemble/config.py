@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from memloc.core.classifier.runs import RunFolder
@@ -126,7 +127,7 @@ def run_fingerprint(run: RunFolder) -> str:
 
 def fit_settings(run: RunFolder, config: EnsembleConfig) -> FitConfig:
     """The run's own epochs, batch size, lr and weight decay, where the config leaves them None."""
-    overrides = {
+    overrides: dict[str, Any] = {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
@@ -140,7 +141,9 @@ def fit_settings(run: RunFolder, config: EnsembleConfig) -> FitConfig:
         stored: dict = {"weight_decay": 0.0}
     else:
         stored = run.config()["train"]
-    chosen = {name: stored.get(name) if value is None else value for name, value in overrides.items()}
+    chosen: dict[str, Any] = {
+        name: stored.get(name) if value is None else value for name, value in overrides.items()
+    }
     return FitConfig(
         int(chosen["epochs"]),
         int(chosen["batch_size"]),

@@ -62,6 +62,13 @@ def _first_difference(found: object, wanted: object, prefix: str = "") -> str | 
     return None if found == wanted else prefix.rstrip(".")
 
 
+def _lookup(document: dict, dotted: str) -> object:
+    value: object = document
+    for key in dotted.split("."):
+        value = value.get(key, "absent") if isinstance(value, dict) else "absent"
+    return value
+
+
 class EnsembleFolder:
     """Paths and I/O of one ensemble folder (`start` creates it or checks it holds this plan)."""
 
@@ -100,11 +107,16 @@ class EnsembleFolder:
             if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
                 raise MemlocError(f"{self.root} exists and is not an ensemble folder; choose another --out")
             return
-        field = _first_difference(self.stored(), plan.to_dict())
-        if field:
-            what = "run" if field == "run_fingerprint" else field
+        found, wanted = self.stored(), plan.to_dict()
+        field = _first_difference(found, wanted)
+        if field == "run_fingerprint":
             raise MemlocError(
-                f"{self.root} holds another ensemble (its {what} differs from this request); "
+                f"{self.root} holds an ensemble of another run; choose another --out or remove that folder"
+            )
+        if field:
+            there, asked = _lookup(found, field), _lookup(wanted, field)
+            raise MemlocError(
+                f"{self.root} holds another ensemble (its {field} is {there}, this request's {asked}); "
                 "choose another --out or remove that folder"
             )
 
