@@ -65,6 +65,17 @@ def build_member(run: RunFolder, member: int, seed: int) -> nn.Module:
     return build_classifier(run.spec())
 
 
+def placed(model: nn.Module, ctx: MemberContext) -> nn.Module:
+    """The member on its inputs' device, and in their dtype when that is a float dtype.
+
+    A context of float64 inputs trains float64 members: how benchmarks/ensemble.py checks
+    that two trainers compute the same thing beyond float32 rounding, which long training
+    amplifies.
+    """
+    dtype = ctx.x_train.dtype
+    return model.to(ctx.x_train.device, dtype) if dtype.is_floating_point else model.to(ctx.x_train.device)
+
+
 def final_logits(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> np.ndarray:
     """Eval-mode float32 logits of every row of ``x``, in chunks of ``batch``."""
     model.eval()
@@ -81,7 +92,7 @@ def save_trained(ctx: MemberContext, member: int, model: nn.Module, keep_weights
 
 def train_member(ctx: MemberContext, member: int, keep_weights: bool = False) -> None:
     """Train member ``member`` on its subset and save it."""
-    model = build_member(ctx.run, member, ctx.plan.membership.seed).to(ctx.x_train.device)
+    model = placed(build_member(ctx.run, member, ctx.plan.membership.seed), ctx)
     fit(
         model,
         ctx.x_train,
