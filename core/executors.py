@@ -106,6 +106,15 @@ class RayExecutor:
             )
         return True
 
+    def _get(self, refs: list) -> list:
+        """ray.get, with a job's MemlocError raised as itself (one line), not inside Ray's traceback."""
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, MemlocError):
+                raise exc.cause from None
+            raise
+
     def map(self, fn: Callable[[J], R], jobs: Sequence[J], progress: Progress | None = None) -> list[R]:
         if not jobs:
             return []
@@ -118,10 +127,10 @@ class RayExecutor:
             pending = list(refs)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                ray.get(ready)  # a failed job raises here, at once
+                self._get(ready)  # a failed job raises here, at once
                 if progress:
                     progress(len(refs) - len(pending), len(refs), "")
-            return ray.get(refs)
+            return self._get(refs)
         except BaseException:
             for ref in refs:
                 ray.cancel(ref, force=True)

@@ -167,3 +167,21 @@ def test_imported_run_needs_training_flags(digits_run, monkeypatch):
     monkeypatch.setattr(RunFolder, "is_imported", lambda self: True)
     with pytest.raises(MemlocError, match=r"give --lr, --batch-size$"):
         plan_ensemble(digits_run, EnsembleConfig(models=4, epochs=2))
+
+
+def test_ray_job_errors_surface_as_their_one_line(monkeypatch):
+    class TaskError(Exception):
+        def __init__(self, cause):
+            super().__init__(f"Traceback ...\n{cause}")
+            self.cause = cause
+
+    class FakeRay:
+        exceptions = type("exceptions", (), {"RayTaskError": TaskError})
+
+        @staticmethod
+        def get(refs):
+            raise TaskError(MemlocError("member 3: bad input"))
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay)
+    with pytest.raises(MemlocError, match=r"^member 3: bad input$"):
+        RayExecutor()._get([object()])

@@ -84,7 +84,8 @@ def train_ensemble(
             )
     else:
         jobs = [
-            MemberJob(str(run.root), str(folder.root), k, str(device), config.keep_weights) for k in pending
+            MemberJob(str(run.root), str(folder.root), k, _job_device(executor, device), config.keep_weights)
+            for k in pending
         ]
         executor.map(run_member_job, jobs, progress=tracked)
     ensemble = load_ensemble(folder, run)
@@ -101,6 +102,14 @@ def train_ensemble(
         out_acc,
         test_acc,
     )
+
+
+def _job_device(executor: Executor, device: torch.device) -> str:
+    """The device a job names: an executor that hands each job its own GPUs (Ray with GPUs per
+    model makes them the only visible ones) gets plain "cuda", the first GPU the job sees."""
+    if device.type == "cuda" and getattr(executor, "gpus_per_job", 0) > 0:
+        return "cuda"
+    return str(device)
 
 
 def member_accuracies(ensemble: EnsembleLogits) -> tuple[float, float, float]:
