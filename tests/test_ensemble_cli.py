@@ -75,3 +75,17 @@ def test_folder_of_another_ensemble_refused(digits_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, *_ensemble(digits_run, "--out", digits_run.root))
     assert_one_line_error(code, err, "is not an ensemble folder")
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_interrupted_ensemble_says_a_rerun_resumes(digits_run, tmp_path, capsys, monkeypatch):
+    from memloc.core.ensemble import engine
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_ensemble", interrupt)
+    code, _, err = run_cli(capsys, *_ensemble(digits_run, "--out", tmp_path / "e"))
+    assert code == 130
+    assert err.strip().endswith(
+        "memloc ensemble interrupted; rerun the same command to resume (finished models are kept)"
+    )
