@@ -22,6 +22,10 @@ BY_CONFIG = {
     ("EvalConfig", "generation_tokens"): "--fluency-tokens",
     ("LayersConfig", "rewind_epochs"): "--epoch",
     ("EtdConfig", "layers"): "--etd-layer",
+    ("MembershipConfig", "models"): "--models",
+    ("MembershipConfig", "keep"): "--keep",
+    ("EnsembleConfig", "weight_decay"): "--weight-decay",
+    ("BatchedExecutor", "models_per_pass"): "--models-per-pass",
 }
 
 # field -> flag everywhere else.
@@ -63,7 +67,12 @@ BY_FIELD = {
         "normalize",
         "channels",
     ]
-} | {"document_start": "--doc-start", "p_gen": "--etd-p-gen", "p_mem": "--etd-p-mem"}
+} | {
+    "gpus_per_job": "--gpus-per-model",
+    "document_start": "--doc-start",
+    "p_gen": "--etd-p-gen",
+    "p_mem": "--etd-p-mem",
+}
 
 
 def flag_for(field: str, config: str = "") -> str | None:

@@ -20,6 +20,7 @@ RESUMES = {
     "locate layers": "rerun the same command to resume (finished layer/epoch cells are kept)",
     "locate neurons": "rerun the same command to resume (finished examples are kept)",
     "edit stats": "rerun the same command to resume from the last saved batch",
+    "ensemble": "rerun the same command to resume (finished models are kept)",
 }
 # Commands that keep finished facts only in their --out folder.
 PER_FACT = {"locate trace", "locate suppress", "locate enhance", "locate knowledge-neurons"}

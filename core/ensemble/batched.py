@@ -1,0 +1,158 @@
+"""K small ensemble members trained at once, as one batched model (torch.func).
+
+The members' weights are stacked (`torch.func.stack_module_state`) and one `vmap` of
+`functional_call` runs all K on their own batches in one pass. Each member keeps what
+makes it itself in `core/ensemble/members.py`'s sequential path: the same seeded
+initialization, the same per-epoch shuffle of its own subset into the same
+``steps_per_epoch`` chunks (`epoch_batches`), the same warm-up-cosine rate. Chunks of
+different lengths are padded to the longest with weight-0 slots, the loss is the sum
+over members of each member's mean over its real slots, and Adam on the stacked
+tensors is K independent Adams (Adam is elementwise). So the final logits equal K
+separate `fit` runs up to float rounding (batched matrix products sum in another order).
+
+BatchNorm's running statistics and dropout's random masks do not vmap the same way, so
+such models are refused: train them with the sequential or Ray executor.
+
+Example::
+
+    train_batched(ctx, members=list(range(16)), models_per_pass=8)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from memloc.core.ensemble.members import MemberContext, build_member, placed, save_trained
+from memloc.core.errors import MemlocError
+from memloc.core.progress import Progress
+from memloc.core.training.schedule import warmup_cosine
+from memloc.core.training.subset_fit import epoch_batches
+from memloc.core.validation import at_least
+from torch import nn
+
+REFUSED = "use --executor sequential or ray"
+
+
+@dataclass(frozen=True)
+class BatchedExecutor:
+    """Members trained ``models_per_pass`` at a time (None: all at once) in this process."""
+
+    models_per_pass: int | None = None
+    name: ClassVar[str] = "batched"
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "models_per_pass")
+
+
+def check_batchable(model: nn.Module) -> None:
+    """Refuse, in one line, a model whose training does not vmap into K independent ones."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise MemlocError(
+                f"--executor batched cannot train a model with BatchNorm ({name}: its running statistics "
+                f"do not vmap); {REFUSED}"
+            )
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            raise MemlocError(
+                f"--executor batched cannot train a model with dropout ({name}: its random masks would "
+                f"differ from separate runs); {REFUSED}"
+            )
+
+
+def train_batched(
+    ctx: MemberContext,
+    members: Sequence[int],
+    *,
+    models_per_pass: int | None = None,
+    keep_weights: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Train and save ``members``, ``models_per_pass`` at a time."""
+    members = list(members)
+    width = models_per_pass or max(1, len(members))
+    for start in range(0, len(members), width):
+        chunk = members[start : start + width]
+        models = [placed(build_member(ctx.run, k, ctx.plan.membership.seed), ctx) for k in chunk]
+        for model in models:
+            check_batchable(model)
+
+        def report(epoch: int, first: int = start, size: int = len(chunk)) -> None:
+            if progress:
+                label = f"models {first + 1}-{first + size}: epoch {epoch}/{ctx.plan.fit.epochs}"
+                progress(first, len(members), label)
+
+        _train_pass(ctx, chunk, models, report)
+        for k, model in zip(chunk, models, strict=True):
+            save_trained(ctx, k, model, keep_weights)
+        if progress:
+            progress(start + len(chunk), len(members), "")
+
+
+def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module], report) -> None:
+    """One batched training of ``models`` (members ``chunk``); their weights end in the modules."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    plan, device = ctx.plan, ctx.x_train.device
+    steps, fits = plan.steps_per_epoch, [plan.member_fit(k) for k in chunk]
+    subsets = [torch.as_tensor(ctx.membership.subset(k), device=device, dtype=torch.long) for k in chunk]
+    for k, subset in zip(chunk, subsets, strict=True):
+        if len(subset) < steps:  # an empty batch skips a step in fit; a batched Adam cannot skip it
+            raise MemlocError(
+                f"member {k} trains on {len(subset)} examples, fewer than the {steps} steps per epoch; {REFUSED}"
+            )
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    forward = vmap(one)
+    optimizer = _adam(list(params.values()), plan.fit.lr, plan.fit.weight_decay)
+    total = steps * plan.fit.epochs
+    for epoch in range(1, plan.fit.epochs + 1):
+        batches = [epoch_batches(s, f.seed, epoch, steps) for s, f in zip(subsets, fits, strict=True)]
+        for i in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = warmup_cosine(plan.fit.lr, (epoch - 1) * steps + i, total)
+            index, weight = _padded([b[i] for b in batches], device)
+            logits = forward(params, buffers, ctx.x_train[index]).float()
+            ce = F.cross_entropy(logits.flatten(0, 1), ctx.given[index].flatten(), reduction="none")
+            loss = ((ce.view_as(weight) * weight).sum(1) / weight.sum(1)).sum()
+            if not torch.isfinite(loss):
+                raise MemlocError(
+                    f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr", field="lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # the gradients take their weights' layout, as the fused Adam needs
+            optimizer.step()
+        report(epoch)
+    with torch.no_grad():
+        for j, model in enumerate(models):
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                tensor.copy_((params if name in params else buffers)[name][j])
+            model.eval()
+
+
+def _adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam over the stacked tensors, fused into one kernel per tensor where torch has one.
+
+    The stacked tensors are K times larger than one model's, so Adam's many elementwise
+    passes are most of a step; the fused kernel does the same arithmetic in one pass.
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _padded(batches: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, L) example indices, each row padded with example 0, and (K, L) weights: 1 real, 0 padding."""
+    index = nn.utils.rnn.pad_sequence(batches, batch_first=True, padding_value=0)
+    lengths = torch.tensor([len(b) for b in batches], device=device)
+    weight = (torch.arange(index.shape[1], device=device)[None, :] < lengths[:, None]).float()
+    return index, weight
