@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from memloc.cli.classifier_memorization import memorization_command
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.defaults import config_default
 from memloc.cli.facts import enhance_command, knowledge_neurons_command, suppress_command, trace_command
@@ -24,6 +25,7 @@ app.command("trace")(trace_command)
 app.command("suppress")(suppress_command)
 app.command("enhance")(enhance_command)
 app.command("knowledge-neurons")(knowledge_neurons_command)
+app.command("memorization")(memorization_command)
 
 
 @app.command("layers")

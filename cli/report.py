@@ -26,6 +26,10 @@ def report_command(
     writable_folder(out or run.root / "report")
     md, page = build_report(run, out)
     if fmt is Format.json:
-        emit_json({"markdown": md, "html": page})
+        from memloc.locate.classifier.memorization import load_memorization, summary
+
+        measures = load_memorization(run)
+        figures = summary(measures) if measures is not None else None
+        emit_json({"markdown": md, "html": page, "memorization": figures})
         return
     stdout.print(f"report: {page}\nmarkdown: {md}")

@@ -5,7 +5,7 @@ into the same type.
 This is the one place a result turns into stored data; callers never pass dicts around.
 Arrays may sit at any depth (a field of a dataclass inside a tuple inside the result):
 each is stored under its path, e.g. ``online.fpr`` or ``directions.1.correct``. NaN
-floats survive the JSON (as null, read back as NaN where the field is a float).
+and inf survive the JSON, and None stays None.
 
 Example::
 
@@ -29,6 +29,7 @@ from memloc.core.errors import RunFolderError
 
 T = TypeVar("T")
 _ARRAY = "__array__"  # marks where an array was taken out to the .npz file
+_FLOAT = "__float__"  # marks NaN or inf, which JSON cannot hold
 
 
 def save_dataclass(obj: object, stem: str | Path) -> tuple[Path, Path]:
@@ -75,8 +76,8 @@ def _encode(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
         return [_encode(v, _join(path, str(i)), arrays) for i, v in enumerate(value)]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT: repr(value)}  # NaN and inf are not JSON; None stays None
     if isinstance(value, Path):
         return str(value)
     return value
@@ -89,10 +90,12 @@ def _join(path: str, name: str) -> str:
 def _decode(tp: Any, value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, dict) and set(value) == {_ARRAY}:
         return arrays[value[_ARRAY]]
+    if isinstance(value, dict) and set(value) == {_FLOAT}:
+        return float(value[_FLOAT])
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None:
-            return float("nan") if float in args else None
+            return None
         chosen = [a for a in args if a is not type(None)]
         return _decode(chosen[0], value, arrays)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -112,7 +115,7 @@ def _decode(tp: Any, value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if origin is list:
         return [_decode(args[0] if args else Any, v, arrays) for v in value]
     if tp is float:
-        return float("nan") if value is None else float(value)
+        return float(value)
     if tp is Path:
         return Path(value)
     return value

@@ -23,6 +23,7 @@ class Outer:
     by_epoch: dict[int, float]
     note: str | None
     missing: float
+    unset: float | None
     scores: dict[str, np.ndarray] = field(compare=False)
 
 
@@ -32,6 +33,7 @@ def test_a_nested_result_comes_back_as_the_same_types_and_values(tmp_path):
         by_epoch={1: 0.5, 10: 0.25},
         note=None,
         missing=float("nan"),
+        unset=None,
         scores={"mem": np.arange(4.0), "ssft": np.array([1, 2, 3])},
     )
     json_path, npz_path = save_dataclass(out, tmp_path / "result")
@@ -41,7 +43,7 @@ def test_a_nested_result_comes_back_as_the_same_types_and_values(tmp_path):
     assert np.array_equal(back.curves[0].fpr, out.curves[0].fpr)
     assert back.curves[1].fpr.dtype == np.float32
     assert back.by_epoch == {1: 0.5, 10: 0.25}
-    assert back.note is None and np.isnan(back.missing)
+    assert back.note is None and np.isnan(back.missing) and back.unset is None
     assert np.array_equal(back.scores["ssft"], [1, 2, 3])
 
 

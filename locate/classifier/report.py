@@ -15,6 +15,8 @@ from memloc.core.report import Report
 from memloc.locate.classifier.etd_report import etd_findings, etd_section
 from memloc.locate.classifier.layer_results import GradientRow, LayerCell, LayersResult
 from memloc.locate.classifier.layers import headline, load_layers, retrain_summary
+from memloc.locate.classifier.memorization import load_memorization
+from memloc.locate.classifier.memorization_report import memorization_sections
 from memloc.locate.classifier.scores import ScoresResult, load_scores, roc
 from memloc.locate.classifier.unit_results import FlipRecord, NeuronsResult
 from memloc.locate.classifier.unit_runs import load_neurons, summary_rows
@@ -465,6 +467,11 @@ def build_report(
         missing.append(f"memloc locate scores {run.root}")
     else:
         sections.append(scores_section(scores))
+    measures = load_memorization(run)
+    if measures is None:
+        missing.append(f"memloc locate memorization {run.root}")
+    else:
+        sections.extend(memorization_sections(measures, run))
     sections.extend(extra)
     if missing:
         sections.append(Section("Not yet computed", [f"Run: {cmd}" for cmd in missing]))
