@@ -41,7 +41,7 @@ def save_dataclass(obj: object, stem: str | Path) -> tuple[Path, Path]:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
     atomic_write(npz, write)
     js = atomic_write_text(stem.with_suffix(".json"), json.dumps(plain, indent=1) + "\n")

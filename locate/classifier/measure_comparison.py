@@ -65,8 +65,10 @@ def compare_measures(scores: Mapping[str, np.ndarray], noisy: np.ndarray | None)
         rho = np.array([[1.0, r], [r, 1.0]])
     else:
         rho = spearmanr(stacked, nan_policy="omit").statistic
-    known = noisy is not None and noisy.any() and not noisy.all()
-    aurocs = {n: auroc(stacked[:, i], noisy) if known else float("nan") for i, n in enumerate(names)}
+    if noisy is not None and noisy.any() and not noisy.all():
+        aurocs = {n: auroc(stacked[:, i], noisy) for i, n in enumerate(names)}
+    else:
+        aurocs = dict.fromkeys(names, float("nan"))
     return MeasureComparison(names, aurocs, np.asarray(rho, dtype=float))
 
 

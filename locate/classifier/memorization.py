@@ -180,7 +180,7 @@ def locate_memorization(
         key = config_key({"config": getattr(config, name), "ensemble": tag if uses_ensemble else None})
         computed[name] = _cached(run.root / STORE, name, key, RESULT_TYPES[name], compute)
     if ensembles:  # which ensemble the stored measures read, for load_memorization
-        info = {"models": ensemble.models, "keeps": [e.membership.config.keep for e in ensembles]}
+        info = {"models": ensembles[0].models, "keeps": [e.membership.config.keep for e in ensembles]}
         atomic_write_text(run.root / STORE / "ensemble.json", json.dumps(info) + "\n")
     labels, _ = run.load_noise()
     noisy = labels.mask if run.mask_known() else None
@@ -284,7 +284,7 @@ def _step_progress(progress: Progress | None, i: int, n: int, name: str) -> Prog
 def load_memorization(run: RunFolder) -> MemorizationResult | None:
     """The measures stored in ``run`` (whichever were computed), compared; None if none were."""
     folder = run.root / STORE
-    found = {
+    found: dict[str, Any] = {
         n: load_dataclass(RESULT_TYPES[n], folder / n) for n in MEASURES if (folder / f"{n}.json").is_file()
     }
     if not found:
