@@ -84,7 +84,9 @@ def _show(result) -> None:
     from memloc.locate.classifier.memorization_report import proxy_agreement
 
     cmp = result.comparison
-    emit_table("AUROC at flagging mislabeled examples", [{n: cmp.auroc[n] for n in cmp.names}])
+    emit_table(
+        "AUROC at flagging mislabeled examples", [{"measure": n, "AUROC": cmp.auroc[n]} for n in cmp.names]
+    )
     agree = proxy_agreement(result)
     if agree:
         emit_table("Spearman ρ with Feldman–Zhang memorization", [agree])
