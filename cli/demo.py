@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.training.train import TrainConfig
     from memloc.edit.demo_edit import DemoEdit
+    from memloc.locate.classifier.demo_ensemble import EnsembleHeadline
     from memloc.locate.classifier.layer_results import LayersResult
     from memloc.locate.classifier.scores import ScoresResult
     from memloc.locate.classifier.unit_results import NeuronsResult
@@ -37,6 +38,7 @@ DEMO_STATS_SAMPLES = 100  # generated texts for SmolLM2's key statistics (comput
 
 # Small enough for two CPU cores in a few minutes, large enough to memorize visibly.
 DEMO_LIMIT = 4000
+DEMO_MODELS = 8  # members of the demo's subset ensemble (batched)
 
 
 def _demo_config(data: str, seed: int) -> TrainConfig:
@@ -62,6 +64,13 @@ def demo_command(
     lm: Annotated[
         bool, typer.Option("--lm/--no-lm", help="Also edit one fact in SmolLM2-135M and undo it.")
     ] = True,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble/--no-ensemble",
+            help="Also train a small subset ensemble: Feldman-Zhang memorization and LiRA.",
+        ),
+    ] = True,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -75,7 +84,7 @@ def demo_command(
     """
     from memloc.locate.classifier.report import build_report
 
-    half = _classifier_half(out, data.value, device, seed)
+    half = _classifier_half(out, data.value, device, seed, ensemble)
     if fmt is not Format.json:
         _show_classifier(half)
     edit, failure = None, None
@@ -111,6 +120,7 @@ class ClassifierHalf:
     neurons: NeuronsResult
     markdown: Path
     page: Path
+    ensemble: EnsembleHeadline | None = None
 
     def to_json(self) -> dict:
         return {
@@ -120,10 +130,11 @@ class ClassifierHalf:
             "rewinding": [c.to_dict() for c in self.layers.rewinding],
             "neurons": {g: s.to_dict() for g, s in self.neurons.groups().items()},
             "report": str(self.page),
+            "ensemble": _headline_json(self.ensemble),
         }
 
 
-def _classifier_half(out: Path, data: str, device: str, seed: int) -> ClassifierHalf:
+def _classifier_half(out: Path, data: str, device: str, seed: int, ensemble: bool) -> ClassifierHalf:
     """Train on noisy labels, locate the memorization three ways, write the report."""
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.devices import resolve_device
@@ -152,8 +163,34 @@ def _classifier_half(out: Path, data: str, device: str, seed: int) -> Classifier
         neurons = locate_neurons(
             run, target, FlipConfig(seed=seed), examples="both", n=DEMO_FLIPS, progress=update
         )
+    headline = None
+    if ensemble:
+        from memloc.locate.classifier.demo_ensemble import DemoEnsembleConfig, ensemble_headline
+
+        with progress_bar("subset ensemble") as update:
+            headline = ensemble_headline(
+                run, target, DemoEnsembleConfig(models=DEMO_MODELS, seed=seed), progress=update
+            )
     md, page = build_report(run, out / "report")
-    return ClassifierHalf(run, summary, layers, scores, neurons, md, page)
+    return ClassifierHalf(run, summary, layers, scores, neurons, md, page, headline)
+
+
+def _headline_json(headline: EnsembleHeadline | None) -> dict | None:
+    if headline is None:
+        return None
+    return {
+        "folder": str(headline.folder),
+        "models": headline.models,
+        "epochs": headline.epochs,
+        "seconds": headline.seconds,
+        "fz_mem_auroc": headline.fz_auroc,
+        "csl_auroc": headline.csl_auroc,
+        "spearman_fz_mem_csl": headline.spearman_fz_csl,
+        "lira": {
+            v.variant: {"auc": v.auc, "tpr_at_0.1%": v.tpr_at_0_1pct, "tpr_at_1%": v.tpr_at_1pct}
+            for v in (headline.lira_online, headline.lira_loss)
+        },
+    }
 
 
 def _show_classifier(half: ClassifierHalf) -> None:
@@ -178,9 +215,25 @@ def _show_classifier(half: ClassifierHalf) -> None:
         f"Rewinding {best.layer} to epoch {best.epoch} lowers noisy accuracy the most, to {best.noisy_acc:.1%}.\n"
         f"AUROC at flagging the mislabeled examples: {aurocs}.\n"
         f"{flips}\n"
+        f"{_ensemble_lines(half.ensemble)}"
         f"  layer analyses    : {run.root / 'locate'}\n"
         f"  report            : {half.page}  (Markdown: {half.markdown})\n"
         f"Next: memloc models inspect {run.root}"
+    )
+
+
+def _ensemble_lines(headline: EnsembleHeadline | None) -> str:
+    if headline is None:
+        return ""
+    on, loss = headline.lira_online, headline.lira_loss
+    return (
+        f"A subset ensemble of {headline.models} models ({headline.epochs} epochs each, half the data each, "
+        f"{headline.seconds:.0f} s): Feldman-Zhang memorization flags the mislabeled examples with AUROC "
+        f"{headline.fz_auroc:.3f} (CSL {headline.csl_auroc:.3f}; Spearman between them "
+        f"{headline.spearman_fz_csl:.2f}).\n"
+        f"LiRA ({on.variant}), every model the target: AUC {on.auc:.3f}, TPR {on.tpr_at_0_1pct:.1%} at 0.1% FPR "
+        f"(LOSS attack: AUC {loss.auc:.3f}, TPR {loss.tpr_at_0_1pct:.1%}); ROC in the report.\n"
+        f"  ensemble          : {headline.folder}\n"
     )
 
 

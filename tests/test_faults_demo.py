@@ -100,14 +100,14 @@ def lm_half_fails(tmp_path, monkeypatch):
 
 def test_demo_prints_the_classifier_half_before_the_lm_half_fails(tmp_path, capsys, lm_half_fails):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--out", out)
+    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--no-ensemble", "--out", out)
     assert code == 1
     assert "The model memorized" in stdout and str(out / "report" / "report.html") in stdout
     errors = [line for line in err.splitlines() if line.startswith("memloc: error: ")]
     assert len(errors) == 1 and "cannot read the config" in errors[0], err
     assert "Traceback" not in err
     # JSON: one document that keeps the classifier results, with the LM half's error in it.
-    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--out", out, "--format", "json")
+    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--no-ensemble", "--out", out, "--format", "json")
     assert code == 1
     result = json.loads(stdout)
     assert result["train"]["noisy_train_acc"] >= 0.99 and set(result["auroc"]) >= {"csl", "forgetting"}
