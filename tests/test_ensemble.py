@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from memloc.core.classifier.runs import RunFolder
-from memloc.core.ensemble.batched import BatchedExecutor
+from memloc.core.ensemble import engine
+from memloc.core.ensemble.batched import BatchedExecutor, check_batchable
 from memloc.core.ensemble.config import EnsembleConfig, member_seed, plan_ensemble
 from memloc.core.ensemble.engine import train_ensemble
 from memloc.core.ensemble.folder import EnsembleFolder, load_ensemble
@@ -17,6 +18,7 @@ from memloc.core.ensemble.members import build_member, final_logits
 from memloc.core.ensemble.membership import MembershipConfig, draw_membership
 from memloc.core.errors import ConfigError, MemlocError
 from memloc.core.executors import RayExecutor, SequentialExecutor
+from memloc.core.training.subset_fit import epoch_batches
 from safetensors.torch import load_file
 
 CPU = torch.device("cpu")
@@ -151,10 +153,36 @@ def test_folder_of_another_run_is_refused(digits_run, cnn_run, reference):
     assert sorted(p.name for p in folder.rglob("*")) == before
 
 
-def test_batched_refuses_batchnorm_and_writes_nothing(cnn_run, tmp_path):
-    with pytest.raises(MemlocError, match=r"BatchNorm.*--executor sequential or ray") as info:
-        train_ensemble(cnn_run, CONFIG, BatchedExecutor(), CPU, out=tmp_path / "e")
+def test_batched_refuses_dropout_and_writes_nothing(digits_run, tmp_path, monkeypatch):
+    def with_dropout(run, member, seed):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(64, 10))
+
+    monkeypatch.setattr(engine, "build_member", with_dropout)
+    with pytest.raises(MemlocError, match=r"dropout \(1: .*--executor sequential or ray") as info:
+        train_ensemble(digits_run, CONFIG, BatchedExecutor(), CPU, out=tmp_path / "e")
     assert "\n" not in str(info.value) and not (tmp_path / "e").exists()
+    check_batchable(torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.BatchNorm1d(3)))  # both batchable
+
+
+def test_batched_batchnorm_training_equals_separate_training(cnn_run, tmp_path):
+    # Chunks of unequal length train in groups; eval-mode logits read the running statistics,
+    # so a group's statistics not written back, or padding in a batch, would show here.
+    out = {name: tmp_path / name for name in ("separate", "batched")}
+    train_ensemble(cnn_run, CONFIG, SequentialExecutor(), CPU, out=out["separate"])
+    train_ensemble(cnn_run, CONFIG, BatchedExecutor(models_per_pass=3), CPU, out=out["batched"])
+    separate, batched = (load_ensemble(out[name], cnn_run) for name in ("separate", "batched"))
+    plan = plan_ensemble(cnn_run, CONFIG)
+    lengths = {
+        len(b)
+        for k in range(4)
+        for b in epoch_batches(
+            torch.as_tensor(separate.membership.subset(k)), plan.member_fit(k).seed, 1, plan.steps_per_epoch
+        )
+    }
+    assert len(lengths) > 1  # the case that padding would get wrong
+    assert np.allclose(batched.train_logits, separate.train_logits, atol=1e-4, rtol=0)
+    assert np.allclose(batched.test_logits, separate.test_logits, atol=1e-4, rtol=0)
+    assert not np.array_equal(batched.train_logits[0], batched.train_logits[1])
 
 
 def test_missing_ray_says_how_to_install(monkeypatch):

@@ -10,8 +10,13 @@ over members of each member's mean over its real slots, and Adam on the stacked
 tensors is K independent Adams (Adam is elementwise). So the final logits equal K
 separate `fit` runs up to float rounding (batched matrix products sum in another order).
 
-BatchNorm's running statistics and dropout's random masks do not vmap the same way, so
-such models are refused: train them with the sequential or Ray executor.
+BatchNorm normalizes by statistics of the whole batch, so a padded slot would change
+every real one. Models with normalization layers therefore run each step in groups of
+the members whose chunks have the same length (a step has only a few lengths), one
+vmapped forward per group on its real examples alone; the group's slices of the
+stacked parameters carry the gradients back, and its updated running statistics are
+written back into the stacked buffers. Dropout's random masks would differ from
+separate runs, so such models are refused: train them with the sequential or Ray executor.
 
 Example::
 
@@ -21,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,16 +57,16 @@ class BatchedExecutor:
 def check_batchable(model: nn.Module) -> None:
     """Refuse, in one line, a model whose training does not vmap into K independent ones."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise MemlocError(
-                f"--executor batched cannot train a model with BatchNorm ({name}: its running statistics "
-                f"do not vmap); {REFUSED}"
-            )
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
             raise MemlocError(
                 f"--executor batched cannot train a model with dropout ({name}: its random masks would "
                 f"differ from separate runs); {REFUSED}"
             )
+
+
+def _normalizes(model: nn.Module) -> bool:
+    """Whether padded slots would reach the real ones: batch statistics, or running ones."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
 
 
 def train_batched(
@@ -106,12 +111,13 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
                 f"member {k} trains on {len(subset)} examples, fewer than the {steps} steps per epoch; {REFUSED}"
             )
     params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
+    base = copy.deepcopy(models[0]).to("meta").train()
 
     def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (x,))
 
     forward = vmap(one)
+    step_loss = _grouped_loss if _normalizes(base) else _padded_loss
     optimizer = _adam(list(params.values()), plan.fit.lr, plan.fit.weight_decay)
     total = steps * plan.fit.epochs
     for epoch in range(1, plan.fit.epochs + 1):
@@ -119,10 +125,7 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
         for i in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine(plan.fit.lr, (epoch - 1) * steps + i, total)
-            index, weight = _padded([b[i] for b in batches], device)
-            logits = forward(params, buffers, ctx.x_train[index]).float()
-            ce = F.cross_entropy(logits.flatten(0, 1), ctx.given[index].flatten(), reduction="none")
-            loss = ((ce.view_as(weight) * weight).sum(1) / weight.sum(1)).sum()
+            loss = step_loss(forward, params, buffers, [b[i] for b in batches], ctx)
             if not torch.isfinite(loss):
                 raise MemlocError(
                     f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr", field="lr"
@@ -136,6 +139,45 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
                 tensor.copy_((params if name in params else buffers)[name][j])
             model.eval()
+
+
+Forward = Callable[[dict, dict, torch.Tensor], torch.Tensor]
+
+
+def _padded_loss(
+    forward: Forward, params: dict, buffers: dict, rows: list[torch.Tensor], ctx: MemberContext
+) -> torch.Tensor:
+    """Sum over members of each one's mean cross-entropy, all K in one forward on padded chunks."""
+    index, weight = _padded(rows, ctx.x_train.device)
+    logits = forward(params, buffers, ctx.x_train[index]).float()
+    ce = F.cross_entropy(logits.flatten(0, 1), ctx.given[index].flatten(), reduction="none")
+    return ((ce.view_as(weight) * weight).sum(1) / weight.sum(1)).sum()
+
+
+def _grouped_loss(
+    forward: Forward, params: dict, buffers: dict, rows: list[torch.Tensor], ctx: MemberContext
+) -> torch.Tensor:
+    """The same sum, one forward per group of equally long chunks, so no padding enters a batch statistic.
+
+    Indexing the stacked parameters keeps the autograd path back to them; the buffers' slices
+    are copies, so the running statistics each group updated are written back afterwards.
+    """
+    lengths = [len(r) for r in rows]
+    loss = torch.zeros((), device=ctx.x_train.device)
+    for length in sorted(set(lengths)):
+        members = [j for j, n in enumerate(lengths) if n == length]
+        idx = torch.tensor(members, device=ctx.x_train.device)
+        index = torch.stack([rows[j] for j in members])
+        group_buffers = {name: b[idx] for name, b in buffers.items()}
+        logits = forward(
+            {name: p[idx] for name, p in params.items()}, group_buffers, ctx.x_train[index]
+        ).float()
+        ce = F.cross_entropy(logits.flatten(0, 1), ctx.given[index].flatten(), reduction="none")
+        loss = loss + ce.view(len(members), length).mean(1).sum()
+        with torch.no_grad():
+            for name, b in buffers.items():
+                b[idx] = group_buffers[name]
+    return loss
 
 
 def _adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
