@@ -143,3 +143,20 @@ def test_roc_figure_has_every_variant_and_chance_on_log_axes(tmp_path):
     assert len(hist.axes) == 3 and hist.axes[0].get_legend_handles_labels()[1] == ["in (4)", "out (4)"]
     with pytest.raises(MemlocError):
         in_out_histograms([], [])
+
+
+def test_a_single_in_shadow_falls_back_to_the_pooled_sigma_instead_of_a_zero_one():
+    # K = 4, keep 0.5: a member's shadows hold one in model, whose φ has no spread of its own.
+    from memloc.core.ensemble.membership import MembershipConfig, draw_membership
+    from memloc.locate.classifier.lira_attack import LiraConfig, lira_from_phi, shadow_statistics
+
+    rng = np.random.default_rng(0)
+    inside = draw_membership(MembershipConfig(4, 0.5, 0), 400).matrix
+    phi = np.where(inside, 3.0, 0.0) + rng.normal(size=inside.shape)
+    stats = shadow_statistics(phi, inside)
+    single = (inside.sum(0)[None, :] - inside) == 1
+    assert np.allclose(
+        stats.sigma_in[single], np.broadcast_to(stats.sigma_in_fixed[:, None], single.shape)[single]
+    )
+    online = lira_from_phi(phi, inside, phi, LiraConfig()).variant("online")
+    assert online.auc > 0.9  # a zero σ made it 0.0

@@ -93,8 +93,11 @@ def shadow_statistics(phi: np.ndarray, inside: np.ndarray) -> ShadowStatistics:
     fits = []
     for mask in (inside, ~inside):
         count, mean, squares = _leave_out(shifted, mask)
-        sigma = np.sqrt(squares / np.maximum(count - 1, 1))
         pooled = np.sqrt(squares.sum(1) / np.maximum((count - 1).sum(1), 1))
+        # One shadow on a side has no spread: its example falls back to the target's pooled σ
+        # (with K = 4 and keep 0.5 a member has a single in shadow), not to a zero σ that
+        # would make its likelihood ratio meaningless.
+        sigma = np.where(count >= 2, np.sqrt(squares / np.maximum(count - 1, 1)), pooled[:, None])
         fits.append((mean + center, sigma, pooled))
     (mu_in, sigma_in, fixed_in), (mu_out, sigma_out, fixed_out) = fits
     return ShadowStatistics(mu_in, sigma_in, mu_out, sigma_out, fixed_in, fixed_out)
