@@ -107,7 +107,9 @@ def test_demo_prints_the_classifier_half_before_the_lm_half_fails(tmp_path, caps
     assert len(errors) == 1 and "cannot read the config" in errors[0], err
     assert "Traceback" not in err
     # JSON: one document that keeps the classifier results, with the LM half's error in it.
-    code, stdout, err = run_cli(capsys, "demo", "--data", "digits", "--no-ensemble", "--out", out, "--format", "json")
+    code, stdout, err = run_cli(
+        capsys, "demo", "--data", "digits", "--no-ensemble", "--out", out, "--format", "json"
+    )
     assert code == 1
     result = json.loads(stdout)
     assert result["train"]["noisy_train_acc"] >= 0.99 and set(result["auroc"]) >= {"csl", "forgetting"}

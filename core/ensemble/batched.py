@@ -64,7 +64,7 @@ def check_batchable(model: nn.Module) -> None:
             )
 
 
-def _normalizes(model: nn.Module) -> bool:
+def normalizes(model: nn.Module) -> bool:
     """Whether padded slots would reach the real ones: batch statistics, or running ones."""
     return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
 
@@ -117,7 +117,7 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
         return functional_call(base, (p, b), (x,))
 
     forward = vmap(one)
-    step_loss = _grouped_loss if _normalizes(base) else _padded_loss
+    step_loss = _grouped_loss if normalizes(base) else _padded_loss
     optimizer = _adam(list(params.values()), plan.fit.lr, plan.fit.weight_decay)
     total = steps * plan.fit.epochs
     for epoch in range(1, plan.fit.epochs + 1):

@@ -1,5 +1,9 @@
-"""The demo's ensemble headline: a small batched subset ensemble of the demo's classifier,
+"""The demo's ensemble headline: a small subset ensemble of the demo's classifier,
 Feldman–Zhang memorization against CSL, and LiRA with every member as the target.
+
+The members train batched (torch.func) unless they hold BatchNorm on a CPU: there the
+grouped batched pass BatchNorm needs is slower than one member after another, so those
+train sequentially.
 
 Example::
 
@@ -15,10 +19,12 @@ from pathlib import Path
 
 import torch
 from memloc.core.classifier.runs import RunFolder
-from memloc.core.ensemble.batched import BatchedExecutor
+from memloc.core.ensemble.batched import BatchedExecutor, normalizes
 from memloc.core.ensemble.config import EnsembleConfig
 from memloc.core.ensemble.engine import train_ensemble
 from memloc.core.ensemble.folder import load_ensemble
+from memloc.core.ensemble.members import build_member
+from memloc.core.executors import SequentialExecutor
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least
 from memloc.locate.classifier.lira_attack import RocSummary
@@ -29,7 +35,7 @@ HEADLINE_MEASURES = ("fz_mem", "influence", "lira")
 
 @dataclass(frozen=True)
 class DemoEnsembleConfig:
-    models: int = 8
+    models: int = 4
     epochs: int | None = None  # None: the run's own
     seed: int = 0
 
@@ -42,6 +48,7 @@ class DemoEnsembleConfig:
 class EnsembleHeadline:
     folder: Path
     models: int
+    executor: str
     epochs: int
     seconds: float
     fz_auroc: float  # Feldman–Zhang memorization at flagging the mislabeled examples
@@ -57,7 +64,9 @@ def ensemble_headline(
     """Train (or finish) the demo's ensemble and read its headline measures (stored for the report)."""
     began = time.perf_counter()
     ensemble = EnsembleConfig(models=config.models, keep=0.5, seed=config.seed, epochs=config.epochs)
-    summary = train_ensemble(run, ensemble, BatchedExecutor(), device, progress=progress)
+    sequential = device.type == "cpu" and normalizes(build_member(run, 0, config.seed))
+    executor = SequentialExecutor() if sequential else BatchedExecutor()
+    summary = train_ensemble(run, ensemble, executor, device, progress=progress)
     logits = load_ensemble(summary.folder, run)
     result = locate_memorization(
         run, device, MemorizationConfig(measures=HEADLINE_MEASURES), ensembles=(logits,)
@@ -68,6 +77,7 @@ def ensemble_headline(
     return EnsembleHeadline(
         folder=summary.folder,
         models=summary.models,
+        executor=summary.executor,
         epochs=summary.epochs,
         seconds=time.perf_counter() - began,
         fz_auroc=cmp.auroc["fz_mem"],

@@ -85,7 +85,8 @@ class MemorizationConfig:
     fz_mem: LabelMemorizationConfig = field(default_factory=LabelMemorizationConfig)
     c_score: CScoreConfig = field(default_factory=CScoreConfig)
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
-    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    # Feldman & Zhang's filter: unfiltered, a small ensemble's top pairs are chance differences.
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig.paper)
     lira: LiraConfig = field(default_factory=LiraConfig)
     holdout_kl: HoldoutKLConfig = field(default_factory=HoldoutKLConfig)
     ssft: SecondSplitConfig = field(default_factory=SecondSplitConfig)
