@@ -29,6 +29,16 @@ class Stop(KeyboardInterrupt):
     pass
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every member here trains on one thread, as Ray's one-CPU workers do: CPU reductions split
+    over more threads round differently, and the executors are compared bitwise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(digits_run, tmp_path_factory):
     """An uninterrupted sequential ensemble of the digits MLP run."""

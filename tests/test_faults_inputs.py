@@ -32,6 +32,9 @@ REQUIRED = {
     "RomeConfig": {"layer": 0},
     "EditPlan": {"method": "rome"},
     "ImportConfig": {"checkpoints": ("ckpt",), "model": "mlp", "data": "digits", "labels": "labels.npy"},
+    "EnsembleConfig": {"models": 4},
+    "MembershipConfig": {"models": 4},
+    "FitConfig": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
 }
 
 

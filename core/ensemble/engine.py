@@ -84,7 +84,14 @@ def train_ensemble(
             )
     else:
         jobs = [
-            MemberJob(str(run.root), str(folder.root), k, _job_device(executor, device), config.keep_weights)
+            MemberJob(
+                str(run.root),
+                str(folder.root),
+                k,
+                _job_device(executor, device),
+                config.keep_weights,
+                _job_threads(executor),
+            )
             for k in pending
         ]
         executor.map(run_member_job, jobs, progress=tracked)
@@ -102,6 +109,13 @@ def train_ensemble(
         out_acc,
         test_acc,
     )
+
+
+def _job_threads(executor: Executor) -> int | None:
+    """A Ray job trains on as many threads as it holds CPUs (at least one), so that its CPU
+    rounding, and with it its logits, equal a sequential run's on that many threads."""
+    cpus = getattr(executor, "cpus_per_job", None)
+    return None if cpus is None else max(1, int(cpus))
 
 
 def _job_device(executor: Executor, device: torch.device) -> str:

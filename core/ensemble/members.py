@@ -36,6 +36,7 @@ class MemberJob:
     member: int
     device: str
     keep_weights: bool = False
+    threads: int | None = None  # torch's CPU threads for this job; None: the process's own
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def run_member_job(job: MemberJob) -> int:
     Idempotent: a member whose logits exist is left as it is.
     """
     folder = EnsembleFolder(job.ensemble_dir)
+    if job.threads is not None:  # a worker's own setting, whatever OMP_NUM_THREADS it inherited
+        torch.set_num_threads(job.threads)
     if not folder.is_done(job.member, weights=job.keep_weights):
         ctx = MemberContext.load(RunFolder.open(job.run_dir), folder, torch.device(job.device))
         train_member(ctx, job.member, job.keep_weights)

@@ -42,6 +42,7 @@ class DemoEnsembleConfig:
     def __post_init__(self) -> None:
         at_least(self, 2, "models")
         at_least(self, 1, "epochs")
+        at_least(self, 0, "seed")
 
 
 @dataclass(frozen=True)
