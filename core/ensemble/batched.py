@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from memloc.core.ensemble.members import MemberContext, build_member, placed, save_trained
 from memloc.core.errors import MemlocError
 from memloc.core.progress import Progress
-from memloc.core.training.schedule import warmup_cosine
+from memloc.core.training.schedule import check_finite_loss, warmup_cosine
 from memloc.core.training.subset_fit import epoch_batches
 from memloc.core.validation import at_least
 from torch import nn
@@ -126,10 +126,7 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine(plan.fit.lr, (epoch - 1) * steps + i, total)
             loss = step_loss(forward, params, buffers, [b[i] for b in batches], ctx)
-            if not torch.isfinite(loss):
-                raise MemlocError(
-                    f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr", field="lr"
-                )
+            check_finite_loss(loss, epoch, i)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # the gradients take their weights' layout, as the fused Adam needs
             optimizer.step()

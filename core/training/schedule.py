@@ -1,4 +1,4 @@
-"""The learning-rate schedule and shuffles shared by every classifier training loop.
+"""The learning-rate schedule, shuffles and divergence check shared by every classifier training loop.
 
 Both are pure functions of their arguments, so a run resumed after epoch k continues
 exactly as the uninterrupted run would, and K models trained one by one or batched
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from memloc.core.errors import MemlocError
 
 
 def warmup_cosine(lr: float, step: int, total: int) -> float:
@@ -26,3 +27,11 @@ def warmup_cosine(lr: float, step: int, total: int) -> float:
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator of epoch ``epoch``'s shuffle under ``seed``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop a diverged run with the step it diverged at, instead of training on NaN."""
+    if not torch.isfinite(loss).all():
+        raise MemlocError(
+            f"training diverged at epoch {epoch}, step {step} (non-finite loss); lower lr", field="lr"
+        )

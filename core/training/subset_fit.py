@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from memloc.core.errors import MemlocError
 from memloc.core.progress import Progress
-from memloc.core.training.schedule import epoch_generator, warmup_cosine
+from memloc.core.training.schedule import check_finite_loss, epoch_generator, warmup_cosine
 from memloc.core.validation import at_least, positive
 from torch import nn
 
@@ -83,11 +83,7 @@ def fit(
                 group["lr"] = warmup_cosine(config.lr, step, total)
             if len(batch):
                 loss = F.cross_entropy(model(x[batch]).float(), y[batch])
-                if not torch.isfinite(loss):
-                    raise MemlocError(
-                        f"training diverged at epoch {epoch}, step {i} (non-finite loss); lower lr",
-                        field="lr",
-                    )
+                check_finite_loss(loss, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -33,10 +33,11 @@ from memloc.core.classifier.preprocess import Preprocess
 from memloc.core.classifier.run_results import EpochRecord, TrainSummary
 from memloc.core.classifier.runs import Dynamics, RunFolder, TrainState
 from memloc.core.classifier.splits import RunData
-from memloc.core.errors import CheckpointError, MemlocError
+from memloc.core.errors import CheckpointError
 from memloc.core.progress import Progress
 from memloc.core.training.etd import EtdConfig, EtdLayout
-from memloc.core.training.schedule import epoch_generator, warmup_cosine
+from memloc.core.training.schedule import check_finite_loss, warmup_cosine
+from memloc.core.training.subset_fit import epoch_batches
 from memloc.core.training.zoo import ModelSpec, build_model, check_arch, default_width
 from memloc.core.validation import at_least, fail, positive
 from torch import nn
@@ -114,13 +115,6 @@ def _record(
     return EpochRecord(epoch, **asdict(accs), train_loss=float(loss.mean()), seconds=seconds), loss, pred
 
 
-def _check_finite(losses: torch.Tensor, epoch: int, step: int) -> None:
-    if not torch.isfinite(losses).all():
-        raise MemlocError(
-            f"training diverged at epoch {epoch}, step {step} (non-finite loss); lower lr", field="lr"
-        )
-
-
 def _require_finite_weights(tensors: dict[str, torch.Tensor], source: str) -> None:
     """NaN or inf starting weights would surface as a "diverged" loss; name them here."""
     for name, tensor in tensors.items():
@@ -193,7 +187,7 @@ def _step(
     with etd.tied(model, idx) if etd else nullcontext():
         logits = model(data.x_train[idx]).float()
     losses = F.cross_entropy(logits, data.given[idx], reduction="none")
-    _check_finite(losses, *at)
+    check_finite_loss(losses, *at)
     stats = None
     if groups is not None:
         params = list(model.parameters())
@@ -258,9 +252,9 @@ def train_run(
     for epoch in range(start_epoch, config.epochs + 1):
         began = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(device)
+        everyone = torch.arange(n, device=device)
         step_stats = []
-        for i, idx in enumerate(torch.tensor_split(perm, steps_per_epoch)):
+        for i, idx in enumerate(epoch_batches(everyone, config.seed, epoch, steps_per_epoch)):
             step = (epoch - 1) * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine(config.lr, step, total)
