@@ -90,6 +90,10 @@ class EnsembleFolder:
     def is_done(self, member: int, *, weights: bool = False) -> bool:
         return self.logits_path(member).is_file() and (not weights or self.weights_path(member).is_file())
 
+    def done_members(self, models: int) -> list[int]:
+        """The members of ``models`` whose logits are written."""
+        return [k for k in range(models) if self.is_done(k)]
+
     def stored(self) -> dict:
         try:
             found = json.loads(self.json_path.read_text(encoding="utf-8"))
@@ -180,7 +184,7 @@ def load_ensemble(folder: str | Path | EnsembleFolder, run: RunFolder) -> Ensemb
             f"{ens.root} is an ensemble of another run, not of {run.root}; give the run it was trained on"
         )
     membership = ens.membership()
-    done = [k for k in range(membership.models) if ens.is_done(k)]
+    done = ens.done_members(membership.models)
     if len(done) < membership.models:
         m = membership.config
         raise MemlocError(

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,15 +181,25 @@ def locate_memorization(
         uses_ensemble = name in ENSEMBLE_MEASURES or (name == "ssft" and ensemble is not None)
         key = config_key({"config": getattr(config, name), "ensemble": tag if uses_ensemble else None})
         computed[name] = _cached(run.root / STORE, name, key, RESULT_TYPES[name], compute)
-    if ensembles:  # which ensemble the stored measures read, for load_memorization
-        info = {"models": ensembles[0].models, "keeps": [e.membership.config.keep for e in ensembles]}
-        atomic_write_text(run.root / STORE / "ensemble.json", json.dumps(info) + "\n")
+    if not ensembles:
+        return _compared(run, computed, None, ())
+    models, keeps = ensembles[0].models, [e.membership.config.keep for e in ensembles]
+    # Which ensemble the stored measures read, for load_memorization.
+    atomic_write_text(
+        run.root / STORE / "ensemble.json", json.dumps({"models": models, "keeps": keeps}) + "\n"
+    )
+    return _compared(run, computed, models, keeps)
+
+
+def _compared(
+    run: RunFolder, computed: dict[str, Any], models: int | None, keeps: Sequence[float]
+) -> MemorizationResult:
+    """The result of the measures ``computed``, compared with each other and the run's proxies."""
     labels, _ = run.load_noise()
-    noisy = labels.mask if run.mask_known() else None
     return MemorizationResult(
-        ensemble_models=ensemble.models if ensemble is not None else None,
-        ensemble_keeps=tuple(e.membership.config.keep for e in ensembles),
-        comparison=compare_measures(_per_example(run, computed), noisy),
+        ensemble_models=models,
+        ensemble_keeps=tuple(keeps),
+        comparison=compare_measures(_per_example(run, computed), labels.mask if run.mask_known() else None),
         noisy=labels.mask,
         **computed,
     )
@@ -245,18 +256,17 @@ def _per_example(run: RunFolder, computed: dict[str, Any]) -> dict[str, np.ndarr
 
 
 def _ensembles_tag(ensembles: Sequence[EnsembleLogits]) -> list[dict[str, Any]]:
-    """What identifies the ensembles a stored measure read: their designs and a digest of the logits."""
-    return [
-        {
-            "models": e.models,
-            "keep": e.membership.config.keep,
-            "seed": e.membership.config.seed,
-            "logits": float(
-                np.float64(e.train_logits[:, :64].sum()) + np.float64(e.test_logits[:, :64].sum())
-            ),
-        }
-        for e in ensembles
-    ]
+    """What identifies the ensembles a stored measure read: their designs and a hash of their logits."""
+    tags = []
+    for e in ensembles:
+        digest = hashlib.sha256()
+        for array in (e.membership.matrix, e.train_logits, e.test_logits, e.given):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        config = e.membership.config
+        tags.append(
+            {"models": e.models, "keep": config.keep, "seed": config.seed, "sha256": digest.hexdigest()}
+        )
+    return tags
 
 
 def _cached(folder: Path, name: str, key: str, cls: type[T], compute: Callable[[], T]) -> T:
@@ -266,7 +276,6 @@ def _cached(folder: Path, name: str, key: str, cls: type[T], compute: Callable[[
         return load_dataclass(cls, folder / name)
     result = compute()
     save_dataclass(result, folder / name)
-    keys = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
     atomic_write_text(keys_path, json.dumps({**keys, name: key}, indent=1) + "\n")
     return result
 
@@ -290,16 +299,9 @@ def load_memorization(run: RunFolder) -> MemorizationResult | None:
     }
     if not found:
         return None
-    labels, _ = run.load_noise()
     info_path = folder / "ensemble.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {"models": None, "keeps": []}
-    return MemorizationResult(
-        ensemble_models=info["models"],
-        ensemble_keeps=tuple(info["keeps"]),
-        comparison=compare_measures(_per_example(run, found), labels.mask if run.mask_known() else None),
-        noisy=labels.mask,
-        **found,
-    )
+    return _compared(run, found, info["models"], info["keeps"])
 
 
 def finished_ensembles(run: RunFolder) -> list[Path]:
@@ -310,7 +312,7 @@ def finished_ensembles(run: RunFolder) -> list[Path]:
     for folder in sorted((run.root / "ensembles").glob("*/ensemble.json")):
         ens = EnsembleFolder(folder.parent)
         models = ens.membership().models
-        if all(ens.is_done(k) for k in range(models)):
+        if len(ens.done_members(models)) == models:
             found.append((models, folder.parent))
     return [path for _, path in sorted(found, key=lambda t: -t[0])]
 
