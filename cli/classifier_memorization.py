@@ -81,7 +81,7 @@ def memorization_command(
 
 
 def _show(result) -> None:
-    from memloc.locate.classifier.memorization_report import proxy_agreement
+    from memloc.locate.classifier.memorization_report import lira_rows, pair_rows, probe_rows, proxy_agreement
 
     cmp = result.comparison
     emit_table(
@@ -91,31 +91,8 @@ def _show(result) -> None:
     if agree:
         emit_table("Spearman ρ with Feldman–Zhang memorization", [agree])
     if result.lira is not None:
-        emit_table(
-            f"LiRA ({result.lira.targets} targets, the rest shadows)",
-            [
-                {
-                    "variant": v.variant,
-                    "AUC": v.auc,
-                    "TPR@0.1%FPR": v.tpr_at_0_1pct,
-                    "TPR@1%FPR": v.tpr_at_1pct,
-                }
-                for v in result.lira.variants
-            ],
-        )
+        emit_table(f"LiRA ({result.lira.targets} targets, the rest shadows)", lira_rows(result.lira))
     if result.influence is not None and result.influence.pairs:
-        emit_table(
-            "most influential pairs",
-            [
-                {"train": p.train, "test": p.test, "influence": p.influence, "mem": p.mem}
-                for p in result.influence.pairs[:5]
-            ],
-        )
+        emit_table("most influential pairs", pair_rows(result.influence.pairs[:5]))
     if result.benign is not None:
-        emit_table(
-            "kNN probe on true labels (benign memorization)",
-            [
-                {"group": la.group, "init": la.init_accuracy, "final": la.final_accuracy}
-                for la in result.benign.layers
-            ],
-        )
+        emit_table("kNN probe on true labels (benign memorization)", probe_rows(result.benign))

@@ -13,12 +13,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.render import Section
+from memloc.locate.classifier.benign import BenignResult
 from memloc.locate.classifier.ensemble_figures import in_out_histograms, influence_grid, lira_roc_figure
+from memloc.locate.classifier.influence import InfluencePair
+from memloc.locate.classifier.lira_attack import LiraResult
 from memloc.locate.classifier.measure_comparison import spearman_figure
 from memloc.locate.classifier.memorization import MemorizationResult
 from memloc.locate.classifier.split_figures import benign_bars, forgetting_rate_curve, nc1_curves, ssft_curves
@@ -47,6 +51,29 @@ def proxy_agreement(result: MemorizationResult) -> dict[str, float]:
     if "fz_mem" not in cmp.names:
         return {}
     return {p: cmp.correlation("fz_mem", p) for p in PROXIES if p in cmp.names}
+
+
+def pair_rows(pairs: Sequence[InfluencePair]) -> list[dict[str, Any]]:
+    """One table row per influence pair."""
+    return [{"train": p.train, "test": p.test, "influence": p.influence, "mem": p.mem} for p in pairs]
+
+
+def lira_rows(lira: LiraResult) -> list[dict[str, Any]]:
+    """One table row per LiRA variant: AUC and the TPR at the two low false-positive rates."""
+    return [
+        {
+            "variant": v.variant,
+            "AUC": v.auc,
+            "TPR at 0.1% FPR": v.tpr_at_0_1pct,
+            "TPR at 1% FPR": v.tpr_at_1pct,
+        }
+        for v in lira.variants
+    ]
+
+
+def probe_rows(benign: BenignResult) -> list[dict[str, Any]]:
+    """One table row per layer group: the kNN probe at initialization and after training."""
+    return [{"group": la.group, "init": la.init_accuracy, "final": la.final_accuracy} for la in benign.layers]
 
 
 def _agreement_section(result: MemorizationResult) -> Section:
@@ -123,10 +150,7 @@ def _label_memorization_section(result: MemorizationResult, run: RunFolder) -> S
         tables.append(
             (
                 "most influential pairs",
-                [
-                    {"train": p.train, "test": p.test, "influence": p.influence, "mem": p.mem}
-                    for p in result.influence.pairs[:20]
-                ],
+                pair_rows(result.influence.pairs[:20]),
             )
         )
     return Section("Feldman–Zhang memorization and influence", lines, tables, figures, captions=captions)
@@ -135,15 +159,7 @@ def _label_memorization_section(result: MemorizationResult, run: RunFolder) -> S
 def _lira_section(result: MemorizationResult) -> Section:
     lira = result.lira
     assert lira is not None
-    table = [
-        {
-            "variant": v.variant,
-            "AUC": v.auc,
-            "TPR at 0.1% FPR": v.tpr_at_0_1pct,
-            "TPR at 1% FPR": v.tpr_at_1pct,
-        }
-        for v in lira.variants
-    ]
+    table = lira_rows(lira)
     return Section(
         "LiRA membership inference",
         [
@@ -188,10 +204,7 @@ def _feature_section(result: MemorizationResult) -> Section:
         tables.append(
             (
                 "benign memorization (kNN probe)",
-                [
-                    {"group": layer.group, "init": layer.init_accuracy, "final": layer.final_accuracy}
-                    for layer in result.benign.layers
-                ],
+                probe_rows(result.benign),
             )
         )
     if result.collapse is not None:
@@ -212,10 +225,7 @@ def figure_numbers(result: MemorizationResult) -> dict[str, Any]:
             for name, (values, span) in spans.items()
         }
     if result.influence is not None:
-        out["influence_pairs"] = [
-            {"train": p.train, "test": p.test, "influence": p.influence, "mem": p.mem}
-            for p in result.influence.pairs
-        ]
+        out["influence_pairs"] = pair_rows(result.influence.pairs)
     if result.lira is not None:
         out["lira_roc"] = {
             v.variant: {
@@ -238,10 +248,7 @@ def figure_numbers(result: MemorizationResult) -> dict[str, Any]:
                 {"fpr": c.fpr, "auc": c.auc.tolist(), "tpr": c.tpr.tolist()} for c in s.forgetting
             ]
     if result.benign is not None:
-        out["benign_probe"] = [
-            {"group": la.group, "init": la.init_accuracy, "final": la.final_accuracy}
-            for la in result.benign.layers
-        ]
+        out["benign_probe"] = probe_rows(result.benign)
     if result.collapse is not None:
         c = result.collapse
         out["nc1"] = {
