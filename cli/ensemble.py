@@ -21,6 +21,20 @@ CONFIG = "memloc.core.ensemble.config:EnsembleConfig"
 TRAINING_PANEL = "Training (default: the run's own)"
 EXECUTOR_PANEL = "Executor"
 
+# The members' training settings; unset, each is the run's own.
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", help="Epochs per model.", rich_help_panel=TRAINING_PANEL)
+]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Batch size.", rich_help_panel=TRAINING_PANEL)
+]
+LrOpt = Annotated[
+    float | None, typer.Option("--lr", help="Peak Adam learning rate.", rich_help_panel=TRAINING_PANEL)
+]
+WeightDecayOpt = Annotated[
+    float | None, typer.Option("--weight-decay", help="Adam weight decay.", rich_help_panel=TRAINING_PANEL)
+]
+
 
 class ExecutorName(str, Enum):
     sequential = "sequential"
@@ -36,19 +50,10 @@ def ensemble_command(
         typer.Option("--keep", help="Share of the examples each model trains on (0.7: Feldman-Zhang)."),
     ] = config_default(CONFIG, "keep"),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the membership and the members.")] = 0,
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Epochs per model.", rich_help_panel=TRAINING_PANEL)
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Batch size.", rich_help_panel=TRAINING_PANEL)
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="Peak Adam learning rate.", rich_help_panel=TRAINING_PANEL)
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option("--weight-decay", help="Adam weight decay.", rich_help_panel=TRAINING_PANEL),
-    ] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
     keep_weights: Annotated[
         bool, typer.Option("--keep-weights", help="Also save every model's weights.")
     ] = False,
