@@ -39,7 +39,7 @@ from memloc.core.classifier.runs import RunFolder
 from memloc.core.dataclass_files import load_dataclass, save_dataclass
 from memloc.core.ensemble.logits import EnsembleLogits
 from memloc.core.errors import MemlocError
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.core.validation import fail
 from memloc.locate.classifier.benign import BenignConfig, BenignResult, benign_memorization
 from memloc.locate.classifier.csg import CSGConfig, CSGResult, cumulative_sample_gradient
@@ -176,7 +176,9 @@ def locate_memorization(
     tag = _ensembles_tag(ensembles)
     computed: dict[str, Any] = {}
     for i, name in enumerate(chosen):
-        step = _step_progress(progress, i, len(chosen), name)
+        if progress:
+            progress(i, len(chosen), name)
+        step = within(progress, i, len(chosen), name)
         compute = _computer(name, run, device, config, ensembles, step)
         uses_ensemble = name in ENSEMBLE_MEASURES or (name == "ssft" and ensemble is not None)
         key = config_key({"config": getattr(config, name), "ensemble": tag if uses_ensemble else None})
@@ -278,17 +280,6 @@ def _cached(folder: Path, name: str, key: str, cls: type[T], compute: Callable[[
     save_dataclass(result, folder / name)
     atomic_write_text(keys_path, json.dumps({**keys, name: key}, indent=1) + "\n")
     return result
-
-
-def _step_progress(progress: Progress | None, i: int, n: int, name: str) -> Progress | None:
-    if progress is None:
-        return None
-    progress(i, n, name)
-
-    def step(done: int, total: int, description: str = "") -> None:
-        progress(i, n, f"{name}: {description or f'{done}/{total}'}")
-
-    return step
 
 
 def load_memorization(run: RunFolder) -> MemorizationResult | None:
