@@ -112,7 +112,7 @@ class MemorizationConfig:
         needing = [m for m in self.measures if m in ENSEMBLE_MEASURES]
         if needing and not has_ensemble:
             raise MemlocError(
-                f"{', '.join(needing)} need a subset ensemble; train one with `memloc ensemble RUN_DIR` "
+                f"{', '.join(needing)}: measures that need a subset ensemble; train one with `memloc ensemble RUN_DIR` "
                 "or pass --ensemble",
                 field="ensemble",
             )
