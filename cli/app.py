@@ -16,6 +16,7 @@ import typer
 from memloc.cli import edit, locate, models
 from memloc.cli.demo import demo_command
 from memloc.cli.ensemble import ensemble_command
+from memloc.cli.finetune import finetune_command
 from memloc.cli.flags import cli_message
 from memloc.cli.help_format import hide_flag_types
 from memloc.cli.import_run import import_command
@@ -39,6 +40,7 @@ app.command("train")(train_command)
 app.command("import")(import_command)
 app.command("ensemble")(ensemble_command)
 app.command("demo")(demo_command)
+app.command("finetune")(finetune_command)
 app.command("report")(report_command)
 app.add_typer(locate.app, name="locate")
 app.add_typer(models.app, name="models")
