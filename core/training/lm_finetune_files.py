@@ -148,8 +148,11 @@ def resume(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return run.epochs_done
 
 
-def _save_folder(target: Path, model: nn.Module, tokenizer, optimizer=None) -> None:
-    """Write an HF folder (and the optimizer state) to ``target`` atomically, over a stale one."""
+def _save_folder(target: Path, model: Any, tokenizer, optimizer=None) -> None:
+    """Write an HF folder (and the optimizer state) to ``target`` atomically, over a stale one.
+
+    ``model`` is a transformers PreTrainedModel (nn.Module does not declare save_pretrained).
+    """
     tmp = temp_folder(target.parent, target.name)
     try:
         with quiet_transformers():
@@ -166,7 +169,7 @@ def _save_folder(target: Path, model: nn.Module, tokenizer, optimizer=None) -> N
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_epoch(run: Run, model: nn.Module, tokenizer, optimizer, epoch: int, loss: float) -> None:
+def save_epoch(run: Run, model: Any, tokenizer, optimizer, epoch: int, loss: float) -> None:
     """Checkpoint epoch ``epoch``, record it, then drop the older optimizer state (only the newest resumes)."""
     _save_folder(run.epoch_folder(epoch), model, tokenizer, optimizer)
     run.epochs_done, run.epoch_losses = epoch, [*run.epoch_losses, loss]
@@ -193,9 +196,7 @@ def seen_record(documents: Sequence[str], canaries: Sequence[Canary], epochs: in
     return {"documents": docs, "canaries": marks}
 
 
-def finish(
-    run: Run, model: nn.Module, tokenizer, documents: Sequence[str], canaries: Sequence[Canary]
-) -> None:
+def finish(run: Run, model: Any, tokenizer, documents: Sequence[str], canaries: Sequence[Canary]) -> None:
     """Put the final model's files into ``out`` (each moved in atomically), then the full record."""
     tmp = temp_folder(run.out, "final")
     try:
