@@ -17,6 +17,7 @@ EXIT_CODE = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 # Commands whose rerun into the same output continues where the interrupted one stopped.
 RESUMES = {
     "train": "rerun the same command to resume from the last finished epoch",
+    "finetune": "rerun the same command to resume from the last finished epoch",
     "locate layers": "rerun the same command to resume (finished layer/epoch cells are kept)",
     "locate neurons": "rerun the same command to resume (finished examples are kept)",
     "edit stats": "rerun the same command to resume from the last saved batch",
