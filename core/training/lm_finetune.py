@@ -134,8 +134,8 @@ def finetune_lm(
     """
     if not documents:
         raise DataError("the corpus holds no documents to fine-tune on")
+    rows = _rows(tokenizer, documents, config.seq_len)  # refused before anything is written
     run = files.open_run(out, model, documents, config)
-    rows = _rows(tokenizer, documents, config.seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.requires_grad_(True)
     model.train()
