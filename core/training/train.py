@@ -48,7 +48,7 @@ TRAINING_DEFAULTS: dict[str, dict] = {
     "mlp": {"epochs": 150, "batch_size": 32, "lr": 3e-3},
     "cnn": {"epochs": 40, "batch_size": 128, "lr": 2e-3},
     "resnet9": {"epochs": 40, "batch_size": 128, "lr": 2e-3},
-    "vit": {"epochs": 100, "batch_size": 32, "lr": 1e-3},
+    "vit": {"epochs": 150, "batch_size": 32, "lr": 1e-3},
 }
 
 
