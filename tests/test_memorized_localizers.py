@@ -6,6 +6,7 @@ import pytest
 import torch
 from memloc.core.errors import ConfigError
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
+from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
 from memloc.locate.lm.memorized.types import SequenceBatch
 from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
 
@@ -42,8 +43,12 @@ def _weights(model):
     [
         lambda lm, b, n: localize_zero_out(lm.model, lm.adapter, b, ZeroOutConfig(batch_size=n)),
         lambda lm, b, n: localize_activations(lm.model, lm.adapter, b, ActivationsConfig(batch_size=n)),
+        # The toy's loss gradients are ~1e-5, so the reference lambda of 1000 would pin the mask at 1.
+        lambda lm, b, n: localize_slimming(
+            lm.model, lm.adapter, b, SlimmingConfig(steps=20, penalty=1e-4, batch_size=n)
+        ),
     ],
-    ids=["zero_out", "activations"],
+    ids=["zero_out", "activations", "slimming"],
 )
 def test_planted_neuron_ranks_first_and_batch_size_does_not_matter(toy, run):
     lm, batch = toy
