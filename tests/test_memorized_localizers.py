@@ -6,6 +6,7 @@ import pytest
 import torch
 from memloc.core.errors import ConfigError
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
+from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
 from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
 from memloc.locate.lm.memorized.types import SequenceBatch
 from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
@@ -47,8 +48,11 @@ def _weights(model):
         lambda lm, b, n: localize_slimming(
             lm.model, lm.adapter, b, SlimmingConfig(steps=20, penalty=1e-4, batch_size=n)
         ),
+        lambda lm, b, n: localize_hard_concrete(
+            lm.model, lm.adapter, b, HardConcreteConfig(steps=30, penalty=1e-4, init=1.0, batch_size=n)
+        ),
     ],
-    ids=["zero_out", "activations", "slimming"],
+    ids=["zero_out", "activations", "slimming", "hard_concrete"],
 )
 def test_planted_neuron_ranks_first_and_batch_size_does_not_matter(toy, run):
     lm, batch = toy

@@ -75,11 +75,11 @@ def _train(
     for _ in range(config.steps):
         optimizer.zero_grad()
         penalty = config.penalty * (1.0 - mask).abs().mean()
-        (penalty - masked_loss(model, adapter, lambda: mask, sequence_tensor(ids, device))).backward()
+        (penalty - masked_loss(model, adapter, mask, sequence_tensor(ids, device))).backward()
         for start in range(0, len(other), config.batch_size):
             for text in other[start : start + config.batch_size]:
                 # Each other text weighs 1/len(other), however they are chunked.
-                loss = masked_loss(model, adapter, lambda: mask, sequence_tensor(text, device))
+                loss = masked_loss(model, adapter, mask, sequence_tensor(text, device))
                 (loss / len(other)).backward()
         optimizer.step()
         with torch.no_grad():
@@ -87,10 +87,10 @@ def _train(
 
 
 def masked_loss(
-    model: torch.nn.Module, adapter: TransformerAdapter, gates: Callable[[], torch.Tensor], ids: torch.Tensor
+    model: torch.nn.Module, adapter: TransformerAdapter, gates: torch.Tensor, ids: torch.Tensor
 ) -> torch.Tensor:
-    """Mean next-token loss of ``ids`` with every layer's ``mlp.post`` multiplied by ``gates()`` (layers, d_mlp)."""
-    values = gates()
+    """Mean next-token loss of ``ids`` with every layer's ``mlp.post`` multiplied by ``gates`` (layers, d_mlp)."""
+    values = gates
     fns = {Site(layer, "mlp.post"): _scale(values[layer]) for layer in range(adapter.n_layers)}
     with patch(model, adapter, fns):
         logits = model(input_ids=ids).logits
