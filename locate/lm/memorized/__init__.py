@@ -1,0 +1,1 @@
+"""Localizers of memorized sequences over MLP neurons (Chang et al. 2024, MemPi)."""

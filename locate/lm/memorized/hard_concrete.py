@@ -1,0 +1,103 @@
+"""Hard Concrete: an L0-relaxed stochastic neuron gate (Louizos et al. 2018; Chang et al. 2024).
+
+Each neuron of every layer's ``mlp.post`` gets a gate z = min(1, max(0, s (zeta - gamma) + gamma))
+with s = sigmoid((log u - log(1 - u) + log_alpha) / beta), u ~ U(0, 1), beta = 2/3 and the
+stretch (gamma, zeta) = (-0.1, 1.1). As for Slimming (slimming.py), the gates learn to DROP
+the fewest neurons needed to raise the memorized sequence's loss while keeping the other text's:
+
+    minimise  -CE(sequence; z) + CE(other; z) + lambda * mean(1 - P(z != 0))
+
+with P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta)). Noise is drawn from a
+generator seeded by ``seed``. The score is 1 - the deterministic gate
+min(1, max(0, sigmoid(log_alpha) (zeta - gamma) + gamma)).
+
+    result = localize_hard_concrete(model, adapter, batch, HardConcreteConfig(steps=100, seed=0))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from memloc.core.adapters import TransformerAdapter
+from memloc.core.classifier.gradients import frozen_parameters
+from memloc.core.validation import at_least, positive
+from memloc.locate.lm.memorized.slimming import masked_loss
+from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, sequence_tensor
+
+BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
+
+
+@dataclass(frozen=True)
+class HardConcreteConfig:
+    """``batch_size``: other texts per chunk (gradients accumulate); results do not depend on it.
+
+    ``init`` is the starting log_alpha: 3 opens every gate nearly fully.
+    """
+
+    steps: int = 100
+    lr: float = 1e-2
+    penalty: float = 1000.0
+    init: float = 3.0
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "steps", "batch_size")
+        positive(self, "lr", "penalty")
+
+
+def localize_hard_concrete(
+    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: HardConcreteConfig
+) -> NeuronAttribution:
+    """Per sequence, 1 - the learned deterministic gate (layers, d_mlp)."""
+    scores = []
+    device = model_device(model)
+    with frozen_parameters(model):
+        for ids in batch.sequences:
+            generator = torch.Generator(device=device).manual_seed(config.seed)
+            log_alpha = torch.full((adapter.n_layers, adapter.d_mlp), config.init, device=device)
+            log_alpha.requires_grad_(True)
+            _train(model, adapter, log_alpha, ids, batch.other, config, generator)
+            gate = deterministic_gate(log_alpha.detach())
+            scores.append(1.0 - gate.double().cpu().numpy())
+    return NeuronAttribution("hard_concrete", tuple(scores))
+
+
+def deterministic_gate(log_alpha: torch.Tensor) -> torch.Tensor:
+    """The gate at test time (Louizos et al. 2018, eq. 13)."""
+    return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def sample_gate(log_alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One stretched, clamped Hard Concrete sample (Louizos et al. 2018, eq. 10)."""
+    u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / BETA)
+    return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def _train(
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    log_alpha: torch.Tensor,
+    ids: tuple[int, ...],
+    other: tuple[tuple[int, ...], ...],
+    config: HardConcreteConfig,
+    generator: torch.Generator,
+) -> None:
+    device = log_alpha.device
+    optimizer = torch.optim.Adam([log_alpha], lr=config.lr)
+    shift = BETA * math.log(-GAMMA / ZETA)
+    for _ in range(config.steps):
+        optimizer.zero_grad()
+        # One gate sample per step, shared by the sequence and every other text.
+        gate = sample_gate(log_alpha, generator)
+        open_prob = torch.sigmoid(log_alpha - shift)
+        penalty = config.penalty * (1.0 - open_prob).mean()
+        loss = penalty - masked_loss(model, adapter, gate, sequence_tensor(ids, device))
+        for start in range(0, len(other), config.batch_size):
+            for text in other[start : start + config.batch_size]:
+                loss = loss + masked_loss(model, adapter, gate, sequence_tensor(text, device)) / len(other)
+        loss.backward()
+        optimizer.step()

@@ -1,0 +1,78 @@
+"""Memorized-sequence localizers on a hand-set toy where one neuron carries the sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from memloc.core.errors import ConfigError
+from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
+from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
+from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
+from memloc.locate.lm.memorized.types import SequenceBatch
+from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
+
+from tests.tiny_lms import tiny_lm
+
+PLANTED = (1, 5)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Tiny llama whose MLPs are zeroed but for one neuron that drives the sequence's tokens."""
+    lm = tiny_lm("llama")
+    model, adapter = lm.model, lm.adapter
+    seq = tuple(lm.tokenizer("the capital of Zorbia is Quelon")["input_ids"])
+    other = tuple(lm.tokenizer("a red river in Oslo")["input_ids"])
+    with torch.no_grad():
+        for layer in range(adapter.n_layers):
+            adapter.down_matrix(model, layer).zero_()
+        layer, unit = PLANTED
+        target = adapter.unembedding(model)[list(seq[1:])].mean(0)
+        adapter.down_matrix(model, layer)[:, unit] = 20 * target / target.norm()
+        block = adapter.blocks(model)[layer].mlp
+        block.gate_proj.weight[unit] *= 30
+        block.up_proj.weight[unit] *= 30
+    return lm, SequenceBatch(sequences=(seq,), other=(other,))
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda lm, b, n: localize_zero_out(lm.model, lm.adapter, b, ZeroOutConfig(batch_size=n)),
+        lambda lm, b, n: localize_activations(lm.model, lm.adapter, b, ActivationsConfig(batch_size=n)),
+        # The toy's loss gradients are ~1e-5, so the reference lambda of 1000 would pin the mask at 1.
+        lambda lm, b, n: localize_slimming(
+            lm.model, lm.adapter, b, SlimmingConfig(steps=20, penalty=1e-4, batch_size=n)
+        ),
+        lambda lm, b, n: localize_hard_concrete(
+            lm.model, lm.adapter, b, HardConcreteConfig(steps=30, penalty=1e-4, init=1.0, batch_size=n)
+        ),
+    ],
+    ids=["zero_out", "activations", "slimming", "hard_concrete"],
+)
+def test_planted_neuron_ranks_first_and_batch_size_does_not_matter(toy, run):
+    lm, batch = toy
+    before = _weights(lm.model)
+    one, many = run(lm, batch, 1), run(lm, batch, 64)
+    assert one.top_neurons(0, 1e-9)[0] == PLANTED
+    assert abs(one.scores[0] - many.scores[0]).max() < 1e-5
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in lm.model.parameters())
+
+
+def test_counts_and_overlap(toy):
+    lm, batch = toy
+    two = SequenceBatch(sequences=(batch.sequences[0], batch.sequences[0]), other=batch.other)
+    result = localize_zero_out(lm.model, lm.adapter, two, ZeroOutConfig())
+    assert sum(result.per_layer_counts(0, 0.05).values()) == len(result.top_neurons(0, 0.05))
+    assert result.overlap(0.05)[0, 1] == 1.0
+
+
+def test_bad_config_is_one_line():
+    with pytest.raises(ConfigError, match="batch_size"):
+        ZeroOutConfig(batch_size=0)
