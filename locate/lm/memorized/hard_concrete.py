@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
-from memloc.core.validation import at_least, positive
+from memloc.core.validation import at_least, finite, positive
 from memloc.locate.lm.memorized.slimming import masked_loss
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, sequence_tensor
 
@@ -45,7 +45,9 @@ class HardConcreteConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "steps", "batch_size")
+        at_least(self, 0, "seed")
         positive(self, "lr", "penalty")
+        finite(self, "init")
 
 
 def localize_hard_concrete(

@@ -45,6 +45,7 @@ class SlimmingConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "steps", "batch_size")
+        at_least(self, 0, "seed")
         positive(self, "lr", "penalty")
 
 
