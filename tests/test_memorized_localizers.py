@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memloc.core.errors import ConfigError
+from memloc.core.errors import ConfigError, DataError
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
 from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
 from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
@@ -76,3 +76,11 @@ def test_counts_and_overlap(toy):
 def test_bad_config_is_one_line():
     with pytest.raises(ConfigError, match="batch_size"):
         ZeroOutConfig(batch_size=0)
+
+
+def test_registry_refuses_an_unknown_localizer_with_the_known_ones() -> None:
+    from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer
+
+    assert localizer("zero_out").run is LOCALIZERS["zero_out"].run
+    with pytest.raises(DataError, match="zero_out, activations"):
+        localizer("nope")
