@@ -226,3 +226,6 @@ app.command("extractable")(extractable_command)
 from memloc.cli.memorized_text import exposure_command  # noqa: E402
 
 app.command("exposure")(exposure_command)
+from memloc.cli.memorized_neurons import memorized_neurons_command  # noqa: E402
+
+app.command("memorized-neurons")(memorized_neurons_command)

@@ -7,6 +7,7 @@ import torch
 from memloc.core.errors import ConfigError, DataError
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
 from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
+from memloc.locate.lm.memorized.integrated_gradients import IGConfig, localize_integrated_gradients
 from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
 from memloc.locate.lm.memorized.types import SequenceBatch
 from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
@@ -44,6 +45,9 @@ def _weights(model):
     [
         lambda lm, b, n: localize_zero_out(lm.model, lm.adapter, b, ZeroOutConfig(batch_size=n)),
         lambda lm, b, n: localize_activations(lm.model, lm.adapter, b, ActivationsConfig(batch_size=n)),
+        lambda lm, b, n: localize_integrated_gradients(
+            lm.model, lm.adapter, b, IGConfig(steps=8, batch_size=n)
+        ),
         # The toy's loss gradients are ~1e-5, so the reference lambda of 1000 would pin the mask at 1.
         lambda lm, b, n: localize_slimming(
             lm.model, lm.adapter, b, SlimmingConfig(steps=20, penalty=1e-4, batch_size=n)
@@ -52,7 +56,7 @@ def _weights(model):
             lm.model, lm.adapter, b, HardConcreteConfig(steps=30, penalty=1e-4, init=1.0, batch_size=n)
         ),
     ],
-    ids=["zero_out", "activations", "slimming", "hard_concrete"],
+    ids=["zero_out", "activations", "ig", "slimming", "hard_concrete"],
 )
 def test_planted_neuron_ranks_first_and_batch_size_does_not_matter(toy, run):
     lm, batch = toy
@@ -84,3 +88,28 @@ def test_registry_refuses_an_unknown_localizer_with_the_known_ones() -> None:
     assert localizer("zero_out").run is LOCALIZERS["zero_out"].run
     with pytest.raises(DataError, match="zero_out, activations"):
         localizer("nope")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_ig_is_complete_per_layer(kind) -> None:
+    """Completeness: a layer's scores sum to log p(x) minus log p(x) with that layer's mlp.post zeroed."""
+    from memloc.core.hooks import patch
+    from memloc.core.sites import Site
+
+    lm = tiny_lm(kind)
+    ids = tuple(lm.tokenizer("memorized text is here again")["input_ids"])
+    batch = SequenceBatch(sequences=(ids,))
+    result = localize_integrated_gradients(lm.model, lm.adapter, batch, IGConfig(steps=400, batch_size=512))
+    x = torch.tensor([ids])
+
+    def loglik() -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(input_ids=x).logits[0, :-1].double(), -1)
+        return float(logp.gather(-1, x[0, 1:, None]).sum())
+
+    clean = loglik()
+    for layer in range(lm.adapter.n_layers):
+        with patch(lm.model, lm.adapter, {Site(layer, "mlp.post"): torch.zeros_like}):
+            zeroed = loglik()
+        gap = clean - zeroed
+        assert abs(result.scores[0][layer].sum() - gap) < 0.02 * abs(gap) + 1e-3

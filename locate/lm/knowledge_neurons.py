@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
-from captum.attr import IntegratedGradients
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.errors import MemlocError
 from memloc.core.finite import require_finite
@@ -48,9 +47,7 @@ from memloc.core.progress import Progress
 from memloc.core.sites import Neuron, Site
 from memloc.core.validation import at_least, fail, in_unit_interval, one_of
 from memloc.locate.graph import share_count
-from torch.utils.checkpoint import checkpoint
-
-RowsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from memloc.locate.lm.integrated import integrated_gradients
 
 
 @dataclass(frozen=True)
@@ -299,7 +296,7 @@ def _fast(
         return _score(out.logits[:, -1], target, config.log_prob)
 
     which = torch.arange(len(layers), device=ids.device)
-    return _integrate(rows, clean, which, config), probability
+    return integrated_gradients(rows, clean, which, config.steps, config.batch_size), probability
 
 
 def _plain(
@@ -323,43 +320,8 @@ def _plain(
             return _score(out.logits[:, -1], target, config.log_prob)
 
         which = torch.zeros(1, dtype=torch.long, device=ids.device)
-        scores.append(_integrate(rows, clean, which, config))
+        scores.append(integrated_gradients(rows, clean, which, config.steps, config.batch_size))
     return torch.cat(scores), probability
-
-
-def _integrate(rows: RowsFn, clean: torch.Tensor, which: torch.Tensor, config: KNConfig) -> torch.Tensor:
-    """captum's left Riemann IG of ``rows`` from a zero baseline, one input row per layer.
-
-    captum repeats ``which`` with the steps, so every expanded row knows its layer.
-    """
-
-    def forward(scaled: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        return _chunked(rows, scaled, which, config.batch_size)
-
-    ig = IntegratedGradients(forward)
-    return ig.attribute(
-        clean,
-        baselines=torch.zeros_like(clean),
-        additional_forward_args=(which,),
-        n_steps=config.steps,
-        method="riemann_left",
-    ).detach()
-
-
-def _chunked(rows: RowsFn, scaled: torch.Tensor, which: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-    """``rows`` over chunks of at most ``batch_size`` rows.
-
-    With several chunks each one is checkpointed: its activations are recomputed in
-    the backward pass rather than held, so memory is bounded by one chunk.
-    """
-    n = scaled.shape[0]
-    if batch_size is None or batch_size >= n:
-        return rows(scaled, which)
-    parts = [
-        checkpoint(rows, scaled[s : s + batch_size], which[s : s + batch_size], use_reentrant=False)
-        for s in range(0, n, batch_size)
-    ]
-    return torch.cat(parts)
 
 
 def _last_token_patch(scaled: torch.Tensor, mine: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -19,6 +19,7 @@ from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
 from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
+from memloc.locate.lm.memorized.integrated_gradients import IGConfig, localize_integrated_gradients
 from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
@@ -40,6 +41,7 @@ LOCALIZERS: dict[str, Localizer] = {
     for spec in (
         Localizer("zero_out", ZeroOutConfig, localize_zero_out),
         Localizer("activations", ActivationsConfig, localize_activations),
+        Localizer("ig", IGConfig, localize_integrated_gradients),
         Localizer("slimming", SlimmingConfig, localize_slimming),
         Localizer("hard_concrete", HardConcreteConfig, localize_hard_concrete),
     )
