@@ -17,11 +17,24 @@ def report_command(
     ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Write report.md (with figures/) and a self-contained report.html for a run."""
+    """Write report.md (with figures/) and a self-contained report.html for a run.
+
+    RUN_DIR is a classifier run folder, or a folder of memorized-text results
+    (extraction, exposure, localizers, unlearning), which get one page of their own.
+    """
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.paths import writable_folder
+    from memloc.edit.memorized_text_page import holds_memorized_text_results, write_memorized_text_report
     from memloc.locate.classifier.report import build_report
 
+    if holds_memorized_text_results(run_dir):
+        target = writable_folder(out or run_dir / "report")
+        md, page = write_memorized_text_report(run_dir, target)
+        if fmt is Format.json:
+            emit_json({"markdown": md, "html": page})
+            return
+        stdout.print(f"report: {page}\nmarkdown: {md}")
+        return
     run = RunFolder.open(run_dir)
     writable_folder(out or run.root / "report")
     md, page = build_report(run, out)

@@ -61,6 +61,20 @@ def load_dataclass(cls: type[T], stem: str | Path) -> T:
     return _decode(cls, plain, arrays)
 
 
+def from_plain(cls: type[T], plain: Any) -> T:
+    """A ``cls`` from plain JSON data of its fields (as `dataclasses.asdict` gives them, no arrays)."""
+    return _decode(cls, plain, {})
+
+
+def read_dataclass_json(cls: type[T], path: str | Path) -> T:
+    """A ``cls`` from a JSON file of its fields; a damaged file says so in one line."""
+    path = Path(path)
+    try:
+        return from_plain(cls, json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunFolderError(f"{path} cannot be read as {cls.__name__} ({exc})") from exc
+
+
 def _encode(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, np.ndarray):
         arrays[path] = value

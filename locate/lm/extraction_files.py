@@ -17,6 +17,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from memloc.core.dataclass_files import from_plain
 from memloc.locate.lm.extraction import ExtractionResult
 
 RESULT, EXTRACTED, FIGURE = "extraction.json", "extracted.jsonl", "extraction_rate.png"
@@ -31,6 +32,14 @@ def extraction_json(result: ExtractionResult) -> dict:
         "summary": result.rows(),
         "documents": [{**asdict(r), "extracted": r.extracted} for r in result.results],
     }
+
+
+def read_extraction(path: Path) -> ExtractionResult:
+    """The result `write_extraction` stored as ``path`` (an extraction.json), typed again."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    documents = [{k: v for k, v in row.items() if k != "extracted"} for row in data["documents"]]
+    fields = ("config", "corpus_documents", "skipped_short", "model")
+    return from_plain(ExtractionResult, {**{k: data[k] for k in fields}, "results": documents})
 
 
 def rate_figure(result: ExtractionResult) -> Figure:
