@@ -27,7 +27,7 @@ from memloc.edit.ledger import save_edited, undo
 from memloc.edit.monitor import checked_apply, generation_entropy
 from memloc.edit.session import monitor_for, require_new_folder
 from memloc.edit.unlearn import UnlearnConfig, compute_unlearn, localize, neurons_per_layer, select_neurons
-from memloc.edit.unlearn_measures import MemorizationConfig, Memorization, perplexity, sequence_memorization
+from memloc.edit.unlearn_measures import Memorization, MemorizationConfig, perplexity, sequence_memorization
 from memloc.locate.lm.exposure import ExposureConfig, canary_exposure, check_space
 from memloc.locate.lm.memorized.types import SequenceBatch
 
@@ -98,11 +98,15 @@ class UnlearnReport:
 def _measure(
     lm: LM, texts: UnlearnTexts, config: MemorizationConfig, fluency: float, progress: Progress | None
 ) -> ModelMeasures:
-    memorization = sequence_memorization(lm, texts.sequences, config, progress=labelled(progress, "sequences"))
+    memorization = sequence_memorization(
+        lm, texts.sequences, config, progress=labelled(progress, "sequences")
+    )
     other = sequence_memorization(lm, texts.other, config) if texts.other else None
     exposure: tuple[float, ...] = ()
     if texts.canaries:
-        found = canary_exposure(lm, list(texts.canaries), ExposureConfig(), progress=labelled(progress, "canaries"))
+        found = canary_exposure(
+            lm, list(texts.canaries), ExposureConfig(), progress=labelled(progress, "canaries")
+        )
         exposure = tuple(c.exposure for c in found.canaries)
     held_out = perplexity(lm, texts.held_out, progress=progress) if texts.held_out else None
     return ModelMeasures(memorization, other, exposure, held_out, fluency)
