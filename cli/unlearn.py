@@ -111,6 +111,10 @@ def unlearn_command(
         return
     layers = ", ".join(f"{layer}: {count}" for layer, count in report.neurons_per_layer.items())
     emit_table(f"unlearning with {method}: {len(report.neurons)} neurons ({layers})", report.rows())
+    undone = "equals" if report.undone_hash == report.base_hash else "DIFFERS FROM"
+    stderr.print(
+        f"undoing the saved ledger gave weights hash {report.undone_hash[:16]}, which {undone} the base"
+    )
     stderr.print(
         f"edited model, ledger and unlearn.json: {out}  (undo: memloc edit undo {out} --out <folder>)"
     )
