@@ -74,6 +74,12 @@ def text_ids(lm: LM, texts: Sequence[str]) -> list[Tokens]:
     return [tuple(lm.tokenizer(t, verbose=False)["input_ids"][start:]) for t in texts]
 
 
+def context_limit(lm: LM) -> int | None:
+    """The model's context in tokens, where its config says."""
+    config = lm.model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def _split(length: int, config: MemorizationConfig) -> tuple[int, int]:
     """(k, n) for a sequence of ``length`` tokens: the configured ones, or what fits."""
     n = min(config.suffix, max(1, length // 2))
@@ -91,6 +97,12 @@ def sequence_memorization(
     groups: dict[tuple[int, int], list[int]] = {}
     for i, row in enumerate(ids):
         groups.setdefault(_split(len(row), config), []).append(i)
+    limit, longest = context_limit(lm), len(bos) + max(k + n for k, n in groups)
+    if limit and longest > limit:
+        raise DataError(
+            f"prefix and suffix take {longest} tokens, more than the model's context of {limit} "
+            "positions; choose a shorter --prefix or --suffix"
+        )
     found: dict[int, SequenceMemorization] = {}
     for (k, n), members in groups.items():
         prefixes = [bos + ids[i][:k] for i in members]
@@ -107,9 +119,7 @@ def sequence_memorization(
 @torch.no_grad()
 def perplexity(lm: LM, texts: Sequence[str], *, progress: Progress | None = None) -> float:
     """exp(mean next-token loss over every token of ``texts``), each text cut to the model's context."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None) or getattr(
-        lm.model.config, "n_positions", None
-    )
+    limit = context_limit(lm)
     total, count = 0.0, 0
     for done, text in enumerate(texts, 1):
         ids = lm.tokenizer(text, verbose=False)["input_ids"][:limit]

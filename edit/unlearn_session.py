@@ -27,7 +27,13 @@ from memloc.edit.ledger import save_edited, undo
 from memloc.edit.monitor import checked_apply, generation_entropy
 from memloc.edit.session import monitor_for, require_new_folder
 from memloc.edit.unlearn import UnlearnConfig, compute_unlearn, localize, neurons_per_layer, select_neurons
-from memloc.edit.unlearn_measures import Memorization, MemorizationConfig, perplexity, sequence_memorization
+from memloc.edit.unlearn_measures import (
+    Memorization,
+    MemorizationConfig,
+    context_limit,
+    perplexity,
+    sequence_memorization,
+)
 from memloc.locate.lm.exposure import ExposureConfig, canary_exposure, check_space
 from memloc.locate.lm.memorized.types import SequenceBatch
 
@@ -115,8 +121,10 @@ def _measure(
 def sequence_batch(lm: LM, texts: UnlearnTexts) -> SequenceBatch:
     """The token ids the localizers read, each text with the tokenizer's added start."""
 
+    limit = context_limit(lm)
+
     def ids(text: str) -> tuple[int, ...]:
-        return tuple(lm.tokenizer(text, verbose=False)["input_ids"])
+        return tuple(lm.tokenizer(text, verbose=False)["input_ids"][:limit])
 
     return SequenceBatch(tuple(ids(t) for t in texts.sequences), tuple(ids(t) for t in texts.other))
 
@@ -141,14 +149,15 @@ def unlearn_and_save(
     base = weights_hash(lm.model)
     monitor = monitor_for("unlearn")
     step = labelled(progress, "unlearn")
+    batch = sequence_batch(lm, texts)  # a sequence too short to localize fails here, before any work
     if step:
-        step(0, 4, f"localizing with {config.method}")
-    neurons = select_neurons(localize(lm, sequence_batch(lm, texts), config), config.budget)
-    delta = compute_unlearn(lm, neurons, config)
+        step(0, 4, "measuring the base model")
     fluency = generation_entropy(lm, monitor)
-    if step:
-        step(1, 4, "measuring the base model")
     before = _measure(lm, texts, memorization, fluency, labelled(progress, "before"))
+    if step:
+        step(1, 4, f"localizing with {config.method}")
+    neurons = select_neurons(localize(lm, batch, config), config.budget)
+    delta = compute_unlearn(lm, neurons, config)
     handle, check = checked_apply(lm, delta, monitor, fluency, progress=labelled(progress, "monitor"))
     if step:
         step(2, 4, "measuring the edited model")

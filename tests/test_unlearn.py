@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from memloc.core.dataclass_files import load_dataclass
-from memloc.core.errors import ConfigError
+from memloc.core.errors import ConfigError, DataError
 from memloc.core.hooks import patch
 from memloc.core.lm.canaries import Canary
 from memloc.core.lm.canary_space import CanarySpace
@@ -217,3 +217,11 @@ def test_cli_table_and_bad_method_is_one_line(tmp_path, capsys):
     assert code in (0, None), err
     assert "extraction rate" in stdout and "held-out" not in stdout
     assert "memloc edit undo" in " ".join(err.split())  # the console wraps long lines
+
+
+def test_a_prefix_and_suffix_longer_than_the_context_is_refused(fixture_lm):
+    long = " ".join(["Gafou is a country ."] * 20)
+    with pytest.raises(DataError, match="--prefix or --suffix"):
+        sequence_memorization(fixture_lm, [long], MemorizationConfig(prefix=40, suffix=32))
+    fits = sequence_memorization(fixture_lm, [long], MemorizationConfig(prefix=20, suffix=20))
+    assert (fits.sequences[0].prefix_length, fits.sequences[0].suffix_length) == (20, 20)
