@@ -21,11 +21,13 @@ from memloc.cli.options import (
     lm_options,
     parse_layers,
 )
+from memloc.cli.unlearn import unlearn_command
 
 app = typer.Typer(no_args_is_help=True, help="Edit facts in language models.")
 app.command("apply")(apply_command)
 app.command("eval")(eval_command)
 app.command("undo")(undo_command)
+app.command("unlearn")(unlearn_command)
 
 LayersOpt = Annotated[
     list[str],

@@ -26,6 +26,11 @@ BY_CONFIG = {
     ("MembershipConfig", "keep"): "--keep",
     ("EnsembleConfig", "weight_decay"): "--weight-decay",
     ("BatchedExecutor", "models_per_pass"): "--models-per-pass",
+    ("UnlearnConfig", "method"): "--method",
+    ("UnlearnConfig", "budget"): "--budget",
+    ("UnlearnConfig", "scale"): "--scale",
+    ("MemorizationConfig", "prefix"): "--prefix",
+    ("MemorizationConfig", "suffix"): "--suffix",
 }
 
 # field -> flag everywhere else.

@@ -1,0 +1,120 @@
+"""`memloc edit unlearn`: remove memorized text by ablating its neurons, as an undoable edit.
+
+Parses, checks the inputs before the model loads, calls
+`memloc.edit.unlearn_session.unlearn_and_save`, and prints the before/after table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.options import METHOD_PANEL, OUTPUT_PANEL, Format, FormatOpt, LMOptions, SeedOpt, lm_options
+
+CANARIES_SUFFIX = ".canaries.jsonl"
+
+
+def _texts(path: Path) -> tuple[str, ...]:
+    """A corpus-like file's documents, or a canaries file's canary texts."""
+    from memloc.core.lm.canaries import read_canaries
+    from memloc.core.lm.corpus_files import read_corpus
+
+    if path.name.endswith(CANARIES_SUFFIX):
+        return tuple(c.text for c in read_canaries(path))
+    return tuple(read_corpus(path))
+
+
+@lm_options
+def unlearn_command(
+    lm: LMOptions,
+    sequences: Annotated[
+        Path,
+        typer.Option(
+            "--sequences",
+            help="The memorized text to remove: a .txt/.jsonl corpus file or a *.canaries.jsonl file.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="New folder for the edited model, its ledger and unlearn.json.",
+            show_default=False,
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="The localizer: zero_out, activations, slimming, hard_concrete (memorized-text registry).",
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = "hard_concrete",
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            help="Share of all neurons ablated per sequence, in (0, 1].",
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = 0.005,
+    scale: Annotated[
+        float,
+        typer.Option(
+            "--scale", help="Factor on the chosen neurons' output (0 ablates).", rich_help_panel=METHOD_PANEL
+        ),
+    ] = 0.0,
+    other: Annotated[
+        Path | None,
+        typer.Option("--other", help="Text to keep (the localizers contrast it).", show_default=False),
+    ] = None,
+    held_out: Annotated[
+        Path | None, typer.Option("--held-out", help="Held-out text for perplexity.", show_default=False)
+    ] = None,
+    canaries: Annotated[
+        Path | None,
+        typer.Option("--canaries", help="A canaries file whose exposure is measured.", show_default=False),
+    ] = None,
+    prefix: Annotated[int, typer.Option("--prefix", help="Prefix length k for extraction.")] = 32,
+    suffix: Annotated[int, typer.Option("--suffix", help="Suffix length n that must match exactly.")] = 32,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Ablate the neurons a localizer blames for memorized text; save with a ledger (undo with 'edit undo')."""
+    from memloc.core.lm.canaries import read_canaries
+    from memloc.core.lm.loading import quiet_transformers
+    from memloc.core.paths import writable_folder
+    from memloc.core.report import to_jsonable
+    from memloc.edit.session import require_new_folder
+    from memloc.edit.unlearn import UnlearnConfig
+    from memloc.edit.unlearn_measures import MemorizationConfig
+    from memloc.edit.unlearn_session import UnlearnTexts, unlearn_and_save
+
+    config = UnlearnConfig(method=method, budget=budget, scale=scale, seed=seed)
+    memorization = MemorizationConfig(prefix=prefix, suffix=suffix)
+    texts = UnlearnTexts(
+        sequences=_texts(sequences),
+        other=_texts(other) if other is not None else (),
+        held_out=_texts(held_out) if held_out is not None else (),
+        canaries=tuple(read_canaries(canaries)) if canaries is not None else (),
+    )
+    require_new_folder(writable_folder(out))
+    model = lm.load()
+    with progress_bar("edit unlearn") as update, quiet_transformers():
+        report = unlearn_and_save(model, texts, config, out, memorization=memorization, progress=update)
+    if fmt is Format.json:
+        emit_json(to_jsonable(report))
+        return
+    layers = ", ".join(f"{layer}: {count}" for layer, count in report.neurons_per_layer.items())
+    emit_table(f"unlearning with {method}: {len(report.neurons)} neurons ({layers})", report.rows())
+    undone = "equals" if report.undone_hash == report.base_hash else "DIFFERS FROM"
+    stderr.print(
+        f"undoing the saved ledger gave weights hash {report.undone_hash[:16]}, which {undone} the base"
+    )
+    stderr.print(
+        f"edited model, ledger and unlearn.json: {out}  (undo: memloc edit undo {out} --out <folder>)"
+    )
