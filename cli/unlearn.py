@@ -7,11 +7,16 @@ Parses, checks the inputs before the model loads, calls
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
+from memloc.cli.memorized_neurons import parse_settings
 from memloc.cli.options import METHOD_PANEL, OUTPUT_PANEL, Format, FormatOpt, LMOptions, SeedOpt, lm_options
+from memloc.core.errors import MemlocError
+
+if TYPE_CHECKING:
+    from memloc.locate.lm.memorized.run import MemorizedNeurons
 
 CANARIES_SUFFIX = ".canaries.jsonl"
 
@@ -24,6 +29,15 @@ def _texts(path: Path) -> tuple[str, ...]:
     if path.name.endswith(CANARIES_SUFFIX):
         return tuple(c.text for c in read_canaries(path))
     return tuple(read_corpus(path))
+
+
+def _stored_neurons(folder: Path, method: str) -> MemorizedNeurons:
+    from memloc.locate.lm.memorized.files import load_memorized_neurons
+
+    stored = load_memorized_neurons(folder)
+    if stored.method != method:
+        raise MemlocError(f"--neurons {folder} holds {stored.method} scores, not --method {method}")
+    return stored
 
 
 @lm_options
@@ -79,6 +93,26 @@ def unlearn_command(
         Path | None,
         typer.Option("--canaries", help="A canaries file whose exposure is measured.", show_default=False),
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="Exposure from a skew-normal fit (needed above 10^6 candidates)."),
+    ] = False,
+    samples: Annotated[int, typer.Option("--samples", help="Candidates sampled for --estimate.")] = 10_000,
+    settings: Annotated[
+        str,
+        typer.Option(
+            "--set", help="Localizer settings as name=value,..., e.g. steps=50.", rich_help_panel=METHOD_PANEL
+        ),
+    ] = "",
+    neurons: Annotated[
+        Path | None,
+        typer.Option(
+            "--neurons",
+            help="Use the scores a 'locate memorized-neurons --out' folder stored for these sequences.",
+            show_default=False,
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = None,
     prefix: Annotated[int, typer.Option("--prefix", help="Prefix length k for extraction.")] = 32,
     suffix: Annotated[int, typer.Option("--suffix", help="Suffix length n that must match exactly.")] = 32,
     seed: SeedOpt = 0,
@@ -90,22 +124,39 @@ def unlearn_command(
     from memloc.core.paths import writable_folder
     from memloc.core.report import to_jsonable
     from memloc.edit.session import require_new_folder
-    from memloc.edit.unlearn import UnlearnConfig
+    from memloc.edit.unlearn import UnlearnConfig, localizer_config
     from memloc.edit.unlearn_measures import MemorizationConfig
     from memloc.edit.unlearn_session import UnlearnTexts, unlearn_and_save
+    from memloc.locate.lm.exposure import ExposureConfig
 
-    config = UnlearnConfig(method=method, budget=budget, scale=scale, seed=seed)
+    stored = _stored_neurons(neurons, method) if neurons is not None else None
+    config = UnlearnConfig(
+        method=method, budget=budget, scale=scale, seed=seed, settings=parse_settings(settings)
+    )
+    localizer_config(config)
     memorization = MemorizationConfig(prefix=prefix, suffix=suffix)
+    exposure = ExposureConfig(estimate=estimate, samples=samples, seed=seed)
     texts = UnlearnTexts(
         sequences=_texts(sequences),
         other=_texts(other) if other is not None else (),
         held_out=_texts(held_out) if held_out is not None else (),
         canaries=tuple(read_canaries(canaries)) if canaries is not None else (),
     )
+    if stored is not None and [s.text for s in stored.sequences] != list(texts.sequences):
+        raise MemlocError(f"--neurons {neurons} was localized on other texts than --sequences {sequences}")
     require_new_folder(writable_folder(out))
     model = lm.load()
     with progress_bar("edit unlearn") as update, quiet_transformers():
-        report = unlearn_and_save(model, texts, config, out, memorization=memorization, progress=update)
+        report = unlearn_and_save(
+            model,
+            texts,
+            config,
+            out,
+            memorization=memorization,
+            exposure=exposure,
+            attribution=stored.attribution() if stored is not None else None,
+            progress=update,
+        )
     if fmt is Format.json:
         emit_json(to_jsonable(report))
         return

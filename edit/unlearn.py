@@ -20,9 +20,9 @@ knowledge-neuron edit, so it goes through the collapse monitor, the ledger and
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from memloc.core.lm.model import LM
@@ -30,7 +30,7 @@ from memloc.core.sites import Neuron
 from memloc.core.validation import at_least, fail, finite, one_of, positive
 from memloc.edit.delta import LayerDelta, WeightDelta
 from memloc.edit.kn_edit import NeuronEditError
-from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer
+from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer, make_config
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
 
@@ -46,6 +46,7 @@ class UnlearnConfig:
     budget: float = 0.005
     scale: float = 0.0
     seed: int = 0
+    settings: tuple[tuple[str, Any], ...] = ()  # the localizer's own settings, e.g. (("steps", 50),)
 
     def __post_init__(self) -> None:
         one_of(self, "method", LOCALIZERS)
@@ -57,11 +58,15 @@ class UnlearnConfig:
 
 
 def localize(lm: LM, batch: SequenceBatch, config: UnlearnConfig) -> NeuronAttribution:
-    """Run the configured localizer with its published defaults (and ``config.seed`` where it has one)."""
+    """Run the configured localizer: its published defaults, ``config.settings`` over them, and
+    ``config.seed`` where it has a seed and the settings name none."""
     spec = localizer(config.method)
-    names = {f.name for f in dataclasses.fields(spec.config_type)}
-    settings = spec.config_type(seed=config.seed) if "seed" in names else spec.config_type()
-    return spec.run(lm.model, lm.adapter, batch, settings)
+    return spec.run(lm.model, lm.adapter, batch, localizer_config(config))
+
+
+def localizer_config(config: UnlearnConfig) -> Any:
+    """The localizer's own frozen config for ``config`` (see `make_config`)."""
+    return make_config(config.method, config.settings, config.seed)
 
 
 def select_neurons(attribution: NeuronAttribution, budget: float) -> tuple[Neuron, ...]:

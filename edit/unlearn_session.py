@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memloc.core.dataclass_files import save_dataclass
+from memloc.core.errors import DataError
 from memloc.core.lm.canaries import Canary
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress, labelled
@@ -35,7 +36,7 @@ from memloc.edit.unlearn_measures import (
     sequence_memorization,
 )
 from memloc.locate.lm.exposure import ExposureConfig, canary_exposure, check_space
-from memloc.locate.lm.memorized.types import SequenceBatch
+from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
 REPORT_STEM = "unlearn"  # unlearn.json (and its arrays file) in the edited folder
 
@@ -77,6 +78,7 @@ class UnlearnReport:
     undone_hash: str  # after undoing the saved ledger in memory: equals base_hash
     out: str = ""
     memorization_config: MemorizationConfig = field(default_factory=MemorizationConfig)
+    exposure_config: ExposureConfig = field(default_factory=ExposureConfig)
 
     def rows(self) -> list[dict]:
         """The before/after table: one row per measure."""
@@ -102,7 +104,12 @@ class UnlearnReport:
 
 
 def _measure(
-    lm: LM, texts: UnlearnTexts, config: MemorizationConfig, fluency: float, progress: Progress | None
+    lm: LM,
+    texts: UnlearnTexts,
+    config: MemorizationConfig,
+    exposure_config: ExposureConfig,
+    fluency: float,
+    progress: Progress | None,
 ) -> ModelMeasures:
     memorization = sequence_memorization(
         lm, texts.sequences, config, progress=labelled(progress, "sequences")
@@ -111,7 +118,7 @@ def _measure(
     exposure: tuple[float, ...] = ()
     if texts.canaries:
         found = canary_exposure(
-            lm, list(texts.canaries), ExposureConfig(), progress=labelled(progress, "canaries")
+            lm, list(texts.canaries), exposure_config, progress=labelled(progress, "canaries")
         )
         exposure = tuple(c.exposure for c in found.canaries)
     held_out = perplexity(lm, texts.held_out, progress=progress) if texts.held_out else None
@@ -136,16 +143,24 @@ def unlearn_and_save(
     out: Path,
     *,
     memorization: MemorizationConfig = MemorizationConfig(),
+    exposure: ExposureConfig = ExposureConfig(),
+    attribution: NeuronAttribution | None = None,
     progress: Progress | None = None,
 ) -> UnlearnReport:
     """Unlearn ``texts.sequences`` and write the edited model, its ledger and unlearn.json to ``out``.
 
     ``out`` must be new or empty. On return ``lm`` holds the BASE weights again: the
-    saved ledger was undone in memory to check that it restores them exactly.
+    saved ledger was undone in memory to check that it restores them exactly. A stored
+    ``attribution`` (one score array per sequence, e.g. from `locate memorized-neurons`)
+    replaces the localizer run.
     """
+    if attribution is not None and len(attribution.scores) != len(texts.sequences):
+        raise DataError(
+            f"the stored attribution scores {len(attribution.scores)} sequences, but {len(texts.sequences)} were given"
+        )
     require_new_folder(out)
     if texts.canaries:
-        check_space(list(texts.canaries), ExposureConfig())
+        check_space(list(texts.canaries), exposure)
     base = weights_hash(lm.model)
     monitor = monitor_for("unlearn")
     step = labelled(progress, "unlearn")
@@ -153,15 +168,16 @@ def unlearn_and_save(
     if step:
         step(0, 4, "measuring the base model")
     fluency = generation_entropy(lm, monitor)
-    before = _measure(lm, texts, memorization, fluency, labelled(progress, "before"))
+    before = _measure(lm, texts, memorization, exposure, fluency, labelled(progress, "before"))
     if step:
         step(1, 4, f"localizing with {config.method}")
-    neurons = select_neurons(localize(lm, batch, config), config.budget)
+    scores = attribution if attribution is not None else localize(lm, batch, config)
+    neurons = select_neurons(scores, config.budget)
     delta = compute_unlearn(lm, neurons, config)
     handle, check = checked_apply(lm, delta, monitor, fluency, progress=labelled(progress, "monitor"))
     if step:
         step(2, 4, "measuring the edited model")
-    after = _measure(lm, texts, memorization, check.entropy_after, labelled(progress, "after"))
+    after = _measure(lm, texts, memorization, exposure, check.entropy_after, labelled(progress, "after"))
     save_edited(lm, out, [delta], [handle], (), base)
     edited = weights_hash(lm.model)
     if step:
@@ -180,6 +196,7 @@ def unlearn_and_save(
         undone_hash=weights_hash(lm.model),
         out=str(out),
         memorization_config=memorization,
+        exposure_config=exposure,
     )
     save_dataclass(report, out / REPORT_STEM)
     if step:

@@ -225,3 +225,46 @@ def test_a_prefix_and_suffix_longer_than_the_context_is_refused(fixture_lm):
         sequence_memorization(fixture_lm, [long], MemorizationConfig(prefix=40, suffix=32))
     fits = sequence_memorization(fixture_lm, [long], MemorizationConfig(prefix=20, suffix=20))
     assert (fits.sequences[0].prefix_length, fits.sequences[0].suffix_length) == (20, 20)
+
+
+def test_cli_unlearn_from_stored_neurons_chooses_the_same_neurons(tmp_path, capsys):
+    sequences = tmp_path / "facts.txt"
+    sequences.write_text("\n\n".join(FACTS) + "\n")
+    lm_args = ("--model", MODEL, "--device", "cpu")
+    code, _, err = run_cli(
+        capsys, "locate", "memorized-neurons", *lm_args, "--sequences", sequences, "--method", "zero_out",
+        "--max-tokens", "64", "--out", tmp_path / "neurons",
+    )  # fmt: skip
+    assert code in (0, None), err
+    common = (
+        "edit",
+        "unlearn",
+        *lm_args,
+        "--sequences",
+        sequences,
+        "--method",
+        "zero_out",
+        "--format",
+        "json",
+    )
+    code, fresh, err = run_cli(capsys, *common, "--out", tmp_path / "a")
+    assert code in (0, None), err
+    code, stored, err = run_cli(capsys, *common, "--neurons", tmp_path / "neurons", "--out", tmp_path / "b")
+    assert code in (0, None), err
+    assert json.loads(fresh)["neurons"] == json.loads(stored)["neurons"]
+    assert json.loads(fresh)["edited_hash"] == json.loads(stored)["edited_hash"]
+    # Scores of another method, of other texts, or an unknown localizer setting: one line each.
+    code, _, err = run_cli(
+        capsys, *common[:-3], "activations", "--neurons", tmp_path / "neurons", "--out", tmp_path / "c"
+    )
+    assert_one_line_error(code, err, "zero_out", "activations")
+    other = tmp_path / "other.txt"
+    other.write_text(FACTS[0] + "\n")
+    code, _, err = run_cli(
+        capsys, "edit", "unlearn", *lm_args, "--sequences", other, "--method", "zero_out",
+        "--neurons", tmp_path / "neurons", "--out", tmp_path / "c",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "other texts")
+    code, _, err = run_cli(capsys, *common, "--set", "stepz=3", "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "stepz")
+    assert not (tmp_path / "c").exists()

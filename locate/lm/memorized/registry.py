@@ -10,6 +10,7 @@ an unknown name with the list of known ones.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,3 +55,17 @@ def localizer(name: str) -> Localizer:
         return LOCALIZERS[name]
     except KeyError:
         raise DataError(f"unknown localizer {name!r}; choose one of {', '.join(LOCALIZERS)}") from None
+
+
+def make_config(name: str, settings: tuple[tuple[str, Any], ...] = (), seed: int | None = None) -> Any:
+    """Localizer ``name``'s frozen config: its defaults, ``settings`` over them, and ``seed`` where it
+    has a seed that the settings leave unset. An unknown setting is refused with the known ones."""
+    spec = localizer(name)
+    names = {f.name for f in dataclasses.fields(spec.config_type)}
+    chosen = dict(settings)
+    unknown = sorted(set(chosen) - names)
+    if unknown:
+        raise DataError(f"{name} has no setting {unknown[0]!r}; it has {', '.join(sorted(names))}")
+    if seed is not None and "seed" in names:
+        chosen.setdefault("seed", seed)
+    return spec.config_type(**chosen)

@@ -21,7 +21,7 @@ from memloc.core.errors import DataError
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least, fail, one_of
-from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer
+from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer, make_config
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
 
@@ -42,12 +42,7 @@ class LocalizeRequest:
 
     def config(self) -> Any:
         """The localizer's own frozen config, which validates the overrides."""
-        spec = localizer(self.method)
-        known = {f.name for f in dataclasses.fields(spec.config_type)}
-        unknown = sorted(set(dict(self.settings)) - known)
-        if unknown:
-            raise DataError(f"{self.method} has no setting {unknown[0]!r}; it has {', '.join(sorted(known))}")
-        return spec.config_type(**dict(self.settings))
+        return make_config(self.method, self.settings)
 
 
 @dataclass(frozen=True)
