@@ -13,19 +13,24 @@ from pathlib import Path
 
 from memloc.core.errors import RunFolderError
 from memloc.core.render import write_report
+from memloc.edit.unlearn_report import find_unlearn_reports, unlearn_section
 from memloc.locate.lm.memorized_text_report import MemorizedTextResults, text_sections
 
 
 def holds_memorized_text_results(folder: Path) -> bool:
     """Whether any memorized-text result lies below ``folder``."""
-    return folder.is_dir() and not MemorizedTextResults.find(folder).empty()
+    if not folder.is_dir():
+        return False
+    return not MemorizedTextResults.find(folder).empty() or bool(find_unlearn_reports(folder))
 
 
 def write_memorized_text_report(folder: Path, out: Path) -> tuple[Path, Path]:
     """Write the page for everything found below ``folder`` into ``out``."""
-    found = MemorizedTextResults.find(folder)
-    if found.empty():
+    found, unlearned = MemorizedTextResults.find(folder), find_unlearn_reports(folder)
+    if found.empty() and not unlearned:
         raise RunFolderError(
-            f"{folder} holds no memorized-text results (extraction.json, *exposure*.json, memorized_neurons.json)"
+            f"{folder} holds no memorized-text results "
+            "(extraction.json, *exposure*.json, memorized_neurons.json, unlearn.json)"
         )
-    return write_report(out, f"Memorized text: {folder.name}", text_sections(found))
+    sections = text_sections(found) + ([unlearn_section(unlearned)] if unlearned else [])
+    return write_report(out, f"Memorized text: {folder.name}", sections)

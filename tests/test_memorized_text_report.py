@@ -52,20 +52,28 @@ def test_report_page_holds_extraction_exposure_and_localizers(tmp_path, capsys):
             "--budget", "0.01", "--out", folder / method,
         )  # fmt: skip
         assert code in ok
+    code, _, _ = run_cli(
+        capsys, "edit", "unlearn", *LM, "--sequences", canaries, "--canaries", canaries, "--method", "zero_out",
+        "--budget", "0.05", "--out", folder / "unlearned",
+    )  # fmt: skip
+    assert code in ok
     code, stdout, _ = run_cli(capsys, "report", folder, "--format", "json")
     assert code in ok
     paths = json.loads(stdout)
     md = Path(paths["markdown"]).read_text()
-    for title in ("Extraction", "Canary exposure", "Localizers of memorized text"):
+    for title in ("Extraction", "Canary exposure", "Localizers of memorized text", "Unlearning"):
         assert f"## {title}" in md
     # Tables carry the stored numbers, read back into their types.
     extraction = read_extraction(folder / "extract" / "extraction.json")
     assert f"| extract | 8 | 4 | {len(extraction.at(8))} |" in md
     exposure = read_dataclass_json(ExposureResult, folder / "exposure.json")
     assert exposure.canaries[0].text in md and "agreement between runs" in md
-    for stem in ("extraction", "exposure", "localizer_layers"):
+    unlearned = json.loads((folder / "unlearned" / "unlearn.json").read_text())
+    assert f"| unlearned | zero_out | 0.050 | {len(unlearned['neurons'])} |" in md
+    assert md.count("| True |") == 1  # the undo was bit-exact
+    for stem in ("extraction", "exposure", "localizer_layers", "unlearning"):
         assert (folder / "report" / "figures" / f"{stem}.png").stat().st_size > 1000
-    assert Path(paths["html"]).read_text().count("<figure") == 3
+    assert Path(paths["html"]).read_text().count("<figure") == 4
 
 
 def test_a_folder_without_results_is_refused_in_one_line(tmp_path, capsys):
