@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +31,13 @@ from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.errors import DataError
 from memloc.core.hooks import patch
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, labelled
 from memloc.core.sites import Neuron, Site
 from memloc.core.validation import at_least, fail, positive
 from memloc.locate.lm.memorized.accuracy import length_chunks, row_accuracy, token_accuracy
-from memloc.locate.lm.memorized.types import NeuronAttribution, model_device, token_losses
+from memloc.locate.lm.memorized.localizer_runs import check_budget, run_localizers
+from memloc.locate.lm.memorized.random_baseline import RandomConfig
+from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, token_losses
 
 _STREAM = 1  # random_baseline.py draws from stream 2 of the same seed
 
@@ -130,7 +132,7 @@ def inject_sequences(
             optimizer.step()
             step += 1
             if progress is not None:
-                progress(step, config.max_steps, f"inject: {int((accuracy == 1.0).sum())} memorized")
+                progress(step, config.max_steps, f"{int((accuracy == 1.0).sum())} memorized")
     injected = copy.deepcopy(model)
     with torch.no_grad():
         for layer, delta in enumerate(deltas):
@@ -190,3 +192,75 @@ def _add(
         return out + extra.to(out.dtype)
 
     return fn
+
+
+@dataclass(frozen=True)
+class InjRow:
+    """One localizer's INJ recall: the mean over sequences and each sequence's."""
+
+    method: str
+    recall: float
+    per_sequence: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class InjResult:
+    """MemPi's INJ table: every localizer's recall of the planted neurons at ``budget``; the last row is random."""
+
+    budget: float
+    config: InjectConfig
+    planted: PlantedNeurons
+    accuracy: tuple[float, ...]  # of each sequence on the injected model (1 = planted)
+    steps: int
+    rows: tuple[InjRow, ...]
+
+    def table(self) -> list[dict]:
+        return [{"method": r.method, "recall": r.recall, "budget": self.budget} for r in self.rows]
+
+
+def recall_per_sequence(
+    attribution: NeuronAttribution, planted: PlantedNeurons, budget: float
+) -> tuple[float, ...]:
+    """Per sequence, |top-budget neurons ∩ planted| / |planted|."""
+    out = []
+    for s, chosen in enumerate(planted.neurons):
+        top = set(attribution.top_neurons(s, budget))
+        out.append(len(top & set(chosen)) / len(chosen))
+    return tuple(out)
+
+
+def inj_recall(attribution: NeuronAttribution, planted: PlantedNeurons, budget: float) -> float:
+    """MemPi's INJ score: the recall of the planted neurons, averaged over sequences.
+
+        inj_recall(injection.planted.as_attribution(), injection.planted, 0.005)   # 1.0
+    """
+    return float(np.mean(recall_per_sequence(attribution, planted, budget)))
+
+
+def run_inj(
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    sequences: tuple[tuple[int, ...], ...],
+    other: tuple[tuple[int, ...], ...],
+    localizers: Sequence[str],
+    configs: Mapping[str, object],
+    budget: float,
+    inject: InjectConfig = InjectConfig(),
+    progress: Progress | None = None,
+) -> InjResult:
+    """Inject ``sequences``, localize them in the injected model, and score each localizer and random.
+
+    ``configs`` maps a localizer's name to its config (defaults otherwise); the random
+    baseline draws with ``inject.seed``. ``other`` is the text localizers keep.
+    """
+    check_budget(budget)
+    batch = SequenceBatch(sequences, other)
+    injection = inject_sequences(model, adapter, sequences, inject, labelled(progress, "inject"))
+    found = run_localizers(
+        injection.model, adapter, batch, localizers, configs, RandomConfig(inject.seed), progress
+    )
+    rows = []
+    for attribution in found:
+        per = recall_per_sequence(attribution, injection.planted, budget)
+        rows.append(InjRow(attribution.method, float(np.mean(per)), per))
+    return InjResult(budget, inject, injection.planted, injection.accuracy, injection.steps, tuple(rows))
