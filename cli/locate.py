@@ -226,3 +226,7 @@ app.command("extractable")(extractable_command)
 from memloc.cli.memorized_text import exposure_command  # noqa: E402
 
 app.command("exposure")(exposure_command)
+from memloc.cli.mempi_benchmarks import del_command, inj_command  # noqa: E402
+
+app.command("inj")(inj_command)
+app.command("del")(del_command)
