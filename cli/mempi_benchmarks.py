@@ -75,9 +75,9 @@ def inj_command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate of the injection.")] = config_default(
         INJECT, "lr"
     ),
-    max_steps: Annotated[
-        int, typer.Option("--max-steps", help="Most injection steps.")
-    ] = config_default(INJECT, "max_steps"),
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Most injection steps.")] = config_default(
+        INJECT, "max_steps"
+    ),
     batch_size: BatchOpt = config_default(INJECT, "batch_size"),
     out: OutOpt = None,
     seed: SeedOpt = 0,

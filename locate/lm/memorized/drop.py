@@ -115,9 +115,7 @@ def run_del(
         if progress is not None:
             progress((m + 1) * len(memorized), total, f"drop: {attribution.method}")
     n = len(memorized)
-    return DelResult(
-        config, tuple(float(a) for a in before[:n]), float(before[n:].mean()), tuple(rows)
-    )
+    return DelResult(config, tuple(float(a) for a in before[:n]), float(before[n:].mean()), tuple(rows))
 
 
 def _drops(

@@ -116,7 +116,9 @@ def inject_sequences(
         raise DataError("INJ needs at least one sequence, each of at least 2 tokens")
     device = model_device(model)
     planted = plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), config)
-    masks = torch.tensor(np.stack(planted.as_attribution().scores), dtype=torch.float32, device=device)  # (S, L, F)
+    masks = torch.tensor(
+        np.stack(planted.as_attribution().scores), dtype=torch.float32, device=device
+    )  # (S, L, F)
     deltas = [
         torch.zeros(adapter.down_matrix(model, layer).shape, device=device, requires_grad=True)
         for layer in range(adapter.n_layers)
@@ -231,6 +233,8 @@ def recall_per_sequence(
 
 def inj_recall(attribution: NeuronAttribution, planted: PlantedNeurons, budget: float) -> float:
     """MemPi's INJ score: the recall of the planted neurons, averaged over sequences.
+
+    Example::
 
         inj_recall(injection.planted.as_attribution(), injection.planted, 0.005)   # 1.0
     """

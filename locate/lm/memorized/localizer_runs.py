@@ -1,5 +1,7 @@
 """Run named localizers, plus the random baseline, on one batch: the shared step of INJ and DEL.
 
+Example::
+
     attributions = run_localizers(model, adapter, batch, ["zero_out"], {}, RandomConfig(seed=0))
     attributions[-1].method   # "random"
 """
