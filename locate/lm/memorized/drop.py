@@ -106,32 +106,38 @@ def run_del(
     if not plain or any(len(ids) < 2 for ids in plain):
         raise DataError("DEL needs plain text, each of at least 2 tokens")
     found = run_localizers(model, adapter, batch, localizers, configs, RandomConfig(config.seed))
-    texts = (*memorized, *plain)
-    before = token_accuracy(model, adapter, texts, batch_size=config.batch_size)
     rows = []
-    total = len(found) * len(memorized)
     for m, attribution in enumerate(found):
-        rows.append(_drops(model, adapter, attribution, texts, before, len(memorized), config))
+        rows.append(del_row(model, adapter, attribution, memorized, plain, config))
         if progress is not None:
-            progress((m + 1) * len(memorized), total, f"drop: {attribution.method}")
+            progress(m + 1, len(found), f"drop: {attribution.method}")
+    before = token_accuracy(model, adapter, (*memorized, *plain), batch_size=config.batch_size)
     n = len(memorized)
     return DelResult(config, tuple(float(a) for a in before[:n]), float(before[n:].mean()), tuple(rows))
 
 
-def _drops(
+def del_row(
     model: torch.nn.Module,
     adapter: TransformerAdapter,
     attribution: NeuronAttribution,
-    texts: tuple[tuple[int, ...], ...],
-    before: np.ndarray,
-    n: int,
+    memorized: tuple[tuple[int, ...], ...],
+    plain: tuple[tuple[int, ...], ...],
     config: DelConfig,
 ) -> DelRow:
-    target, other, plain = [], [], []
+    """One attribution's drops: per memorized sequence s, zero s's top neurons and compare accuracies.
+
+    Example::
+
+        row = del_row(model, adapter, planted.as_attribution(), memorized, plain, DelConfig())
+        row.target_drop, row.other_drop
+    """
+    texts, n = (*memorized, *plain), len(memorized)
+    before = token_accuracy(model, adapter, texts, batch_size=config.batch_size)
+    target, other, kept = [], [], []
     for s in range(n):
         zeroed = attribution.top_neurons(s, config.budget)
         drop = before - token_accuracy(model, adapter, texts, zeroed, config.batch_size)
         target.append(float(drop[s]))
         other.append(float(np.delete(drop[:n], s).mean()))
-        plain.append(float(drop[n:].mean()))
-    return DelRow(attribution.method, tuple(target), tuple(other), tuple(plain))
+        kept.append(float(drop[n:].mean()))
+    return DelRow(attribution.method, tuple(target), tuple(other), tuple(kept))
