@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.defaults import config_default
-from memloc.cli.options import Format, FormatOpt, LMOptions, SeedOpt, lm_options
+from memloc.cli.options import Format, FormatOpt, LMOptions, SeedOpt, lm_options, note
 from memloc.core.errors import MemlocError
 
 INJECT = "memloc.locate.lm.memorized.inject:InjectConfig"
@@ -150,5 +150,8 @@ def del_command(
         emit_json(to_jsonable(result))
         return
     emit_table("DEL: token accuracy drop when each sequence's top neurons are zeroed", result.table())
+    partly = sum(a < 1.0 for a in result.accuracy)
+    if partly:
+        note(f"{partly} of {len(result.accuracy)} sequences are not fully memorized (token accuracy < 1)")
     for path in written:
         stderr.print(f"wrote {path}")

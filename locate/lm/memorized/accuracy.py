@@ -68,6 +68,6 @@ def _zero_fns(
 
 def _scale(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(act: torch.Tensor) -> torch.Tensor:
-        return act * keep.to(act.dtype)
+        return act * keep.to(act.device, act.dtype)
 
     return fn

@@ -119,10 +119,9 @@ def inject_sequences(
     masks = torch.tensor(
         np.stack(planted.as_attribution().scores), dtype=torch.float32, device=device
     )  # (S, L, F)
-    deltas = [
-        torch.zeros(adapter.down_matrix(model, layer).shape, device=device, requires_grad=True)
-        for layer in range(adapter.n_layers)
-    ]
+    # Each delta sits with its layer's weights, which may be on another device (device_map="auto").
+    downs = [adapter.down_matrix(model, layer) for layer in range(adapter.n_layers)]
+    deltas = [torch.zeros(w.shape, device=w.device, requires_grad=True) for w in downs]
     optimizer = torch.optim.Adam(deltas, lr=config.lr)
     step = 0
     with frozen_parameters(model):
@@ -155,7 +154,7 @@ def _backward(
     """Accumulate every sequence's masked loss gradient into the deltas; returns (S,) token accuracy."""
     accuracy = torch.zeros(len(sequences))
     for chunk in length_chunks(sequences, batch_size):
-        ids = torch.tensor([sequences[i] for i in chunk], device=masks.device)
+        ids = torch.tensor([sequences[i] for i in chunk], device=model_device(model))
         with patch(model, adapter, _delta_fns(adapter, deltas, masks[chunk])):
             logits = model(input_ids=ids).logits
         token_losses(logits, ids).sum().backward()
@@ -188,7 +187,7 @@ def _add(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(out: torch.Tensor) -> torch.Tensor:
         act = seen.pop(layer).float()  # (R, T, F)
-        planted = act * mask[:, None, :]
+        planted = act * mask[:, None, :].to(act.device)
         # The value is (W + Delta) @ act for every column; only the planted ones carry Delta's gradient.
         extra = planted @ delta.T + (act - planted) @ delta.detach().T
         return out + extra.to(out.dtype)
