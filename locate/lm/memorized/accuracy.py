@@ -39,7 +39,7 @@ def token_accuracy(
 
 def row_accuracy(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per row of (R, T), the share of positions 1..T-1 whose argmax logit is the true token."""
-    return (logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean(-1)
+    return (logits[:, :-1].argmax(-1) == ids[:, 1:]).double().mean(-1)
 
 
 def length_chunks(texts: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:

@@ -37,8 +37,10 @@ def inj_figure(result: InjResult) -> Figure:
     figure = Figure(figsize=(5, 3.5))
     axes = figure.add_subplot()
     names = [r.method for r in result.rows]
-    axes.bar(names, [r.recall for r in result.rows], color=["C0"] * (len(names) - 1) + ["0.6"])
-    axes.set_ylim(0, 1)
+    bars = axes.bar(names, [r.recall for r in result.rows], color=["C0"] * (len(names) - 1) + ["0.6"])
+    axes.bar_label(bars, fmt="%.2f", fontsize="small")
+    axes.set_ylim(0, 1.05)
+    axes.tick_params(axis="x", labelrotation=20)
     axes.set_ylabel(f"recall of planted neurons at {result.budget:.2%}")
     axes.set_title(f"INJ: {len(result.planted.neurons)} sequences")
     figure.tight_layout()
@@ -53,11 +55,12 @@ def del_figure(result: DelResult) -> Figure:
     parts = (("target", "target_drop"), ("other memorized", "other_drop"), ("plain text", "plain_drop"))
     for i, (label, attr) in enumerate(parts):
         axes.bar(x + (i - 1) * 0.27, [getattr(r, attr) for r in result.rows], width=0.27, label=label)
-    axes.set_xticks(x, [r.method for r in result.rows])
+    axes.set_xticks(x, [r.method for r in result.rows], rotation=20)
     axes.axhline(0, color="0.3", linewidth=0.8)
+    axes.margins(y=0.25)  # room for the legend above the tallest bar
     axes.set_ylabel(f"token accuracy drop at {result.config.budget:.2%}")
     axes.set_title(f"DEL: {len(result.accuracy)} memorized sequences")
-    axes.legend(frameon=False)
+    axes.legend(frameon=False, ncol=3, loc="upper center", fontsize="small")
     figure.tight_layout()
     return figure
 

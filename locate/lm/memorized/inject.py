@@ -152,7 +152,7 @@ def _backward(
     batch_size: int,
 ) -> torch.Tensor:
     """Accumulate every sequence's masked loss gradient into the deltas; returns (S,) token accuracy."""
-    accuracy = torch.zeros(len(sequences))
+    accuracy = torch.zeros(len(sequences), dtype=torch.float64)
     for chunk in length_chunks(sequences, batch_size):
         ids = torch.tensor([sequences[i] for i in chunk], device=model_device(model))
         with patch(model, adapter, _delta_fns(adapter, deltas, masks[chunk])):
