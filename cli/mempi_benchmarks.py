@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from memloc.cli.console import emit_json, emit_table, progress_bar, stderr
 from memloc.cli.defaults import config_default
 from memloc.cli.options import Format, FormatOpt, LMOptions, SeedOpt, lm_options, note
 from memloc.core.errors import MemlocError
+
+if TYPE_CHECKING:
+    from memloc.core.lm.model import LM
 
 INJECT = "memloc.locate.lm.memorized.inject:InjectConfig"
 DROP = "memloc.locate.lm.memorized.drop:DelConfig"
@@ -54,7 +57,8 @@ def _configs(names: list[str], seed: int) -> dict[str, object]:
     return out
 
 
-def _tokens(lm, path: Path | None) -> tuple[tuple[int, ...], ...]:
+def _tokens(lm: LM, path: Path | None) -> tuple[tuple[int, ...], ...]:
+    """The token ids of every text in ``path`` (with the tokenizer's document start), or none."""
     from memloc.core.lm.corpus_files import read_corpus
 
     if path is None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, labelled, offset
 from memloc.core.validation import at_least, fail, positive
 from memloc.locate.lm.memorized.accuracy import token_accuracy
 from memloc.locate.lm.memorized.localizer_runs import run_localizers
@@ -105,12 +105,12 @@ def run_del(
     batch = SequenceBatch(memorized, other)
     if not plain or any(len(ids) < 2 for ids in plain):
         raise DataError("DEL needs plain text, each of at least 2 tokens")
-    found = run_localizers(model, adapter, batch, localizers, configs, RandomConfig(config.seed))
+    found = run_localizers(model, adapter, batch, localizers, configs, RandomConfig(config.seed), progress)
     rows = []
+    total = len(found) * len(memorized)
     for m, attribution in enumerate(found):
-        rows.append(del_row(model, adapter, attribution, memorized, plain, config))
-        if progress is not None:
-            progress(m + 1, len(found), f"drop: {attribution.method}")
+        step = offset(labelled(progress, f"drop: {attribution.method}"), m * len(memorized), total)
+        rows.append(del_row(model, adapter, attribution, memorized, plain, config, step))
     before = token_accuracy(model, adapter, (*memorized, *plain), batch_size=config.batch_size)
     n = len(memorized)
     return DelResult(config, tuple(float(a) for a in before[:n]), float(before[n:].mean()), tuple(rows))
@@ -123,6 +123,7 @@ def del_row(
     memorized: tuple[tuple[int, ...], ...],
     plain: tuple[tuple[int, ...], ...],
     config: DelConfig,
+    progress: Progress | None = None,
 ) -> DelRow:
     """One attribution's drops: per memorized sequence s, zero s's top neurons and compare accuracies.
 
@@ -140,4 +141,6 @@ def del_row(
         target.append(float(drop[s]))
         other.append(float(np.delete(drop[:n], s).mean()))
         kept.append(float(drop[n:].mean()))
+        if progress is not None:
+            progress(s + 1, n, f"sequence {s + 1}")
     return DelRow(attribution.method, tuple(target), tuple(other), tuple(kept))
