@@ -22,7 +22,7 @@ from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 def check_budget(budget: float) -> None:
     """The budget is a share of all neurons in (0, 1]."""
     if not 0.0 < budget <= 1.0:
-        raise DataError(f"the budget must lie in (0, 1], got {budget}")
+        raise DataError(f"the budget must lie in (0, 1], got {budget}", field="budget")
 
 
 def run_localizers(
