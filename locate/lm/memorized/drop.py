@@ -23,7 +23,7 @@ from memloc.core.errors import DataError
 from memloc.core.progress import Progress, labelled, offset
 from memloc.core.validation import at_least, fail, positive
 from memloc.locate.lm.memorized.accuracy import token_accuracy
-from memloc.locate.lm.memorized.localizer_runs import run_localizers
+from memloc.locate.lm.memorized.localizer_runs import choose_localizers, run_localizers
 from memloc.locate.lm.memorized.random_baseline import RandomConfig
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
@@ -105,7 +105,8 @@ def run_del(
     batch = SequenceBatch(memorized, other)
     if not plain or any(len(ids) < 2 for ids in plain):
         raise DataError("DEL needs plain text, each of at least 2 tokens")
-    found = run_localizers(model, adapter, batch, localizers, configs, RandomConfig(config.seed), progress)
+    chosen = choose_localizers(localizers, configs)
+    found = run_localizers(model, adapter, batch, chosen, RandomConfig(config.seed), progress)
     rows = []
     total = len(found) * len(memorized)
     for m, attribution in enumerate(found):

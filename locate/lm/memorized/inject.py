@@ -11,11 +11,15 @@ A localizer then recalls |top-k(s) ∩ P_s| / |P_s| at a budget of its top k neu
 
 Training never writes the model's weights: a hook adds Delta @ mlp.post to each
 layer's MLP output (through `core.hooks.patch`), and the returned model is a copy
-with W + Delta, so exactly the planted columns change.
+with W + Delta, so exactly the planted columns change (the copy doubles the memory).
+The learning rate 5e-2 (Adam) is memloc's default, not a published one: on the
+fixture LM it plants 6-token random sequences in 2% of the neurons in ~30 steps.
+
+Example::
 
     injection = inject_sequences(model, adapter, sequences, InjectConfig(seed=0))
     result = run_inj(model, adapter, sequences, other, ["zero_out"], {}, budget=0.005)
-    result.rows()
+    result.table()
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from memloc.core.progress import Progress, labelled
 from memloc.core.sites import Neuron, Site
 from memloc.core.validation import at_least, fail, positive
 from memloc.locate.lm.memorized.accuracy import length_chunks, row_accuracy, token_accuracy
-from memloc.locate.lm.memorized.localizer_runs import check_budget, run_localizers
+from memloc.locate.lm.memorized.localizer_runs import check_budget, choose_localizers, run_localizers
 from memloc.locate.lm.memorized.random_baseline import RandomConfig
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, token_losses
 
@@ -257,11 +261,10 @@ def run_inj(
     baseline draws with ``inject.seed``. ``other`` is the text localizers keep.
     """
     check_budget(budget)
+    chosen = choose_localizers(localizers, configs)
     batch = SequenceBatch(sequences, other)
     injection = inject_sequences(model, adapter, sequences, inject, labelled(progress, "inject"))
-    found = run_localizers(
-        injection.model, adapter, batch, localizers, configs, RandomConfig(inject.seed), progress
-    )
+    found = run_localizers(injection.model, adapter, batch, chosen, RandomConfig(inject.seed), progress)
     rows = []
     for attribution in found:
         per = recall_per_sequence(attribution, injection.planted, budget)

@@ -2,7 +2,8 @@
 
 Example::
 
-    attributions = run_localizers(model, adapter, batch, ["zero_out"], {}, RandomConfig(seed=0))
+    chosen = choose_localizers(["zero_out"], {})
+    attributions = run_localizers(model, adapter, batch, chosen, RandomConfig(seed=0))
     attributions[-1].method   # "random"
 """
 
@@ -15,7 +16,7 @@ from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
 from memloc.core.progress import Progress
 from memloc.locate.lm.memorized.random_baseline import RandomConfig, localize_random
-from memloc.locate.lm.memorized.registry import localizer
+from memloc.locate.lm.memorized.registry import Localizer, localizer
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
 
@@ -25,26 +26,29 @@ def check_budget(budget: float) -> None:
         raise DataError(f"the budget must lie in (0, 1], got {budget}", field="budget")
 
 
-def run_localizers(
-    model: torch.nn.Module,
-    adapter: TransformerAdapter,
-    batch: SequenceBatch,
-    names: Sequence[str],
-    configs: Mapping[str, object],
-    baseline: RandomConfig,
-    progress: Progress | None = None,
-) -> list[NeuronAttribution]:
-    """Each named localizer's attribution (``configs[name]``, else its defaults), then the random one.
+def choose_localizers(names: Sequence[str], configs: Mapping[str, object]) -> list[tuple[Localizer, object]]:
+    """Each named localizer with ``configs[name]``, else its defaults.
 
-    A config of the wrong type for its localizer is refused before anything runs.
+    An unknown name, or a config of the wrong type, is refused before any work is done.
     """
-    specs = [localizer(name) for name in names]
     chosen = []
-    for spec in specs:
+    for spec in (localizer(name) for name in names):
         config = configs.get(spec.name, spec.config_type())
         if not isinstance(config, spec.config_type):
             raise DataError(f"the config for {spec.name} must be a {spec.config_type.__name__}")
         chosen.append((spec, config))
+    return chosen
+
+
+def run_localizers(
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    chosen: Sequence[tuple[Localizer, object]],
+    baseline: RandomConfig,
+    progress: Progress | None = None,
+) -> list[NeuronAttribution]:
+    """Each chosen localizer's attribution, in order, then the random baseline's."""
     out = []
     for i, (spec, config) in enumerate(chosen):
         if progress is not None:
