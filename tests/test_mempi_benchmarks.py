@@ -23,6 +23,8 @@ from memloc.locate.lm.memorized.random_baseline import RandomConfig, localize_ra
 from memloc.locate.lm.memorized.types import SequenceBatch
 from test_cli import assert_one_line_error, run_cli
 
+from tests.tiny_lms import tiny_lm
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODEL = FIXTURES / "fixture-lm"
 # 2% of the 2048 neurons (41 per sequence) plant a new 6-token sequence in ~30 Adam steps.
@@ -150,3 +152,19 @@ def test_cli_inj_and_del_smoke(tmp_path, capsys):
     code, _, err = run_cli(capsys, "locate", "del", *common[:4], "--sequences", keep, "--other", seqs,
                            "--plain", seqs, "--methods", "nope")  # fmt: skip
     assert_one_line_error(code, err, "nope")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gptj"])
+def test_injection_touches_only_planted_columns_of_every_architecture(arch):
+    tiny = tiny_lm(arch)
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    config = InjectConfig(ratio=0.05, max_steps=3, seed=1)
+    injection = inject_sequences(tiny.model, tiny.adapter, ((5, 9, 12, 3), (7, 8, 2)), config)
+    assert 1 <= injection.steps <= 3 and all(
+        torch.equal(before[k], v) for k, v in tiny.model.state_dict().items()
+    )
+    planted = {n for chosen in injection.planted.neurons for n in chosen}
+    for layer in range(tiny.adapter.n_layers):
+        diff = tiny.adapter.down_matrix(injection.model, layer) - tiny.adapter.down_matrix(tiny.model, layer)
+        changed = {(layer, int(u)) for u in torch.nonzero(diff.abs().sum(0)).flatten()}
+        assert changed == {n for n in planted if n[0] == layer}
