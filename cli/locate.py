@@ -229,3 +229,7 @@ app.command("exposure")(exposure_command)
 from memloc.cli.memorized_neurons import memorized_neurons_command  # noqa: E402
 
 app.command("memorized-neurons")(memorized_neurons_command)
+from memloc.cli.mempi_benchmarks import del_command, inj_command  # noqa: E402
+
+app.command("inj")(inj_command)
+app.command("del")(del_command)
