@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -30,6 +29,12 @@ MethodsOpt = Annotated[
 ]
 BudgetOpt = Annotated[float, typer.Option("--budget", help="Share of all neurons each localizer may name.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")]
+SetOpt = Annotated[
+    str,
+    typer.Option(
+        "--set", help="Localizer settings as method.name=value,..., e.g. ig.steps=10,zero_out.batch_size=256."
+    ),
+]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Folder for the JSON, Markdown table and figure.")]
 
 
@@ -44,17 +49,18 @@ def _methods(value: str | None) -> list[str]:
     return names
 
 
-def _configs(names: list[str], seed: int) -> dict[str, object]:
-    """Each localizer's defaults, with --seed where it has a seed."""
-    from memloc.locate.lm.memorized.registry import localizer
+def _configs(names: list[str], seed: int, settings: str) -> dict[str, object]:
+    """Each localizer's defaults, ``--set method.name=value`` over them, and --seed where it has a seed."""
+    from memloc.cli.memorized_neurons import parse_settings
+    from memloc.locate.lm.memorized.registry import make_config
 
-    out: dict[str, object] = {}
-    for name in names:
-        config = localizer(name).config_type()
-        if any(f.name == "seed" for f in dataclasses.fields(config)):
-            config = dataclasses.replace(config, seed=seed)
-        out[name] = config
-    return out
+    chosen: dict[str, list[tuple[str, object]]] = {name: [] for name in names}
+    for key, value in parse_settings(settings):
+        method, dot, field = key.partition(".")
+        if not dot or method not in chosen:
+            raise MemlocError(f"--set {key}: name a chosen localizer and its setting, e.g. ig.steps=10")
+        chosen[method].append((field, value))
+    return {name: make_config(name, tuple(chosen[name]), seed) for name in names}
 
 
 def _tokens(lm: LM, path: Path | None) -> tuple[tuple[int, ...], ...]:
@@ -83,6 +89,7 @@ def inj_command(
         INJECT, "max_steps"
     ),
     batch_size: BatchOpt = config_default(INJECT, "batch_size"),
+    settings: SetOpt = "",
     out: OutOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -97,14 +104,13 @@ def inj_command(
     config = InjectConfig(ratio=ratio, lr=lr, max_steps=max_steps, seed=seed, batch_size=batch_size)
     check_budget(budget)
     names = _methods(methods)
+    configs = _configs(names, seed, settings)
     if out is not None:
         writable_folder(out)
     model = lm.load()
     texts, keep = _tokens(model, sequences), _tokens(model, other)
     with progress_bar("inj") as update:
-        result = run_inj(
-            model.model, model.adapter, texts, keep, names, _configs(names, seed), budget, config, update
-        )
+        result = run_inj(model.model, model.adapter, texts, keep, names, configs, budget, config, update)
     written = write_inj(result, out) if out is not None else []
     if fmt is Format.json:
         emit_json(to_jsonable(result))
@@ -129,6 +135,7 @@ def del_command(
     methods: MethodsOpt = None,
     budget: BudgetOpt = config_default(DROP, "budget"),
     batch_size: BatchOpt = config_default(DROP, "batch_size"),
+    settings: SetOpt = "",
     out: OutOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -141,14 +148,13 @@ def del_command(
 
     config = DelConfig(budget=budget, seed=seed, batch_size=batch_size)
     names = _methods(methods)
+    configs = _configs(names, seed, settings)
     if out is not None:
         writable_folder(out)
     model = lm.load()
     memorized, keep, text = _tokens(model, sequences), _tokens(model, other), _tokens(model, plain)
     with progress_bar("del") as update:
-        result = run_del(
-            model.model, model.adapter, memorized, keep, text, names, _configs(names, seed), config, update
-        )
+        result = run_del(model.model, model.adapter, memorized, keep, text, names, configs, config, update)
     written = write_del(result, out) if out is not None else []
     if fmt is Format.json:
         emit_json(to_jsonable(result))

@@ -57,11 +57,37 @@ def test_report_page_holds_extraction_exposure_and_localizers(tmp_path, capsys):
         "--budget", "0.05", "--out", folder / "unlearned",
     )  # fmt: skip
     assert code in ok
+    two = ("--methods", "activations", "--budget", "0.02")
+    code, _, _ = run_cli(
+        capsys,
+        "locate",
+        "inj",
+        *LM,
+        *two,
+        "--sequences",
+        canaries,
+        "--ratio",
+        "0.02",
+        "--out",
+        folder / "inj",
+    )
+    assert code in ok
+    code, _, _ = run_cli(
+        capsys, "locate", "del", *LM, *two, "--sequences", canaries, "--other", corpus, "--plain", corpus,
+        "--out", folder / "del",
+    )  # fmt: skip
+    assert code in ok
     code, stdout, _ = run_cli(capsys, "report", folder, "--format", "json")
     assert code in ok
     paths = json.loads(stdout)
     md = Path(paths["markdown"]).read_text()
-    for title in ("Extraction", "Canary exposure", "Localizers of memorized text", "Unlearning"):
+    for title in (
+        "Extraction",
+        "Canary exposure",
+        "Localizers of memorized text",
+        "Localizer benchmarks (INJ and DEL)",
+        "Unlearning",
+    ):
         assert f"## {title}" in md
     # Tables carry the stored numbers, read back into their types.
     extraction = read_extraction(folder / "extract" / "extraction.json")
@@ -71,9 +97,10 @@ def test_report_page_holds_extraction_exposure_and_localizers(tmp_path, capsys):
     unlearned = json.loads((folder / "unlearned" / "unlearn.json").read_text())
     assert f"| unlearned | zero_out | 0.050 | {len(unlearned['neurons'])} |" in md
     assert md.count("| True |") == 1  # the undo was bit-exact
-    for stem in ("extraction", "exposure", "localizer_layers", "unlearning"):
+    assert "INJ recall (inj)" in md and "DEL accuracy drops (del)" in md
+    for stem in ("extraction", "exposure", "localizer_layers", "inj_0", "del_1", "unlearning"):
         assert (folder / "report" / "figures" / f"{stem}.png").stat().st_size > 1000
-    assert Path(paths["html"]).read_text().count("<figure") == 4
+    assert Path(paths["html"]).read_text().count("<figure") == 6
 
 
 def test_a_folder_without_results_is_refused_in_one_line(tmp_path, capsys):

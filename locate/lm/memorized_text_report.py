@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from memloc.core.dataclass_files import read_dataclass_json
+from memloc.core.dataclass_files import load_dataclass, read_dataclass_json
 from memloc.core.render import Section
 from memloc.locate.lm.exposure import ExposureResult
 from memloc.locate.lm.extraction import ExtractionResult
 from memloc.locate.lm.extraction_files import read_extraction
+from memloc.locate.lm.memorized.benchmark_files import DEL, INJ, del_figure, inj_figure
+from memloc.locate.lm.memorized.drop import DelResult
 from memloc.locate.lm.memorized.files import STEM, load_memorized_neurons
+from memloc.locate.lm.memorized.inject import InjResult
 from memloc.locate.lm.memorized.run import MemorizedNeurons
 
 DEPTH = 3  # how far below the folder results are looked for
@@ -57,6 +60,8 @@ class MemorizedTextResults:
     extraction: tuple[tuple[str, ExtractionResult], ...]
     exposure: tuple[tuple[str, ExposureResult], ...]
     localizers: tuple[tuple[str, MemorizedNeurons], ...]
+    inj: tuple[tuple[str, InjResult], ...] = ()
+    dele: tuple[tuple[str, DelResult], ...] = ()
 
     @classmethod
     def find(cls, folder: Path) -> MemorizedTextResults:
@@ -74,10 +79,18 @@ class MemorizedTextResults:
                 (_label(folder, p, by_parent=True), load_memorized_neurons(p.parent))
                 for p in _below(folder, f"{STEM}.json")
             ),
+            inj=tuple(
+                (_label(folder, p, by_parent=True), load_dataclass(InjResult, p.with_suffix("")))
+                for p in _below(folder, f"{INJ}.json")
+            ),
+            dele=tuple(
+                (_label(folder, p, by_parent=True), load_dataclass(DelResult, p.with_suffix("")))
+                for p in _below(folder, f"{DEL}.json")
+            ),
         )
 
     def empty(self) -> bool:
-        return not (self.extraction or self.exposure or self.localizers)
+        return not (self.extraction or self.exposure or self.localizers or self.inj or self.dele)
 
 
 def extraction_section(found: MemorizedTextResults) -> Section:
@@ -205,6 +218,34 @@ def _layer_figure(runs: tuple[tuple[str, MemorizedNeurons], ...]) -> Figure:
     return fig
 
 
+def benchmark_section(found: MemorizedTextResults) -> Section:
+    """MemPi's INJ (recall of planted neurons) and DEL (accuracy drops) tables, random baseline last."""
+    section = Section("Localizer benchmarks (INJ and DEL)")
+    section.paragraphs.append(
+        "INJ plants new sequences in a known random set of neurons (only their down-projection columns "
+        "train) and scores each localizer's recall of that set at its budget. DEL zeroes each memorized "
+        "sequence's top neurons and measures the token-accuracy drop on it, on the other memorized "
+        "sequences and on plain text (Chang et al. 2024). The last row of each is a random localizer."
+    )
+    for label, inj in found.inj:
+        section.tables.append((f"INJ recall ({label})", inj.table()))
+        stem = f"inj_{len(section.figures)}"
+        figure = inj_figure(inj)
+        FigureCanvasAgg(figure)
+        section.figures.append((stem, figure))
+        section.captions[stem] = f"INJ recall of the planted neurons per localizer ({label})."
+    for label, dele in found.dele:
+        section.tables.append((f"DEL accuracy drops ({label})", dele.table()))
+        stem = f"del_{len(section.figures)}"
+        figure = del_figure(dele)
+        FigureCanvasAgg(figure)
+        section.figures.append((stem, figure))
+        section.captions[stem] = (
+            f"DEL: accuracy drop on the target, other memorized sequences, plain text ({label})."
+        )
+    return section
+
+
 def text_sections(found: MemorizedTextResults) -> list[Section]:
     """The sections for whatever was found, in the order of the loop: find, then localize."""
     sections = []
@@ -214,4 +255,6 @@ def text_sections(found: MemorizedTextResults) -> list[Section]:
         sections.append(exposure_section(found))
     if found.localizers:
         sections.append(localizer_section(found))
+    if found.inj or found.dele:
+        sections.append(benchmark_section(found))
     return sections
