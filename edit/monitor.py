@@ -27,7 +27,7 @@ class CollapseError(MemlocError):
 
 # A knowledge-neuron edit adds 8·||w_i|| to each chosen column by definition (Dai et
 # al. 2022), so its relative norm says nothing about collapse; only entropy is checked.
-DEFAULT_UPDATE_RATIO = {"rome": 0.5, "memit": 1.0, "kn": None}
+DEFAULT_UPDATE_RATIO = {"rome": 0.5, "memit": 1.0, "alphaedit": 1.0, "kn": None}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -313,3 +315,66 @@ def test_null_space_rome_and_memit_leave_preserved_keys_alone(
     for layer in (0, 1):
         assert relative_leak(update_of(memit, layer), preserved[layer]) <= 1e-4
     assert memit.info["layers"][1]["null_space"]["kept"] == projectors[1].kept
+
+
+# --- the editor and the CLI ------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLOC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_editor_carries_keys_only_in_a_sequential_run(fixture_lm, fixture_facts, own_cache):
+    from memloc.edit.editors import EditPlan, prepare_editor
+    from memloc.edit.stats import StatsConfig
+
+    facts = fixture_facts[:2]
+    plan = EditPlan("alphaedit", layers=(0,), stats=StatsConfig(samples=8), alphaedit=CONFIG, sequential=True)
+    editor, choice = prepare_editor(fixture_lm, facts, plan)
+    assert set(choice.projectors) == {0} and 0 < choice.projectors[0].kept_fraction < 1
+    assert list(own_cache.glob("stats/*/*/null-layer_0-relative-0.01-float64.safetensors"))
+    first = editor(facts[:1])
+    second = editor(facts[1:])
+    assert first.info["previous_keys"]["edits"] == 0 and second.info["previous_keys"]["edits"] == 1
+    # A new editor (another run) starts with no keys, and one that is not sequential keeps none.
+    fresh, _ = prepare_editor(fixture_lm, facts, plan)
+    assert torch.equal(fresh(facts[:1]).layers[0].right, first.layers[0].right)
+    single, _ = prepare_editor(fixture_lm, facts, dataclasses.replace(plan, sequential=False))
+    single(facts[:1])
+    assert single(facts[1:]).info["previous_keys"]["edits"] == 0
+
+
+def test_cli_apply_alphaedit_writes_a_ledger(fixture_lm, own_cache, tmp_path, capsys):
+    from test_cli import run_cli
+
+    out = tmp_path / "edited"
+    args = ("--model", FIXTURE / "fixture-lm", "--device", "cpu", "--facts", FIXTURE / "fixture-facts.json")
+    code, printed, _ = run_cli(
+        capsys, "edit", "apply", "--method", "alphaedit", *args, "--limit", "2", "--layers", "0",
+        "--samples", "8", "--max-update-ratio", "100", "--out", out, "--format", "json",
+    )  # fmt: skip
+    assert code in (0, None)
+    assert json.loads(printed)["method"] == "alphaedit"
+    ledger = json.loads((out / "ledger.json").read_text())
+    edit = ledger["edits"][0]
+    assert edit["method"] == "alphaedit" and edit["layers"] == [0] and len(edit["facts"]) == 2
+    assert edit["info"]["previous_keys"] == {"edits": 0, "layers": []}
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (("--method", "kn", "--null-space"), "kn has none to project"),
+        (("--method", "alphaedit", "--null-space"), "always null-space constrained"),
+        (("--method", "alphaedit", "--null-space-threshold", "0"), "--null-space-threshold must be positive"),
+    ],
+)
+def test_cli_refuses_bad_null_space_flags_in_one_line(tmp_path, capsys, extra, needle):
+    from test_cli import assert_one_line_error, run_cli
+
+    args = ("--model", FIXTURE / "fixture-lm", "--facts", FIXTURE / "fixture-facts.json")
+    code, _, err = run_cli(capsys, "edit", "apply", *extra, *args, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "o").exists()
