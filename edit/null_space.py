@@ -235,7 +235,14 @@ def project_delta(delta: WeightDelta, projectors: Mapping[int, Projector]) -> We
         LayerDelta(part.layer, part.left.double(), projectors[part.layer].project(part.right))
         for part in delta.layers
     )
-    spaces = {str(layer): projectors[layer].record() for layer in sorted({p.layer for p in delta.layers})}
+    # The method's own diagnostics describe the update before projection; say what is left of it.
+    spaces = {
+        str(layer): {
+            **projectors[layer].record(),
+            "projected_update_norm": sum(p.dense() for p in layers if p.layer == layer).norm().item(),
+        }
+        for layer in sorted({p.layer for p in layers})
+    }
     return WeightDelta(
         method=delta.method,
         layers=layers,

@@ -305,7 +305,10 @@ def test_null_space_rome_and_memit_leave_preserved_keys_alone(
     projected = project_delta(rome, projectors)
     leaks = [relative_leak(update_of(d, 0), preserved[0]) for d in (rome, projected)]
     assert leaks[1] <= 1e-4 and leaks[1] < 1e-2 * leaks[0], leaks  # plain ROME does touch them
-    assert projected.config["null_space"] is True and "0" in projected.info["null_space"]
+    assert projected.config["null_space"] is True
+    record = projected.info["null_space"]["0"]
+    assert record["kept"] == projectors[0].kept
+    assert record["projected_update_norm"] == pytest.approx(update_of(projected, 0).norm().item())
     stats = {
         layer: moment(keys) + 1e-3 * torch.eye(lm.adapter.d_mlp, dtype=torch.float64)
         for layer, keys in preserved.items()
