@@ -36,6 +36,7 @@ STATS = "memloc.edit.stats:StatsConfig"
 # The edit monitor's advice names the fields of EditPlan, StatsConfig and MonitorConfig.
 ADVICE_FIELDS = ("layers", "samples", "max_update_ratio")
 EVAL = "memloc.edit.evaluate:EvalConfig"
+NULL_SPACE = "memloc.edit.null_space:NullSpaceConfig"
 LONG_ON_CPU = 500  # --samples from which a first rome/memit run on CPU is worth a warning
 
 
@@ -43,6 +44,7 @@ class Method(str, Enum):
     rome = "rome"
     memit = "memit"
     kn = "kn"
+    alphaedit = "alphaedit"
 
 
 class Mode(str, Enum):
@@ -55,7 +57,8 @@ MethodOpt = Annotated[
     Method,
     typer.Option(
         "--method",
-        help="rome (one rank-one edit per fact), memit (all facts at once) or kn.",
+        help="rome (one rank-one edit per fact), memit (all facts at once), kn, or alphaedit "
+        "(memit confined to the null space of the key statistics).",
         rich_help_panel=METHOD_PANEL,
     ),
 ]
@@ -87,6 +90,25 @@ SamplesOpt = Annotated[
     ),
 ]
 
+NullSpaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null-space",
+        help="rome/memit: project each update onto the null space of the key statistics "
+        "(ΔW ← ΔW P, as AlphaEdit), so the keys they were taken over keep their outputs.",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+NullThresholdOpt = Annotated[
+    float,
+    typer.Option(
+        "--null-space-threshold",
+        help="alphaedit and --null-space: an eigen-direction of C is free to edit when its eigenvalue "
+        "is below this share of the largest.",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+
 
 def _edit_facts(facts: Path, limit: int | None) -> list:
     """The facts to edit, checked before the model loads, so bad facts fail fast."""
@@ -98,12 +120,28 @@ def _edit_facts(facts: Path, limit: int | None) -> list:
     return loaded
 
 
-def _plan(method: Method, layers: list[str] | None, corpus: str, samples: int, seed: int) -> EditPlan:
+def _plan(
+    method: Method,
+    layers: list[str] | None,
+    corpus: str,
+    samples: int,
+    seed: int,
+    null_space: bool = False,
+    threshold: float = 1e-2,
+) -> EditPlan:
     from memloc.edit.editors import EditPlan
+    from memloc.edit.null_space import NullSpaceConfig
     from memloc.edit.stats import StatsConfig
 
+    if null_space and method not in (Method.rome, Method.memit):
+        raise MemlocError(
+            f"--null-space projects rome and memit updates; {method.value} "
+            + ("is always null-space constrained" if method is Method.alphaedit else "has none to project")
+        )
     chosen = None if not layers or layers == ["auto"] else tuple(parse_layers(layers))
-    return EditPlan(method.value, chosen, stats=StatsConfig(corpus=corpus, samples=samples, seed=seed))
+    space = NullSpaceConfig(threshold=threshold) if null_space or method is Method.alphaedit else None
+    stats = StatsConfig(corpus=corpus, samples=samples, seed=seed)
+    return EditPlan(method.value, chosen, stats=stats, null_space=space)
 
 
 @lm_options
@@ -132,6 +170,8 @@ def apply_command(
             rich_help_panel=METHOD_PANEL,
         ),
     ] = None,
+    null_space: NullSpaceOpt = False,
+    null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
     limit: LimitFactsOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -143,8 +183,8 @@ def apply_command(
 
     loaded = _edit_facts(facts, limit)
     monitor = monitor_for(method.value, max_update_ratio)
+    plan = _plan(method, layers, corpus, samples, seed, null_space, null_threshold)
     require_new_folder(writable_folder(out))
-    plan = _plan(method, layers, corpus, samples, seed)
     model = lm.load()
     try:
         with progress_bar(f"edit {method.value}") as update, quiet_transformers():
@@ -203,6 +243,8 @@ def eval_command(
     layers: EditLayersOpt = None,
     corpus: CorpusOpt = config_default(STATS, "corpus"),
     samples: SamplesOpt = config_default(STATS, "samples"),
+    null_space: NullSpaceOpt = False,
+    null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
     fluency_tokens: Annotated[
         int, typer.Option("--fluency-tokens", help="Tokens generated per fluency prompt.")
     ] = config_default(EVAL, "generation_tokens"),
@@ -223,15 +265,23 @@ def eval_command(
 
     loaded = _edit_facts(facts, limit)
     config = EvalConfig(generation_tokens=fluency_tokens)
+    plan = (
+        None if method is None else _plan(method, layers, corpus, samples, seed, null_space, null_threshold)
+    )
+    if plan is None and null_space:
+        raise MemlocError("--null-space needs --method rome or memit")
     model = lm.load()
-    if method in (Method.rome, Method.memit) and model.device.type == "cpu" and samples >= LONG_ON_CPU:
+    if (
+        method in (Method.rome, Method.memit, Method.alphaedit)
+        and model.device.type == "cpu"
+        and samples >= LONG_ON_CPU
+    ):
         stderr.print(
             f"memloc: warning: key statistics over {samples} texts take long on CPU the first time "
             "(then they are cached); --samples 100 is enough to try"
         )
     with progress_bar("eval") as update:
-        if method is not None:
-            plan = _plan(method, layers, corpus, samples, seed)
+        if plan is not None:
             result = evaluate_plan(model, loaded, plan, mode.value, config, progress=update)
         else:
             result = evaluate_folder(model, lm.model, loaded, config)

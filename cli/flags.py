@@ -19,6 +19,7 @@ BY_CONFIG = {
     ("TraceConfig", "batch_size"): "--batch",
     ("TraceConfig", "kinds"): "--kind",
     ("StatsConfig", "dtype"): "--accumulate",
+    ("NullSpaceConfig", "threshold"): "--null-space-threshold",
     ("EvalConfig", "generation_tokens"): "--fluency-tokens",
     ("LayersConfig", "rewind_epochs"): "--epoch",
     ("EtdConfig", "layers"): "--etd-layer",

@@ -9,6 +9,11 @@ neurons for the KN edit) and returns an `Editor`: a function from facts to one
   each computed on the model as given (``batch``), or in turn when the caller applies
   them one by one (``sequential``).
 - MEMIT edits all given facts in one delta over a span of layers.
+- AlphaEdit (Fang et al. 2025) edits like MEMIT, each layer's update confined to the
+  null space of its key statistics; in a sequential run (``sequential``) each call's
+  keys are passed to the next as K_p. The keys live in the editor of one
+  `prepare_editor` call, so separate runs never share them.
+- ``null_space`` with ROME or MEMIT projects their updates the same way (ΔW ← ΔW P).
 - KN edits each fact's refined knowledge neurons, minus the neurons its relation shares
   (Dai et al. 2022), found once for all facts of the call.
 """
@@ -23,16 +28,19 @@ from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, labelled, within
 from memloc.core.validation import at_least, one_of
+from memloc.edit.alphaedit import AlphaEditConfig, EditedKeys, compute_alphaedit
 from memloc.edit.delta import Editor, WeightDelta
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
 from memloc.edit.memit import MemitConfig, compute_memit
+from memloc.edit.null_space import NullSpaceConfig, Projector, project_delta, projectors_by_layer
 from memloc.edit.rome import RomeConfig, compute_rome
 from memloc.edit.stats import KeyStats, StatsConfig, key_statistics_by_layer
 from memloc.edit.templates import TemplateConfig, context_templates
 from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons
 from memloc.locate.lm.tracing import TraceConfig, average_best_layer, trace_fact
 
-METHODS = ("rome", "memit", "kn")
+METHODS = ("rome", "memit", "kn", "alphaedit")
+SPAN_METHODS = ("memit", "alphaedit")  # methods that edit all facts at once over a span of layers
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,11 @@ class EditPlan:
     memit_span: int = 5  # MEMIT layers ending at the chosen layer
     rome: RomeConfig | None = None  # its layer is overridden by the chosen one
     memit: MemitConfig = field(default_factory=MemitConfig)
+    alphaedit: AlphaEditConfig = field(default_factory=AlphaEditConfig)  # its layers: the chosen ones
+    # ROME/MEMIT: project every update onto this null space; AlphaEdit: its null space
+    # (None: ``alphaedit.null_space``).
+    null_space: NullSpaceConfig | None = None
+    sequential: bool = False  # AlphaEdit: carry each call's keys into the next call (K_p)
     kn: KNConfig = field(default_factory=KNConfig)
     kn_edit: KNEditConfig = field(default_factory=KNEditConfig)
 
@@ -118,6 +131,7 @@ class EditChoice:
     layers: tuple[int, ...]
     auto_layers: bool  # chosen by causal tracing
     stats: Mapping[int, KeyStats] = field(default_factory=dict)  # key statistics per layer (ROME/MEMIT)
+    projectors: Mapping[int, Projector] = field(default_factory=dict)  # null-space projectors per layer
     templates: tuple[str, ...] = ()
     neurons: Mapping[str, int] = field(default_factory=dict)  # KN: neurons per case id
     relation_neurons: Mapping[str, int] = field(default_factory=dict)  # KN: per relation
@@ -167,23 +181,67 @@ def prepare_editor(
     if progress is not None:
         progress(0, 1, "context templates")  # sampled once per model, then cached
     templates = context_templates(lm, plan.templates)
-    choice = replace(choice, stats=dict(stats), templates=tuple(templates))
+    space = plan.null_space or (plan.alphaedit.null_space if plan.method == "alphaedit" else None)
+    projectors = projectors_by_layer(stats, space) if space is not None else {}
+    choice = replace(choice, stats=dict(stats), templates=tuple(templates), projectors=projectors)
     if plan.method == "rome":
-        base = plan.rome or RomeConfig(layer=layers[0])
-        config = replace(base, layer=layers[0])
-
-        def rome_editor(chosen: Sequence[Fact]) -> WeightDelta:
-            deltas = []
-            for fact in chosen:
-                steps = labelled(progress, f"ROME, fact {fact.case_id}")
-                deltas.append(compute_rome(lm, fact, stats[config.layer], config, templates, progress=steps))
-            return combine(deltas, "rome")
-
-        return rome_editor, choice
+        return _rome_editor(lm, plan, layers[0], stats, templates, projectors, progress), choice
+    if plan.method == "alphaedit":
+        return _alphaedit_editor(lm, plan, layers, projectors, templates, progress), choice
 
     memit = replace(plan.memit, layers=layers)
+    projected = projectors or None
 
     def memit_editor(chosen: Sequence[Fact]) -> WeightDelta:
-        return compute_memit(lm, chosen, stats, memit, templates, progress=labelled(progress, "MEMIT"))
+        steps = labelled(progress, "MEMIT")
+        return compute_memit(lm, chosen, stats, memit, templates, progress=steps, projectors=projected)
 
     return memit_editor, choice
+
+
+def _rome_editor(
+    lm: LM,
+    plan: EditPlan,
+    layer: int,
+    stats: Mapping[int, KeyStats],
+    templates: Sequence[str],
+    projectors: Mapping[int, Projector],
+    progress: Progress | None,
+) -> Editor:
+    config = replace(plan.rome or RomeConfig(layer=layer), layer=layer)
+
+    def rome_editor(chosen: Sequence[Fact]) -> WeightDelta:
+        deltas = []
+        for fact in chosen:
+            steps = labelled(progress, f"ROME, fact {fact.case_id}")
+            delta = compute_rome(lm, fact, stats[config.layer], config, templates, progress=steps)
+            deltas.append(project_delta(delta, projectors) if projectors else delta)
+        return combine(deltas, "rome")
+
+    return rome_editor
+
+
+def _alphaedit_editor(
+    lm: LM,
+    plan: EditPlan,
+    layers: tuple[int, ...],
+    projectors: Mapping[int, Projector],
+    templates: Sequence[str],
+    progress: Progress | None,
+) -> Editor:
+    config = replace(plan.alphaedit, layers=layers)
+    if plan.null_space is not None:
+        config = replace(config, null_space=plan.null_space)
+    keys = EditedKeys()  # this run's K_p; a new editor starts with none
+
+    def alphaedit_editor(chosen: Sequence[Fact]) -> WeightDelta:
+        nonlocal keys
+        steps = labelled(progress, "AlphaEdit")
+        delta, after = compute_alphaedit(
+            lm, chosen, projectors, config, templates, previous_keys=keys, progress=steps
+        )
+        if plan.sequential:
+            keys = after
+        return delta
+
+    return alphaedit_editor

@@ -30,7 +30,7 @@ exact without a mask), and the solve never forms an inverse.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -42,6 +42,7 @@ from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
     RewriteBatch,
@@ -300,6 +301,86 @@ def check_layers(lm: LM, layers: Sequence[int]) -> tuple[int, ...]:
     return tuple(layers)
 
 
+# One layer's solve inside the spread: (layer, keys K (F, n), residuals R (D, n)) ->
+# (left, right, diagnostics) with ΔW_l = left @ rightᵀ.
+LayerSolve = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """What spreading the residual over the edit layers produced."""
+
+    parts: tuple[LayerDelta, ...]
+    diagnostics: tuple[dict, ...]
+    keys: Mapping[int, torch.Tensor]  # K_l (F, n) per layer, read with the earlier layers' updates in place
+
+
+def spread_with(
+    lm: LM,
+    facts: Sequence[Fact],
+    targets: torch.Tensor,
+    layers: Sequence[int],
+    solve: LayerSolve,
+    templates: Sequence[str],
+    batch_size: int,
+    progress: Progress | None = None,
+) -> Spread:
+    """MEMIT's step 2 with any per-layer solve (MEMIT's, AlphaEdit's, a projected one).
+
+    For each layer in ascending order, on the model with the earlier layers' updates in
+    place: read K_l and H_L, R = (Z − H_L) / (layers left), and ``solve`` it.
+    """
+    last = layers[-1]
+    targets = targets.to(lm.device, torch.float64)
+    parts: list[LayerDelta] = []
+    diagnostics = []
+    keys_by_layer = {}
+    for step, layer in enumerate(layers):
+        with apply(lm.model, lm.adapter, WeightDelta("memit", tuple(parts))):
+            keys = subject_keys(lm, facts, layer, templates, batch_size)
+            states = subject_states(lm, facts, last, batch_size)
+        residuals = (targets - states) / (len(layers) - step)
+        left, right, extra = solve(layer, keys, residuals)
+        parts.append(LayerDelta(layer, left, right))
+        keys_by_layer[layer] = keys
+        weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
+        diagnostics.append(
+            {
+                "layer": layer,
+                **extra,
+                "residual_norm": residuals.norm(dim=0).mean().item(),
+                "update_norm": parts[-1].dense().norm().item(),
+                "weight_norm": weight.norm().item(),
+            }
+        )
+        if progress:
+            progress(step + 1, len(layers), "layers")
+    return Spread(tuple(parts), tuple(diagnostics), keys_by_layer)
+
+
+def memit_solve(
+    stats_by_layer: Mapping[int, torch.Tensor | KeyStats],
+    config: MemitConfig,
+    projectors: Mapping[int, Projector] | None = None,
+) -> LayerSolve:
+    """MEMIT's layer solve; with ``projectors`` each update becomes ΔW_l P_l (``--null-space``)."""
+
+    def solve(
+        layer: int, keys: torch.Tensor, residuals: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        weight_of_c = mom2_weight_for(config, keys.shape[0])
+        left, right, how = solve_layer_update(
+            keys, residuals, second_moment_of(stats_by_layer[layer]), weight_of_c, layer=layer
+        )
+        extra: dict = {"solver": how, "mom2_weight": weight_of_c}
+        if projectors is not None:
+            right = projectors[layer].project(right)
+            extra["null_space"] = projectors[layer].record()
+        return left, right, extra
+
+    return solve
+
+
 def spread_update(
     lm: LM,
     facts: Sequence[Fact],
@@ -308,46 +389,50 @@ def spread_update(
     config: MemitConfig,
     templates: Sequence[str],
     progress: Progress | None = None,
+    *,
+    projectors: Mapping[int, Projector] | None = None,
 ) -> tuple[list[LayerDelta], list[dict]]:
     """Step 2 of MEMIT: spread the residual Z − H_L over the edit layers.
 
     ``targets`` Z is (D, n), the desired ``resid.post`` at the last edit layer. Returns
     the layer deltas and per-layer diagnostics. The model is unchanged afterwards.
+    ``projectors`` (edit/null_space.py) project each layer's update onto the null space
+    of its preserved keys before the next layer is solved.
     """
     layers = check_layers(lm, config.layers)
-    missing = [layer for layer in layers if layer not in stats_by_layer]
-    if missing:
-        raise MemitError(
-            f"no key statistics for edit layer(s) {missing}; compute them for these layers first (key_statistics)"
-        )
-    last = layers[-1]
-    targets = targets.to(lm.device, torch.float64)
-    parts: list[LayerDelta] = []
-    diagnostics = []
-    for step, layer in enumerate(layers):
-        with apply(lm.model, lm.adapter, WeightDelta("memit", tuple(parts))):
-            keys = subject_keys(lm, facts, layer, templates, config.batch_size)
-            states = subject_states(lm, facts, last, config.batch_size)
-        residuals = (targets - states) / (len(layers) - step)
-        weight_of_c = mom2_weight_for(config, keys.shape[0])
-        left, right, how = solve_layer_update(
-            keys, residuals, second_moment_of(stats_by_layer[layer]), weight_of_c, layer=layer
-        )
-        parts.append(LayerDelta(layer, left, right))
-        weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
-        diagnostics.append(
-            {
-                "layer": layer,
-                "solver": how,
-                "mom2_weight": weight_of_c,
-                "residual_norm": residuals.norm(dim=0).mean().item(),
-                "update_norm": parts[-1].dense().norm().item(),
-                "weight_norm": weight.norm().item(),
-            }
-        )
-        if progress:
-            progress(step + 1, len(layers), "layers")
-    return parts, diagnostics
+    for name, found in (("key statistics", stats_by_layer), ("null-space projectors", projectors)):
+        missing = [layer for layer in layers if found is not None and layer not in found]
+        if missing:
+            raise MemitError(
+                f"no {name} for edit layer(s) {missing}; compute them for these layers first (key_statistics)"
+            )
+    solve = memit_solve(stats_by_layer, config, projectors)
+    spread = spread_with(lm, facts, targets, layers, solve, templates, config.batch_size, progress)
+    return list(spread.parts), list(spread.diagnostics)
+
+
+def memit_targets(
+    lm: LM,
+    facts: Sequence[Fact],
+    config: MemitConfig,
+    templates: Sequence[str],
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Step 1 of MEMIT: Z (D, n), the desired ``resid.post`` at the last edit layer, and per-fact records.
+
+    ``progress`` counts the facts whose targets are done.
+    """
+    if not facts:
+        raise MemitError("MEMIT needs at least one fact")
+    require_edit_targets(facts)
+    last = check_layers(lm, config.layers)[-1]
+    start = subject_states(lm, facts, last, config.batch_size)
+    site = Site(last, "resid.post")
+    check_target_inputs(lm, facts[0], site)
+    deltas, records = optimize_targets(
+        lm, facts, site, config.target, templates, config.target_batch, progress
+    )
+    return start + deltas.to(start.device, torch.float64).T, records
 
 
 def compute_memit(
@@ -358,6 +443,7 @@ def compute_memit(
     templates: Sequence[str] = ("{}",),
     *,
     progress: Progress | None = None,
+    projectors: Mapping[int, Projector] | None = None,
 ) -> WeightDelta:
     """The MEMIT update writing every fact's ``target_new`` (Meng et al. 2023).
 
@@ -375,29 +461,20 @@ def compute_memit(
     ``spread_seconds``, ``layers`` (per layer: solver, λ used, mean residual norm, update
     and weight Frobenius norms).
     """
-    if not facts:
-        raise MemitError("MEMIT needs at least one fact")
-    require_edit_targets(facts)
-    layers = check_layers(lm, config.layers)
-    last = layers[-1]
     began = time.perf_counter()
-    start = subject_states(lm, facts, last, config.batch_size)
-    site = Site(last, "resid.post")
-    check_target_inputs(lm, facts[0], site)
-    total = len(facts) + len(layers)
-    deltas, records = optimize_targets(
-        lm, facts, site, config.target, templates, config.target_batch, offset(progress, 0, total)
-    )
-    targets = start + deltas.to(start.device, torch.float64).T
+    total = len(facts) + len(config.layers)
+    targets, records = memit_targets(lm, facts, config, templates, offset(progress, 0, total))
     middle = time.perf_counter()
 
     layer_progress = offset(progress, len(facts), total)
-    parts, diagnostics = spread_update(lm, facts, targets, stats_by_layer, config, templates, layer_progress)
+    parts, diagnostics = spread_update(
+        lm, facts, targets, stats_by_layer, config, templates, layer_progress, projectors=projectors
+    )
     return WeightDelta(
         method="memit",
         layers=tuple(parts),
         case_ids=tuple(f.case_id for f in facts),
-        config=asdict(config),
+        config=asdict(config) if projectors is None else {**asdict(config), "null_space": True},
         info={
             "targets": records,
             "target_seconds": middle - began,

@@ -29,7 +29,7 @@ class CollapseError(MemlocError):
 # al. 2022), so its relative norm says nothing about collapse; only entropy is checked.
 # Unlearning scales whole columns by definition too (ablation removes them), so again
 # only the entropy check applies.
-DEFAULT_UPDATE_RATIO = {"rome": 0.5, "memit": 1.0, "kn": None, "unlearn": None}
+DEFAULT_UPDATE_RATIO = {"rome": 0.5, "memit": 1.0, "alphaedit": 1.0, "kn": None, "unlearn": None}
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 measure them, and take them back.
 
 This is the one place the edit flow lives; ``memloc edit``, ``memloc demo`` and the
-tests call it. Methods (ROME, MEMIT, KN; Meng et al. 2022 and 2023, Dai et al. 2022)
-are chosen through an `EditPlan`; the monitor follows Gupta et al. 2024 ("Model
-editing at scale leads to gradual and catastrophic forgetting").
+tests call it. Methods (ROME, MEMIT, KN, AlphaEdit; Meng et al. 2022 and 2023, Dai et
+al. 2022, Fang et al. 2025) are chosen through an `EditPlan`; the monitor follows Gupta
+et al. 2024 ("Model editing at scale leads to gradual and catastrophic forgetting").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, encode, target_prob
 from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
-from memloc.edit.editors import EditChoice, EditPlan, prepare_editor
+from memloc.edit.editors import SPAN_METHODS, EditChoice, EditPlan, prepare_editor
 from memloc.edit.evaluate import (
     FOLDER_MODE,
     EvalConfig,
@@ -88,7 +88,7 @@ def apply_edits(
     progress: Progress | None = None,
     notify: Callable[[Refusal], None] | None = None,
 ) -> EditOutcome:
-    """Edit ``facts`` in place, one fact per edit (MEMIT: all in one), each through the monitor.
+    """Edit ``facts`` in place, one fact per edit (MEMIT, AlphaEdit: all in one), each through the monitor.
 
     A fact the method cannot edit, or an edit the monitor refuses, is skipped and reported
     (to ``notify`` as it happens, and in the outcome); when every edit is refused this raises.
@@ -101,7 +101,7 @@ def apply_edits(
     started = time.perf_counter()
     editor, choice = prepare_editor(lm, facts, plan, progress)
     baseline = generation_entropy(lm, monitor, progress=labelled(progress, "collapse monitor baseline"))
-    groups = [list(facts)] if plan.method == "memit" else [[f] for f in facts]
+    groups = [list(facts)] if plan.method in SPAN_METHODS else [[f] for f in facts]
     deltas, handles, refused, checks = [], [], [], []
     for i, group in enumerate(groups):
         delta = editor(group)
@@ -233,6 +233,8 @@ def evaluate_plan(
 
         result = evaluate_plan(lm, facts, EditPlan("rome", layers=(6,)), "single", EvalConfig())
     """
+    # Only a sequential run keeps its earlier edits, so only there are their keys K_p (AlphaEdit).
+    plan = replace(plan, sequential=mode == "sequential")
     editor, choice = prepare_editor(lm, facts, plan, progress)
     result = evaluate_edits(lm, facts, editor, mode, config, progress=progress)
     return replace(result, method=plan.method, layers=choice.layers)

@@ -82,7 +82,7 @@ class UnlearnReport:
 
     def rows(self) -> list[dict]:
         """The before/after table: one row per measure."""
-        pairs = [
+        pairs: list[tuple[str, float | str, float | str]] = [
             ("extraction rate", self.before.memorization.extraction_rate, self.after.memorization.extraction_rate),
             ("exact memorization", self.before.memorization.exact_memorization, self.after.memorization.exact_memorization),
         ]  # fmt: skip
