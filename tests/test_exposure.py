@@ -66,9 +66,10 @@ def test_rank_does_not_depend_on_batch_size_or_the_shared_prefix():
     lm = tiny_lm("llama", seed=1)
     canaries = [_canary(TEMPLATE, ("Berlin", "green")), _canary(TEMPLATE, ("Tokyo", "red"))]
     runs = [
-        canary_exposure(lm, canaries, ExposureConfig(batch_size=b, shared_prefix=shared))
-        for b, shared in ((1, True), (7, True), (24, True), (5, False))
-    ]
+        canary_exposure(lm, canaries, ExposureConfig(batch_size=b, shared_prefix=shared, trie=trie))
+        for b, shared, trie in ((1, True, False), (7, True, False), (24, True, False), (5, False, False),
+                                (1, True, True), (3, True, True), (50, True, True))
+    ]  # fmt: skip
     for run in runs[1:]:
         assert [c.rank for c in run.canaries] == [c.rank for c in runs[0].canaries]
         for a, b in zip(run.canaries, runs[0].canaries, strict=True):
@@ -157,3 +158,17 @@ def test_cli_bad_canaries_file_is_one_line(tmp_path, capsys, saved_lm):
     record.write_text('{"template": "no slot here", "secret": [], "text": "x", "repeats": 1}\n')
     code, _, err = run_cli(capsys, "locate", "exposure", "--model", saved_lm, "--canaries", record)
     assert_one_line_error(code, err, "no randomness slot")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_trie_scores_equal_scoring_every_candidate_in_full(arch):
+    """Three slots, so prefixes of one, two and three slot tokens are shared by 100, 10 and 1 candidates."""
+    from memloc.locate.lm.exposure import _Scorer, trie_scores
+
+    lm = tiny_lm(arch, seed=2)
+    space = CanarySpace.parse(BIG)
+    rows = _Scorer.build(lm, space, ExposureConfig(batch_size=64)).score(range(space.size))
+    trie = trie_scores(_Scorer.build(lm, space, ExposureConfig(batch_size=7)))
+    assert trie.shape == rows.shape == (1000,)
+    assert (trie - rows).abs().max() < 1e-4
+    assert rows.std() > 0.1  # the candidates really differ

@@ -34,6 +34,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from memloc.core.errors import DataError
 from memloc.core.lm.canaries import Canary
@@ -55,6 +56,7 @@ class ExposureConfig:
     seed: int = 0
     exact_limit: int = EXACT_LIMIT
     shared_prefix: bool = True  # False scores every candidate in full (the benchmark's baseline)
+    trie: bool = True  # exact scoring runs each distinct token prefix once (needs shared_prefix)
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "exact_limit")
@@ -160,13 +162,55 @@ class _Scorer:
         return -(token_logp * valid).sum(-1).cpu() / math.log(2)
 
 
+@torch.no_grad()
+def trie_scores(scorer: _Scorer, progress: Progress | None = None) -> torch.Tensor:
+    """Px in bits of EVERY candidate of the space, each distinct token prefix run only once.
+
+    Candidates of a dense space share their leading tokens ("my PIN is 1 2 _" for ten
+    of them), and a token's probability depends only on the tokens before it. So for
+    each depth t the distinct t-token prefixes (after the fixed start) run once, as
+    rows of equal length on the fixed start's cache, and each candidate adds the
+    log-probability of its own next token at its prefix. For 3 digits that is 111
+    prefixes instead of 1,000 rows of 4 tokens; the scores equal `_Scorer.score`'s up
+    to float rounding.
+    """
+    device, model = scorer.lm.device, scorer.lm.model
+    rows = scorer.rest_ids(range(scorer.space.size))
+    lengths = np.array([len(r) for r in rows])
+    grid = np.full((len(rows), int(lengths.max())), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        grid[i, : len(row)] = row
+    cache, out = PrefixCache.run(model, input_ids=torch.tensor([scorer.prefix_ids], device=device))
+    first = out.logits[0, -1].double().log_softmax(-1).cpu().numpy()
+    total = first[grid[:, 0]].copy()
+    depths = range(1, grid.shape[1])
+    for t in depths:
+        alive = np.flatnonzero(lengths > t)
+        if alive.size == 0:
+            break
+        nodes, inverse = np.unique(grid[alive, :t], axis=0, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(nodes) + 1))
+        for start in range(0, len(nodes), scorer.config.batch_size):
+            stop = min(start + scorer.config.batch_size, len(nodes))
+            ids = torch.from_numpy(nodes[start:stop]).to(device)
+            logits = model(input_ids=ids, **cache_inputs(model, cache.fresh(rows=stop - start))).logits[:, -1]
+            logp = logits.double().log_softmax(-1).cpu().numpy()
+            members = alive[order[bounds[start] : bounds[stop]]]
+            total[members] += logp[inverse[order[bounds[start] : bounds[stop]]] - start, grid[members, t]]
+        if progress:
+            progress(t, len(depths), f"scoring prefixes of {t} tokens")
+    return torch.from_numpy(-total / math.log(2))
+
+
 def exposure_from_rank(size: int, rank: int) -> float:
     return math.log2(size) - math.log2(rank)
 
 
 def _exact(scorer: _Scorer, canaries: list[Canary], progress) -> list[CanaryExposure]:
     size = scorer.space.size
-    scores = scorer.score(range(size), progress)
+    use_trie = scorer.config.trie and scorer.config.shared_prefix
+    scores = trie_scores(scorer, progress) if use_trie else scorer.score(range(size), progress)
     out = []
     for c in canaries:
         px = float(scores[scorer.space.index(c.secret)])
