@@ -113,3 +113,15 @@ def test_ig_is_complete_per_layer(kind) -> None:
             zeroed = loglik()
         gap = clean - zeroed
         assert abs(result.scores[0][layer].sum() - gap) < 0.02 * abs(gap) + 1e-3
+
+
+def test_hard_concrete_ranks_by_the_unclamped_gate_parameter() -> None:
+    """With gates still fully open (init 3, few steps) a clamped score would tie every neuron at 0."""
+    import numpy as np
+
+    lm = tiny_lm("llama")
+    ids = tuple(lm.tokenizer("the capital of Zorbia is Quelon")["input_ids"])
+    batch = SequenceBatch(sequences=(ids,))
+    config = HardConcreteConfig(steps=3, penalty=1e-4, lr=1e-3)
+    score = localize_hard_concrete(lm.model, lm.adapter, batch, config).scores[0]
+    assert len(np.unique(score)) > 0.2 * score.size  # the clamped gate gave one value

@@ -8,8 +8,10 @@ the fewest neurons needed to raise the memorized sequence's loss while keeping t
     minimise  -CE(sequence; z) + CE(other; z) + lambda * mean(1 - P(z != 0))
 
 with P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta)). Noise is drawn from a
-generator seeded by ``seed``. The score is 1 - the deterministic gate
-min(1, max(0, sigmoid(log_alpha) (zeta - gamma) + gamma)).
+generator seeded by ``seed``. The score is -log_alpha: it orders neurons as 1 - the
+deterministic gate min(1, max(0, sigmoid(log_alpha) (zeta - gamma) + gamma)) does, but
+without the clamp, which ties every gate that is still fully open (log_alpha above
+about 2.4, where training starts) at score 0 and leaves their order to the tie-break.
 
     result = localize_hard_concrete(model, adapter, batch, HardConcreteConfig(steps=100, seed=0))
 """
@@ -53,7 +55,7 @@ class HardConcreteConfig:
 def localize_hard_concrete(
     model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: HardConcreteConfig
 ) -> NeuronAttribution:
-    """Per sequence, 1 - the learned deterministic gate (layers, d_mlp)."""
+    """Per sequence, -log_alpha of the learned gates (layers, d_mlp): higher = more closed."""
     scores = []
     device = model_device(model)
     with frozen_parameters(model):
@@ -62,8 +64,7 @@ def localize_hard_concrete(
             log_alpha = torch.full((adapter.n_layers, adapter.d_mlp), config.init, device=device)
             log_alpha.requires_grad_(True)
             _train(model, adapter, log_alpha, ids, batch.other, config, generator)
-            gate = deterministic_gate(log_alpha.detach())
-            scores.append(1.0 - gate.double().cpu().numpy())
+            scores.append(-log_alpha.detach().double().cpu().numpy())
     return NeuronAttribution("hard_concrete", tuple(scores))
 
 
