@@ -317,8 +317,9 @@ def _show_unlearn(result: DemoUnlearn) -> None:
         f"({result.inject_steps} steps), then unlearning it:",
         f"  exposure {bits}: as shipped {result.exposure_base:.2f}, planted {result.exposure_planted:.2f}, "
         f"unlearned {result.exposure_unlearned:.2f}",
-        f"  '{result.canary.rsplit(' ', 1)[0]}' continues: planted '{result.completion_planted.strip()}', "
-        f"unlearned '{result.completion_unlearned.strip()}'",
+        f"  '{result.canary.rsplit(' ', 1)[0]}' continues: planted {result.completion_planted.strip()!r}, "
+        f"unlearned {result.completion_unlearned.strip()!r}",
+        f"  held-out perplexity: planted {result.perplexity_planted:.2f}, unlearned {result.perplexity_unlearned:.2f}",
         f"  {result.method} found {result.recall:.0%} of the planted neurons in its top {result.unlearned_neurons}; "
         f"ablating them was undone bit for bit: {result.undone_bit_exact}",
     ]

@@ -1,6 +1,6 @@
 """Memorized text removed and restored, in miniature: the canary loop of `memloc demo`.
 
-1. A seeded canary ("my PIN is 4 digits" by default) is planted in a known random 0.5%
+1. A seeded canary ("my PIN is" and 3 digits by default) is planted in a known random 0.5%
    of the MLP neurons: only those neurons' down-projection columns train, until the
    model completes the canary greedily (MemPi's INJ injection, Chang et al. 2024).
 2. Its exposure (Carlini et al. 2019) is measured exactly over all |R| candidates,
@@ -28,41 +28,54 @@ from memloc.core.render import Section
 from memloc.core.validation import at_least, fail
 from memloc.edit.delta import apply, weights_hash
 from memloc.edit.unlearn import UnlearnConfig, compute_unlearn, localizer_config, select_neurons
+from memloc.edit.unlearn_measures import perplexity
 from memloc.locate.lm.exposure import ExposureConfig, canary_exposure
 from memloc.locate.lm.memorized.inject import InjectConfig, inj_recall, inject_sequences
 from memloc.locate.lm.memorized.registry import localizer
 from memloc.locate.lm.memorized.types import SequenceBatch
 
+MAX_SPACE = 10**5
 KEEP = (
     "The river runs through the old town and past the market square.",
     "She opened the window, and the morning air filled the quiet room.",
 )  # other text whose likelihood the localizer keeps
+HELD_OUT = (
+    "The library opens at nine in the morning and closes in the evening.",
+    "Rain fell on the fields for three days before the harvest began.",
+    "He wrote a long letter to his brother about the new house.",
+)  # text neither planted nor kept: its perplexity shows what the edit costs elsewhere
 
 
 @dataclass(frozen=True)
 class DemoUnlearnConfig:
     """The canary's fixed start and digits, the planted share, the localizer, its budget and the seed."""
 
-    start: str = "my PIN is"
-    digits: int = 3
+    template: str = "my PIN is {digits:3}"
     ratio: float = 0.005
-    method: str = "hard_concrete"
+    method: str = "slimming"
     budget: float = 0.005
-    settings: tuple[tuple[str, object], ...] = (("steps", 60),)
+    settings: tuple[tuple[str, object], ...] = (("steps", 60),)  # 100 in MemPi; 60 fit the demo's time
     seed: int = 0
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "digits")
         at_least(self, 0, "seed")
-        if self.digits > 5:
-            raise fail(self, "digits", f"at most 5 keeps the exact exposure quick, got {self.digits}")
+        size = CanarySpace.parse(self.template).size  # a template without a slot fails here
+        if size > MAX_SPACE:
+            raise fail(
+                self, "template", f"has {size} candidates; at most {MAX_SPACE} keep the exact exposure quick"
+            )
         UnlearnConfig(method=self.method, budget=self.budget, settings=self.settings)  # validates the rest
         InjectConfig(ratio=self.ratio, seed=self.seed)
 
+    @property
+    def start(self) -> str:
+        """The template's fixed text before its first slot, whose greedy completion is shown."""
+        return CanarySpace.parse(self.template).fixed_prefix.rstrip()
+
     def canary(self) -> Canary:
-        template = f"{self.start} {{digits:{self.digits}}}"
-        secret = "".join(random.Random(self.seed).choice("0123456789") for _ in range(self.digits))
-        return Canary(template, (secret,), CanarySpace.parse(template).fill((secret,)), 1, ())
+        space = CanarySpace.parse(self.template)
+        secret = space.values(random.Random(self.seed).randrange(space.size))
+        return Canary(self.template, secret, space.fill(secret), 1, ())
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ class DemoUnlearn:
     exposure_unlearned: float
     completion_planted: str  # greedy continuation of the fixed start
     completion_unlearned: str
+    perplexity_planted: float  # on held-out sentences
+    perplexity_unlearned: float
     undone_bit_exact: bool
 
 
@@ -111,6 +126,7 @@ def plant_and_unlearn(lm: LM, config: DemoUnlearnConfig, *, progress: Progress |
     planted = LM(injection.model, lm.tokenizer, lm.adapter, lm.source)  # type: ignore[arg-type]  # a deep copy of lm.model
     exposed = _exposure(planted, canary, labelled(progress, "exposure (planted)"))
     completion = _completion(planted, config.start, tail)
+    fluent = perplexity(planted, HELD_OUT)
     unlearn = UnlearnConfig(
         method=config.method, budget=config.budget, seed=config.seed, settings=config.settings
     )
@@ -121,6 +137,7 @@ def plant_and_unlearn(lm: LM, config: DemoUnlearnConfig, *, progress: Progress |
     handle = apply(planted.model, planted.adapter, compute_unlearn(planted, neurons, unlearn))
     removed = _exposure(planted, canary, labelled(progress, "exposure (unlearned)"))
     completion_after = _completion(planted, config.start, tail)
+    cost = perplexity(planted, HELD_OUT)
     handle.restore()
     return DemoUnlearn(
         canary=canary.text,
@@ -135,6 +152,8 @@ def plant_and_unlearn(lm: LM, config: DemoUnlearnConfig, *, progress: Progress |
         exposure_unlearned=removed,
         completion_planted=completion,
         completion_unlearned=completion_after,
+        perplexity_planted=fluent,
+        perplexity_unlearned=cost,
         undone_bit_exact=weights_hash(planted.model) == before,
     )
 
