@@ -172,3 +172,15 @@ def test_trie_scores_equal_scoring_every_candidate_in_full(arch):
     assert trie.shape == rows.shape == (1000,)
     assert (trie - rows).abs().max() < 1e-4
     assert rows.std() > 0.1  # the candidates really differ
+
+
+def test_an_estimate_never_exceeds_the_most_exposure_a_space_allows():
+    """A secret far more likely than every other candidate: the fitted tail puts it far beyond 1/|R|,
+    but rank 1 is the ceiling, log2 |R|."""
+    lm, _ = unigram_lm()
+    word = lm.tokenizer.convert_tokens_to_ids("Oslo")
+    with torch.no_grad():
+        lm.model.transformer.wte.weight[word, 0] += 12.0  # p(Oslo) near 1 at every position
+    best = _canary(BIG, ("Oslo",) * 3)
+    estimated = canary_exposure(lm, [best], ExposureConfig(estimate=True, samples=200)).canaries[0]
+    assert estimated.exposure == pytest.approx(math.log2(CanarySpace.parse(BIG).size))

@@ -15,7 +15,8 @@ model's most likely candidate.
   one scoring of R.
 - Estimated (``estimate=True``, needed above the limit): ``samples`` candidates drawn
   uniformly (seeded) are scored, a skew-normal is fitted to their Px (scipy.stats.skewnorm,
-  maximum likelihood) and exposure ~= -log2 P(Px <= Px(secret)) under the fit.
+  maximum likelihood) and exposure ~= -log2 P(Px <= Px(secret)) under the fit, at most
+  log2 |R| (the tail of the fit may put the secret beyond 1/|R|; rank 1 is the ceiling).
 
 A candidate's tokens are those of the fixed start (cut at its last space, with the
 tokenizer's document start) followed by those of the rest of its text, so every
@@ -236,9 +237,18 @@ def _estimated(scorer: _Scorer, canaries: list[Canary], progress) -> list[Canary
     secrets = [scorer.space.index(c.secret) for c in canaries]
     scores = scorer.score(drawn + secrets, progress)
     sample = scores[: len(drawn)]
+    # The fitted tail can put a secret beyond 1/|R|; no rank is better than 1, so log2 |R| is the ceiling.
+    ceiling = math.log2(size)
     return [
         CanaryExposure(
-            c.text, c.repeats, size, float(px), skewnorm_exposure(sample, float(px)), None, True, len(drawn)
+            c.text,
+            c.repeats,
+            size,
+            float(px),
+            min(ceiling, skewnorm_exposure(sample, float(px))),
+            None,
+            True,
+            len(drawn),
         )
         for c, px in zip(canaries, scores[len(drawn) :], strict=True)
     ]
