@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from memloc.core.lm.facts import NEIGHBOR_RULES
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report, provenance
 from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig, EvalResult
@@ -51,7 +52,9 @@ def eval_section(result: EvalResult) -> Section:
     section.paragraphs.append(
         f"{result.facts} facts; {result.seconds_per_edit:.2f} s per edit (computing and applying). "
         + "; ".join(f"{k}: {v}" for k, v in METRIC_MEANINGS.items())
-        + " (Meng et al. 2022)."
+        + " (Meng et al. 2022). Neighbourhood rule: "
+        + NEIGHBOR_RULES.get(result.neighborhood_rule, result.neighborhood_rule)
+        + "."
     )
     section.tables.append(
         (

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from memloc.core.errors import MemlocError
-from memloc.core.lm.facts import Fact
+from memloc.core.lm.facts import Fact, neighborhood_rule
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least
@@ -120,7 +120,9 @@ def score_facts(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactS
         ]
         for group, texts in groups:
             for j, text in enumerate(texts):
-                for which, target in (("true", fact.target_true), ("new", fact.target_new)):
+                # A neighbour keeps its own answer when the file gives one (zsRE-style locality).
+                true = fact.neighbor_target(j) if group == "neighborhood" else fact.target_true
+                for which, target in (("true", true), ("new", fact.target_new)):
                     prompts.append(text)
                     targets.append(target)
                     owners.append((n, group, j, which))
@@ -282,6 +284,7 @@ class EvalResult:
     config: Mapping | None = None
     method: str | None = None
     layers: tuple[int, ...] | None = None
+    neighborhood_rule: str = "counterfact"  # a key of core.lm.facts.NEIGHBOR_RULES
 
     def to_dict(self) -> dict:
         rows = [asdict(row) for row in self.per_fact]
@@ -305,6 +308,7 @@ class EvalResult:
             "unedited": list(self.unedited),
             "per_fact": rows,
             "config": dict(self.config or {}),
+            "neighborhood_rule": self.neighborhood_rule,
         }
         if self.method is not None:
             record.update(method=self.method, layers=list(self.layers or ()))
@@ -326,6 +330,7 @@ class EvalResult:
             data.get("config"),
             data.get("method"),
             None if layers is None else tuple(layers),
+            data.get("neighborhood_rule", "counterfact"),
         )
 
 
@@ -408,5 +413,13 @@ def evaluate_edits(
     rows = tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True))
     seconds = edit_seconds / max(len(facts), 1)
     return EvalResult(
-        mode, len(facts), summarize(pre), summarize(post), seconds, rows, tuple(unedited), asdict(config)
+        mode,
+        len(facts),
+        summarize(pre),
+        summarize(post),
+        seconds,
+        rows,
+        tuple(unedited),
+        asdict(config),
+        neighborhood_rule=neighborhood_rule(facts),
     )

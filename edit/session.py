@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memloc.core.errors import MemlocError
-from memloc.core.lm.facts import Fact
+from memloc.core.lm.facts import Fact, neighborhood_rule
 from memloc.core.lm.model import LM, encode, target_prob
 from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
@@ -255,7 +255,14 @@ def evaluate_folder(lm: LM, folder: str | Path, facts: Sequence[Fact], config: E
     pre = measure(lm, facts, config)
     rows = tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True))
     return EvalResult(
-        FOLDER_MODE, len(facts), summarize(pre), summarize(post), 0.0, rows, method=ledger.methods()
+        FOLDER_MODE,
+        len(facts),
+        summarize(pre),
+        summarize(post),
+        0.0,
+        rows,
+        method=ledger.methods(),
+        neighborhood_rule=neighborhood_rule(facts),
     )
 
 

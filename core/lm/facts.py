@@ -35,6 +35,20 @@ class Fact:
     paraphrases: tuple[str, ...] = ()
     neighborhood: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = field(default=(), repr=False)
+    # Each neighbourhood prompt's own answer (zsRE locality, EasyEdit's locality_inputs);
+    # empty means CounterFact's rule: every neighbour shares ``target_true``.
+    neighborhood_targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.neighborhood_targets and len(self.neighborhood_targets) != len(self.neighborhood):
+            raise DataError(
+                f"fact {self.case_id}: {len(self.neighborhood_targets)} neighborhood_targets for "
+                f"{len(self.neighborhood)} neighborhood prompts; give one answer per prompt"
+            )
+
+    def neighbor_target(self, j: int) -> str:
+        """The answer neighbourhood prompt ``j`` should keep: its own, or the CounterFact ``target_true``."""
+        return self.neighborhood_targets[j] if self.neighborhood_targets else self.target_true
 
     @property
     def text(self) -> str:
@@ -121,7 +135,32 @@ def parse_counterfact(record: Any, where: str) -> Fact:
         paraphrases=_texts(record.get("paraphrase_prompts"), where, "paraphrase_prompts"),
         neighborhood=_texts(record.get("neighborhood_prompts"), where, "neighborhood_prompts"),
         generation_prompts=_texts(record.get("generation_prompts"), where, "generation_prompts"),
+        neighborhood_targets=_answers(record.get("neighborhood_targets"), where),
     )
+
+
+def _answers(value: Any, where: str) -> tuple[str, ...]:
+    """The optional ``neighborhood_targets``: strings or CounterFact's {"str": ...} objects."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field 'neighborhood_targets' must be a list, one answer per prompt")
+    return tuple(_target(v, where, f"neighborhood_targets[{i}]") for i, v in enumerate(value))
+
+
+NEIGHBOR_RULES = {
+    "counterfact": "CounterFact: every neighbourhood prompt keeps the edited fact's true object",
+    "own answers": "own answers: each neighbourhood prompt keeps its own answer (neighborhood_targets)",
+    "mixed": "mixed: facts with neighborhood_targets keep their prompts' own answers, the rest CounterFact's",
+}
+
+
+def neighborhood_rule(facts: Sequence[Fact]) -> str:
+    """Which rule NS and NM use for these facts; files that mix the two are scored per fact."""
+    owned = [bool(f.neighborhood_targets) for f in facts if f.neighborhood]
+    if owned and all(owned):
+        return "own answers"
+    return "counterfact" if not any(owned) else "mixed"
 
 
 def parse_simple(record: Any, where: str, index: int) -> Fact:
@@ -138,6 +177,7 @@ def parse_simple(record: Any, where: str, index: int) -> Fact:
         relation=str(record.get("relation", "")),
         paraphrases=_texts(record.get("paraphrases"), where, "paraphrases"),
         neighborhood=_texts(record.get("neighborhood"), where, "neighborhood"),
+        neighborhood_targets=_answers(record.get("neighborhood_targets"), where),
     )
 
 
