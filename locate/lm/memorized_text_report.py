@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from memloc.core.dataclass_files import load_dataclass, read_dataclass_json
@@ -33,6 +34,12 @@ from memloc.locate.lm.memorized.inject import InjResult
 from memloc.locate.lm.memorized.run import MemorizedNeurons
 
 DEPTH = 3  # how far below the folder results are looked for
+
+
+def _one_axes() -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 def _below(folder: Path, pattern: str) -> list[Path]:
@@ -108,9 +115,7 @@ def extraction_section(found: MemorizedTextResults) -> Section:
 
 
 def _extraction_figure(found: MemorizedTextResults) -> Figure:
-    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _one_axes()
     labels = [label for label, _ in found.extraction]
     x = np.arange(len(labels))
     longest = [r.config.longest for _, r in found.extraction]
@@ -137,9 +142,7 @@ def exposure_section(found: MemorizedTextResults) -> Section:
     )
     rows = [{"run": label, **row} for label, result in found.exposure for row in result.rows()]
     section.tables.append(("exposure by canary", rows))
-    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _one_axes()
     for label, result in found.exposure:
         ax.plot([c.repeats for c in result.canaries], [c.exposure for c in result.canaries], "o", label=label)
     sizes = {c.space_size for _, r in found.exposure for c in r.canaries}
@@ -206,9 +209,7 @@ def _method_overlap(runs: tuple[tuple[str, MemorizedNeurons], ...]) -> list[dict
 
 
 def _layer_figure(runs: tuple[tuple[str, MemorizedNeurons], ...]) -> Figure:
-    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, ax = _one_axes()
     for label, run in runs:
         counts = np.array([s.per_layer for s in run.sequences], dtype=float).sum(0)
         ax.plot(np.arange(len(counts)), counts / counts.sum(), marker=".", label=f"{label} ({run.method})")
