@@ -235,8 +235,8 @@ def eval_command(
         typer.Option(
             "--mode",
             help="single: edit one fact, measure it, restore it, then the next; batch: edit all facts at "
-            "once, then measure; sequential: edit the facts one after another without restoring, then "
-            "measure them all.",
+            "once, then measure; sequential: edit the facts in batches of --batch-size one after another "
+            "without restoring, measuring every fact edited so far every --every batches.",
             rich_help_panel=METHOD_PANEL,
         ),
     ] = Mode.single,
@@ -245,6 +245,20 @@ def eval_command(
     samples: SamplesOpt = config_default(STATS, "samples"),
     null_space: NullSpaceOpt = False,
     null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", help="Sequential mode: facts per batch of edits.", rich_help_panel=METHOD_PANEL
+        ),
+    ] = 1,
+    every: Annotated[
+        int,
+        typer.Option(
+            "--every",
+            help="Sequential mode: measure every fact edited so far after this many batches (and after the last).",
+            rich_help_panel=METHOD_PANEL,
+        ),
+    ] = 1,
     fluency_tokens: Annotated[
         int, typer.Option("--fluency-tokens", help="Tokens generated per fluency prompt.")
     ] = config_default(EVAL, "generation_tokens"),
@@ -261,10 +275,14 @@ def eval_command(
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
     from memloc.edit.eval_report import save_eval_report
     from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig
+    from memloc.edit.sequential import SequentialConfig
     from memloc.edit.session import evaluate_folder, evaluate_plan
 
     loaded = _edit_facts(facts, limit)
     config = EvalConfig(generation_tokens=fluency_tokens)
+    sequential = SequentialConfig(batch_size=batch_size, every=every)
+    if mode is not Mode.sequential and (batch_size != 1 or every != 1):
+        raise MemlocError("--batch-size and --every belong to --mode sequential")
     plan = (
         None if method is None else _plan(method, layers, corpus, samples, seed, null_space, null_threshold)
     )
@@ -282,7 +300,9 @@ def eval_command(
         )
     with progress_bar("eval") as update:
         if plan is not None:
-            result = evaluate_plan(model, loaded, plan, mode.value, config, progress=update)
+            result = evaluate_plan(
+                model, loaded, plan, mode.value, config, sequential=sequential, progress=update
+            )
         else:
             result = evaluate_folder(model, lm.model, loaded, config)
     if out is not None:

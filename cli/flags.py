@@ -32,6 +32,7 @@ BY_CONFIG = {
     ("UnlearnConfig", "scale"): "--scale",
     ("MemorizationConfig", "prefix"): "--prefix",
     ("MemorizationConfig", "suffix"): "--suffix",
+    ("SequentialConfig", "every"): "--every",
 }
 
 # field -> flag everywhere else.

@@ -47,6 +47,29 @@ def metrics_figure(result: EvalResult) -> Figure:
     return fig
 
 
+def curve_figure(result: EvalResult) -> Figure:
+    """ES, PS, NS, fluency and retention against the number of sequential edits."""
+    fig = Figure(figsize=(7.5, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    scores, fluency = fig.subplots(1, 2, width_ratios=(1.6, 1))
+    edits = [p.edits for p in result.curve]
+    for name, values in (
+        ("ES", [p.es for p in result.curve]),
+        ("PS", [p.ps for p in result.curve]),
+        ("NS", [p.ns for p in result.curve]),
+        ("retention (ES of the first facts)", [p.retention_es for p in result.curve]),
+    ):
+        scores.plot(edits, [np.nan if v is None else v for v in values], marker="o", label=name)
+    scores.set_ylim(0, 1.05)
+    scores.set_xlabel("facts edited")
+    scores.set_title(f"{result.method or 'edit'}: sequential edits")
+    scores.legend(fontsize=7)
+    fluency.plot(edits, [np.nan if p.fluency is None else p.fluency for p in result.curve], marker="o")
+    fluency.set_xlabel("facts edited")
+    fluency.set_title("fluency (n-gram entropy)")
+    return fig
+
+
 def eval_section(result: EvalResult) -> Section:
     section = Section(f"Edit evaluation: {result.method or 'edited model'}, {result.mode} mode")
     section.paragraphs.append(
@@ -66,6 +89,10 @@ def eval_section(result: EvalResult) -> Section:
         )
     )
     section.figures.append((f"edit_eval_{result.method or 'model'}_{result.mode}", metrics_figure(result)))
+    if result.curve:
+        section.paragraphs.append(f"Protocol: {result.protocol}.")
+        section.tables.append(("scores as the edits pile up", [asdict(point) for point in result.curve]))
+        section.figures.append((f"edit_curve_{result.method or 'model'}", curve_figure(result)))
     return section
 
 
@@ -83,7 +110,13 @@ def save_eval_report(
     report = Report(
         "edit_eval",
         model,
-        {"eval": asdict(config), "method": result.method},
+        {
+            "eval": asdict(config),
+            "method": result.method,
+            "mode": result.mode,
+            "protocol": result.protocol or None,
+            "neighborhood_rule": NEIGHBOR_RULES.get(result.neighborhood_rule, result.neighborhood_rule),
+        },
         record,
         {"pre": record["pre"], "post": record["post"]},
         provenance(seed, {"facts": facts}),

@@ -31,6 +31,7 @@ from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
+from memloc.edit.sequential import CurvePoint, SequentialConfig
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
 # One line per metric, for the terminal and the report.
@@ -285,6 +286,8 @@ class EvalResult:
     method: str | None = None
     layers: tuple[int, ...] | None = None
     neighborhood_rule: str = "counterfact"  # a key of core.lm.facts.NEIGHBOR_RULES
+    curve: tuple[CurvePoint, ...] = ()  # sequential mode: scores as the edits pile up
+    protocol: str = ""  # sequential mode: SequentialConfig.describe()
 
     def to_dict(self) -> dict:
         rows = [asdict(row) for row in self.per_fact]
@@ -310,6 +313,8 @@ class EvalResult:
             "config": dict(self.config or {}),
             "neighborhood_rule": self.neighborhood_rule,
         }
+        if self.curve:
+            record.update(curve=[asdict(point) for point in self.curve], protocol=self.protocol)
         if self.method is not None:
             record.update(method=self.method, layers=list(self.layers or ()))
         return record
@@ -331,6 +336,8 @@ class EvalResult:
             data.get("method"),
             None if layers is None else tuple(layers),
             data.get("neighborhood_rule", "counterfact"),
+            tuple(CurvePoint(**point) for point in data.get("curve", ())),
+            data.get("protocol", ""),
         )
 
 
@@ -344,14 +351,16 @@ def evaluate_edits(
     mode: str,
     config: EvalConfig,
     *,
+    sequential: SequentialConfig = SequentialConfig(),
     progress: Progress | None = None,
 ) -> EvalResult:
     """Measure, edit in ``mode``, measure again; the model is restored at the end.
 
     - ``single``: edit one fact, measure it, restore, next fact.
     - ``batch``: one edit of all facts, then measure all.
-    - ``sequential``: edit the facts one after another without restoring, then
-      measure all.
+    - ``sequential``: edit the facts in batches of ``sequential.batch_size``, one
+      after another without restoring, measuring as they pile up (edit/sequential.py);
+      ``post`` is measured after the last batch on every fact.
 
     ``seconds_per_edit`` counts computing and applying the edits, not measuring.
 
@@ -376,6 +385,7 @@ def evaluate_edits(
     post: list[FactScores] = []
     handles: list[Applied] = []
     unedited: list[str] = []
+    curve: list[CurvePoint] = []
     edit_seconds = 0.0
 
     def edit(chosen: Sequence[Fact]) -> Applied:
@@ -391,21 +401,29 @@ def evaluate_edits(
             done += len(facts) - 1
             step()
             post = measure(lm, facts, config)
+        elif mode == "sequential":
+            marks = set(sequential.checkpoints(len(facts)))
+            for start_at in range(0, len(facts), sequential.batch_size):
+                chunk = facts[start_at : start_at + sequential.batch_size]
+                start = time.perf_counter()
+                handles.append(edit(chunk))
+                edit_seconds += time.perf_counter() - start
+                done += len(chunk) - 1
+                step()
+                edited = start_at + len(chunk)
+                if edited in marks:
+                    post = measure(lm, facts[:edited], config)
+                    curve.append(_curve_point(edited, post, sequential.retention_facts))
         else:
             for fact in facts:
                 start = time.perf_counter()
                 handle = edit([fact])
                 edit_seconds += time.perf_counter() - start
-                if mode == "single":
-                    try:
-                        post.extend(measure(lm, [fact], config))
-                    finally:
-                        handle.restore()
-                else:
-                    handles.append(handle)
+                try:
+                    post.extend(measure(lm, [fact], config))
+                finally:
+                    handle.restore()
                 step()
-            if mode == "sequential":
-                post = measure(lm, facts, config)
     finally:
         for handle in reversed(handles):
             handle.restore()
@@ -422,4 +440,11 @@ def evaluate_edits(
         tuple(unedited),
         asdict(config),
         neighborhood_rule=neighborhood_rule(facts),
+        curve=tuple(curve),
+        protocol=sequential.describe() if mode == "sequential" else "",
     )
+
+
+def _curve_point(edits: int, scores: list[FactScores], retention_facts: int) -> CurvePoint:
+    every, first = summarize(scores), summarize(scores[:retention_facts])
+    return CurvePoint(edits, every["ES"], every["PS"], every["NS"], every["fluency"], first["ES"])

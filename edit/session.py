@@ -38,6 +38,7 @@ from memloc.edit.monitor import (
     checked_apply,
     generation_entropy,
 )
+from memloc.edit.sequential import SequentialConfig
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ def evaluate_plan(
     mode: str,
     config: EvalConfig,
     *,
+    sequential: SequentialConfig = SequentialConfig(),
     progress: Progress | None = None,
 ) -> EvalResult:
     """Choose layers and statistics for ``plan``, then `evaluate_edits` in ``mode``.
@@ -236,7 +238,7 @@ def evaluate_plan(
     # Only a sequential run keeps its earlier edits, so only there are their keys K_p (AlphaEdit).
     plan = replace(plan, sequential=mode == "sequential")
     editor, choice = prepare_editor(lm, facts, plan, progress)
-    result = evaluate_edits(lm, facts, editor, mode, config, progress=progress)
+    result = evaluate_edits(lm, facts, editor, mode, config, sequential=sequential, progress=progress)
     return replace(result, method=plan.method, layers=choice.layers)
 
 
