@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.checkpoints import state_hash
+from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
 from torch import nn
 
@@ -128,9 +129,32 @@ def apply(model: nn.Module, adapter: TransformerAdapter, delta: WeightDelta) -> 
         dense = part.dense().to(adapter.down_weight(model, part.layer).device)
         updates[part.layer] = updates[part.layer] + dense if part.layer in updates else dense
     with torch.no_grad():
+        # Every new weight is formed and checked before any is written, so a refused
+        # update leaves the whole model as it was.
+        new: dict[int, torch.Tensor] = {}
         for layer, update in updates.items():
             weight = adapter.down_weight(model, layer)
-            originals[names[id(weight)]] = (weight, weight.detach().clone())
             stored = update.T if adapter.card.down_layout == "in_out" else update
-            weight.copy_((weight.double() + stored).to(weight.dtype))
+            new[layer] = (weight.double() + stored).to(weight.dtype)
+            _require_finite(delta.method, layer, update, new[layer])
+        for layer, value in new.items():
+            weight = adapter.down_weight(model, layer)
+            originals[names[id(weight)]] = (weight, weight.detach().clone())
+            weight.copy_(value)
     return Applied(originals)
+
+
+class NonFiniteEditError(MemlocError):
+    """An update would put NaN or inf into a weight; nothing was changed."""
+
+
+def _require_finite(method: str, layer: int, update: torch.Tensor, value: torch.Tensor) -> None:
+    if not bool(torch.isfinite(update).all()):
+        raise NonFiniteEditError(
+            f"the {method} update of layer {layer} holds NaN or inf; the model was not changed"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteEditError(
+            f"the {method} update of layer {layer} overflows the weights' {str(value.dtype).removeprefix('torch.')} "
+            "(values past its range became inf); the model was not changed; edit in float32"
+        )
