@@ -35,7 +35,7 @@ def test_an_update_that_overflows_float16_is_refused_before_any_weight_changes()
     before = weights_hash(lm.model)
     fine, overflow = _delta(lm, 0, 0.01), _delta(lm, 1, 1e6)  # 1e6 is past float16's 65504
     combined = WeightDelta("test", fine.layers + overflow.layers)
-    with pytest.raises(MemlocError, match="layer 1.*float16"):
+    with pytest.raises(MemlocError, match=r"layer 1.*float16"):
         apply(lm.model, lm.adapter, combined)
     assert weights_hash(lm.model) == before  # layer 0 was not written either
 
