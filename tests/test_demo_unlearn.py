@@ -20,7 +20,9 @@ def loop():
     lm = load_language_model(str(MODEL), device="cpu")
     base = weights_hash(lm.model)
     # Zero-Out is exact and quick at the fixture's 2,048 neurons.
-    config = DemoUnlearnConfig(template=TEMPLATE, ratio=0.02, budget=0.02, method="zero_out", settings=(), seed=1)
+    config = DemoUnlearnConfig(
+        template=TEMPLATE, ratio=0.02, budget=0.02, method="zero_out", settings=(), seed=1
+    )
     return lm, base, config, plant_and_unlearn(lm, config)
 
 

@@ -16,7 +16,9 @@ def _delta(lm, layer: int, scale: float, *, poison: float | None = None) -> Weig
     left = torch.full((lm.adapter.d_model, 1), scale, dtype=torch.float64)
     if poison is not None:
         left[3, 0] = poison
-    return WeightDelta("test", (LayerDelta(layer, left, torch.ones(lm.adapter.d_mlp, 1, dtype=torch.float64)),))
+    return WeightDelta(
+        "test", (LayerDelta(layer, left, torch.ones(lm.adapter.d_mlp, 1, dtype=torch.float64)),)
+    )
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])

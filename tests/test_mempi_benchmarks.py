@@ -152,7 +152,11 @@ def test_cli_inj_and_del_smoke(tmp_path, capsys):
     code, _, err = run_cli(capsys, "locate", "del", *common[:4], "--sequences", keep, "--other", seqs,
                            "--plain", seqs, "--methods", "nope")  # fmt: skip
     assert_one_line_error(code, err, "nope")
-    for bad, needle in (("activations.stepz=3", "stepz"), ("steps=3", "ig.steps"), ("ig.steps=3", "ig.steps")):
+    for bad, needle in (
+        ("activations.stepz=3", "stepz"),
+        ("steps=3", "ig.steps"),
+        ("ig.steps=3", "ig.steps"),
+    ):
         code, _, err = run_cli(capsys, "locate", "del", *common, "--sequences", keep, "--other", seqs,
                                "--plain", seqs, "--set", bad, "--out", tmp_path / "bad")  # fmt: skip
         assert_one_line_error(code, err, needle)
