@@ -319,7 +319,12 @@ def _show_unlearn(result: DemoUnlearn) -> None:
         f"unlearned {result.exposure_unlearned:.2f}",
         f"  '{result.canary.rsplit(' ', 1)[0]}' continues: planted {result.completion_planted.strip()!r}, "
         f"unlearned {result.completion_unlearned.strip()!r}",
-        f"  held-out perplexity: planted {result.perplexity_planted:.2f}, unlearned {result.perplexity_unlearned:.2f}",
+        f"  held-out perplexity: planted {result.perplexity_planted:.2f}, unlearned {result.perplexity_unlearned:.2f}"
+        + (
+            " (the ablated neurons serve other text too: 'memloc locate del' measures how specific a localizer is)"
+            if result.perplexity_unlearned > 2 * result.perplexity_planted
+            else ""
+        ),
         f"  {result.method} found {result.recall:.0%} of the planted neurons in its top {result.unlearned_neurons}; "
         f"ablating them was undone bit for bit: {result.undone_bit_exact}",
     ]
