@@ -235,7 +235,7 @@ def eval_command(
         typer.Option(
             "--mode",
             help="single: edit one fact, measure it, restore it, then the next; batch: edit all facts at "
-            "once, then measure; sequential: edit the facts in batches of --batch-size one after another "
+            "once, then measure; sequential: edit the facts one batch of --batch-size after another "
             "without restoring, measuring every fact edited so far every --every batches.",
             rich_help_panel=METHOD_PANEL,
         ),
