@@ -24,12 +24,12 @@ def report_command(
     """
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.paths import writable_folder
-    from memloc.edit.memorized_text_page import holds_memorized_text_results, write_memorized_text_report
+    from memloc.edit.memorized_text_page import MemorizedTextFolder
     from memloc.locate.classifier.report import build_report
 
-    if holds_memorized_text_results(run_dir):
-        target = writable_folder(out or run_dir / "report")
-        md, page = write_memorized_text_report(run_dir, target)
+    memorized = MemorizedTextFolder.find(run_dir)
+    if memorized is not None:
+        md, page = memorized.write_report(writable_folder(out or run_dir / "report"))
         if fmt is Format.json:
             emit_json({"markdown": md, "html": page})
             return

@@ -13,18 +13,16 @@ from matplotlib.figure import Figure
 from memloc.core.dataclass_files import load_dataclass
 from memloc.core.render import Section
 from memloc.edit.unlearn_session import REPORT_STEM, UnlearnReport
-
-DEPTH = 3
+from memloc.locate.lm.memorized_text_report import result_label, results_below
 
 
 def find_unlearn_reports(folder: Path) -> tuple[tuple[str, UnlearnReport], ...]:
     """Every unlearn.json (+ .npz) below ``folder``, labelled by its folder's relative path."""
-    found = []
-    for path in sorted(folder.rglob(f"{REPORT_STEM}.json")):
-        if len(path.relative_to(folder).parts) <= DEPTH and path.with_suffix(".npz").is_file():
-            label = str(path.parent.relative_to(folder)) if path.parent != folder else "."
-            found.append((label, load_dataclass(UnlearnReport, path.with_suffix(""))))
-    return tuple(found)
+    return tuple(
+        (result_label(folder, path, by_parent=True), load_dataclass(UnlearnReport, path.with_suffix("")))
+        for path in results_below(folder, f"{REPORT_STEM}.json")
+        if path.with_suffix(".npz").is_file()
+    )
 
 
 def _summary_row(label: str, report: UnlearnReport) -> dict:

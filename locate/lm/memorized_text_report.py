@@ -42,12 +42,14 @@ def _one_axes() -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def _below(folder: Path, pattern: str) -> list[Path]:
+def results_below(folder: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` at most DEPTH levels below ``folder``, sorted."""
     found = [p for p in sorted(folder.rglob(pattern)) if len(p.relative_to(folder).parts) <= DEPTH]
     return [p for p in found if p.is_file()]
 
 
-def _label(folder: Path, path: Path, *, by_parent: bool) -> str:
+def result_label(folder: Path, path: Path, *, by_parent: bool) -> str:
+    """A result's name on the page: its folder's (or, ``by_parent=False``, its own) path below ``folder``."""
     where = path.parent if by_parent else path.with_suffix("")
     return str(where.relative_to(folder)) if where != folder else "."
 
@@ -74,25 +76,25 @@ class MemorizedTextResults:
     def find(cls, folder: Path) -> MemorizedTextResults:
         return cls(
             extraction=tuple(
-                (_label(folder, p, by_parent=True), read_extraction(p))
-                for p in _below(folder, "extraction.json")
+                (result_label(folder, p, by_parent=True), read_extraction(p))
+                for p in results_below(folder, "extraction.json")
             ),
             exposure=tuple(
-                (_label(folder, p, by_parent=False), read_dataclass_json(ExposureResult, p))
-                for p in _below(folder, "*exposure*.json")
+                (result_label(folder, p, by_parent=False), read_dataclass_json(ExposureResult, p))
+                for p in results_below(folder, "*exposure*.json")
                 if _is_exposure(p)
             ),
             localizers=tuple(
-                (_label(folder, p, by_parent=True), load_memorized_neurons(p.parent))
-                for p in _below(folder, f"{STEM}.json")
+                (result_label(folder, p, by_parent=True), load_memorized_neurons(p.parent))
+                for p in results_below(folder, f"{STEM}.json")
             ),
             inj=tuple(
-                (_label(folder, p, by_parent=True), load_dataclass(InjResult, p.with_suffix("")))
-                for p in _below(folder, f"{INJ}.json")
+                (result_label(folder, p, by_parent=True), load_dataclass(InjResult, p.with_suffix("")))
+                for p in results_below(folder, f"{INJ}.json")
             ),
             dele=tuple(
-                (_label(folder, p, by_parent=True), load_dataclass(DelResult, p.with_suffix("")))
-                for p in _below(folder, f"{DEL}.json")
+                (result_label(folder, p, by_parent=True), load_dataclass(DelResult, p.with_suffix("")))
+                for p in results_below(folder, f"{DEL}.json")
             ),
         )
 

@@ -68,11 +68,6 @@ def localize_hard_concrete(
     return NeuronAttribution("hard_concrete", tuple(scores))
 
 
-def deterministic_gate(log_alpha: torch.Tensor) -> torch.Tensor:
-    """The gate at test time (Louizos et al. 2018, eq. 13)."""
-    return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-
-
 def sample_gate(log_alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One stretched, clamped Hard Concrete sample (Louizos et al. 2018, eq. 10)."""
     u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device).clamp(1e-6, 1 - 1e-6)
