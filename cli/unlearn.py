@@ -32,8 +32,12 @@ def _texts(path: Path) -> tuple[str, ...]:
 
 
 def _stored_neurons(folder: Path, method: str) -> MemorizedNeurons:
-    from memloc.locate.lm.memorized.files import load_memorized_neurons
+    from memloc.locate.lm.memorized.files import STEM, load_memorized_neurons
 
+    if not (folder / f"{STEM}.json").is_file():
+        raise MemlocError(
+            f"--neurons {folder} holds no {STEM}.json; write one with 'memloc locate memorized-neurons --out {folder}'"
+        )
     stored = load_memorized_neurons(folder)
     if stored.method != method:
         raise MemlocError(f"--neurons {folder} holds {stored.method} scores, not --method {method}")

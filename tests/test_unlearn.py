@@ -265,6 +265,8 @@ def test_cli_unlearn_from_stored_neurons_chooses_the_same_neurons(tmp_path, caps
         "--neurons", tmp_path / "neurons", "--out", tmp_path / "c",
     )  # fmt: skip
     assert_one_line_error(code, err, "other texts")
+    code, _, err = run_cli(capsys, *common, "--neurons", tmp_path / "none", "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "holds no memorized_neurons.json", "locate memorized-neurons")
     code, _, err = run_cli(capsys, *common, "--set", "stepz=3", "--out", tmp_path / "c")
     assert_one_line_error(code, err, "stepz")
     assert not (tmp_path / "c").exists()
