@@ -19,17 +19,20 @@ def report_command(
 ) -> None:
     """Write report.md (with figures/) and a self-contained report.html for a run.
 
-    RUN_DIR is a classifier run folder, or a folder of memorized-text results
-    (extraction, exposure, localizers, unlearning), which get one page of their own.
+    RUN_DIR is a classifier run folder, a folder of memorized-text results
+    (extraction, exposure, localizers, unlearning), or a folder of `edit eval --out`
+    results (methods compared, sequential curves in one figure); the last two get one
+    page of their own.
     """
     from memloc.core.classifier.runs import RunFolder
     from memloc.core.paths import writable_folder
+    from memloc.edit.eval_compare import EditEvalFolder
     from memloc.edit.memorized_text_page import MemorizedTextFolder
     from memloc.locate.classifier.report import build_report
 
-    memorized = MemorizedTextFolder.find(run_dir)
-    if memorized is not None:
-        md, page = memorized.write_report(writable_folder(out or run_dir / "report"))
+    found = MemorizedTextFolder.find(run_dir) or EditEvalFolder.find(run_dir)
+    if found is not None:
+        md, page = found.write_report(writable_folder(out or run_dir / "report"))
         if fmt is Format.json:
             emit_json({"markdown": md, "html": page})
             return

@@ -70,8 +70,11 @@ def curve_figure(result: EvalResult) -> Figure:
     return fig
 
 
-def eval_section(result: EvalResult) -> Section:
-    section = Section(f"Edit evaluation: {result.method or 'edited model'}, {result.mode} mode")
+def eval_section(result: EvalResult, label: str = "") -> Section:
+    """The section of one evaluation; ``label`` (its folder on a page of several) keeps figure names apart."""
+    where = f" ({label})" if label and label != "." else ""
+    section = Section(f"Edit evaluation: {result.method or 'edited model'}, {result.mode} mode{where}")
+    tag = "".join(c if c.isalnum() else "_" for c in label) if where else ""
     section.paragraphs.append(
         f"{result.facts} facts; {result.seconds_per_edit:.2f} s per edit (computing and applying). "
         + "; ".join(f"{k}: {v}" for k, v in METRIC_MEANINGS.items())
@@ -88,11 +91,15 @@ def eval_section(result: EvalResult) -> Section:
             ],
         )
     )
-    section.figures.append((f"edit_eval_{result.method or 'model'}_{result.mode}", metrics_figure(result)))
+    section.figures.append(
+        (f"edit_eval_{result.method or 'model'}_{result.mode}{tag and '_' + tag}", metrics_figure(result))
+    )
     if result.curve:
         section.paragraphs.append(f"Protocol: {result.protocol}.")
         section.tables.append(("scores as the edits pile up", [asdict(point) for point in result.curve]))
-        section.figures.append((f"edit_curve_{result.method or 'model'}", curve_figure(result)))
+        section.figures.append(
+            (f"edit_curve_{result.method or 'model'}{tag and '_' + tag}", curve_figure(result))
+        )
     return section
 
 

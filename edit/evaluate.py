@@ -288,6 +288,7 @@ class EvalResult:
     neighborhood_rule: str = "counterfact"  # a key of core.lm.facts.NEIGHBOR_RULES
     curve: tuple[CurvePoint, ...] = ()  # sequential mode: scores as the edits pile up
     protocol: str = ""  # sequential mode: SequentialConfig.describe()
+    batch_size: int | None = None  # sequential mode: facts per edit
 
     def to_dict(self) -> dict:
         rows = [asdict(row) for row in self.per_fact]
@@ -314,7 +315,11 @@ class EvalResult:
             "neighborhood_rule": self.neighborhood_rule,
         }
         if self.curve:
-            record.update(curve=[asdict(point) for point in self.curve], protocol=self.protocol)
+            record.update(
+                curve=[asdict(point) for point in self.curve],
+                protocol=self.protocol,
+                batch_size=self.batch_size,
+            )
         if self.method is not None:
             record.update(method=self.method, layers=list(self.layers or ()))
         return record
@@ -338,6 +343,7 @@ class EvalResult:
             data.get("neighborhood_rule", "counterfact"),
             tuple(CurvePoint(**point) for point in data.get("curve", ())),
             data.get("protocol", ""),
+            data.get("batch_size"),
         )
 
 
@@ -442,6 +448,7 @@ def evaluate_edits(
         neighborhood_rule=neighborhood_rule(facts),
         curve=tuple(curve),
         protocol=sequential.describe() if mode == "sequential" else "",
+        batch_size=sequential.batch_size if mode == "sequential" else None,
     )
 
 
