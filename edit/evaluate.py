@@ -28,7 +28,7 @@ import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, neighborhood_rule
 from memloc.core.lm.model import LM
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
 from memloc.edit.sequential import CurvePoint, SequentialConfig
@@ -79,9 +79,17 @@ class FactScores:
 
 
 def score_targets(
-    lm: LM, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+    lm: LM,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> list[PromptScore]:
-    """Teacher-forced scores of ``" " + target`` after each prompt, batched with right padding."""
+    """Teacher-forced scores of ``" " + target`` after each prompt, batched with right padding.
+
+    ``progress(prompts done, prompts, "scoring prompts")`` after each batch.
+    """
     tok = lm.tokenizer
     rows = []
     for prompt, target in zip(prompts, targets, strict=True):
@@ -108,10 +116,14 @@ def score_targets(
             picked = logp[i, positions, wanted]
             argmax = bool((logp[i, positions].argmax(-1) == wanted).all())
             out.append(PromptScore(float(-picked.mean()), argmax))
+        if progress is not None:
+            progress(len(out), len(rows), "scoring prompts")
     return out
 
 
-def score_facts(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactScores]:
+def score_facts(
+    lm: LM, facts: Sequence[Fact], config: EvalConfig, progress: Progress | None = None
+) -> list[FactScores]:
     prompts, targets, owners = [], [], []
     for n, fact in enumerate(facts):
         groups = [
@@ -127,7 +139,7 @@ def score_facts(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactS
                     prompts.append(text)
                     targets.append(target)
                     owners.append((n, group, j, which))
-    scores = score_targets(lm, prompts, targets, batch_size=config.batch_size)
+    scores = score_targets(lm, prompts, targets, batch_size=config.batch_size, progress=progress)
     table: dict[tuple, PromptScore] = dict(zip(owners, scores, strict=True))
     result = []
     for n, fact in enumerate(facts):
@@ -235,18 +247,42 @@ def _progress_criteria(progress: Progress | None, tokens: int) -> dict:
     return {"stopping_criteria": StoppingCriteriaList([_Report()])}
 
 
-def fluency(lm: LM, fact: Fact, config: EvalConfig) -> float:
-    prompts = list(fact.generation_prompts[: config.generation_prompts]) or [fact.text]
-    texts = generate(lm, prompts, config.generation_tokens)
-    return float(np.mean([ngram_entropy(text.split()) for text in texts]))
+def fluencies(
+    lm: LM, facts: Sequence[Fact], config: EvalConfig, progress: Progress | None = None
+) -> list[float]:
+    """Each fact's mean n-gram entropy of greedy continuations of its generation prompts.
+
+    The prompts of all facts are generated ``config.batch_size`` at a time (left-padded),
+    not one fact per `generate` call; ``progress(prompts done, prompts, "fluency")``.
+    """
+    prompts, owners = [], []
+    for n, fact in enumerate(facts):
+        chosen = list(fact.generation_prompts[: config.generation_prompts]) or [fact.text]
+        prompts.extend(chosen)
+        owners.extend([n] * len(chosen))
+    entropies: list[float] = []
+    for start in range(0, len(prompts), config.batch_size):
+        texts = generate(lm, prompts[start : start + config.batch_size], config.generation_tokens)
+        entropies.extend(ngram_entropy(text.split()) for text in texts)
+        if progress is not None:
+            progress(len(entropies), len(prompts), "fluency")
+    per_fact: list[list[float]] = [[] for _ in facts]
+    for n, value in zip(owners, entropies, strict=True):
+        per_fact[n].append(value)
+    return [float(np.mean(values)) for values in per_fact]
 
 
-def measure(lm: LM, facts: Sequence[Fact], config: EvalConfig) -> list[FactScores]:
-    """Scores and (optionally) fluency of every fact on the model as it is now."""
-    scores = score_facts(lm, facts, config)
+def measure(
+    lm: LM, facts: Sequence[Fact], config: EvalConfig, progress: Progress | None = None
+) -> list[FactScores]:
+    """Scores and (optionally) fluency of every fact on the model as it is now.
+
+    ``progress`` follows the scored prompts, then the fluency prompts.
+    """
+    scores = score_facts(lm, facts, config, progress)
     if config.fluency:
-        for fact, score in zip(facts, scores, strict=True):
-            score.fluency = fluency(lm, fact, config)
+        for score, value in zip(scores, fluencies(lm, facts, config, progress), strict=True):
+            score.fluency = value
     return scores
 
 
@@ -386,7 +422,7 @@ def evaluate_edits(
         if progress is not None:
             progress(done, total, "editing")
 
-    pre = measure(lm, facts, config)
+    pre = measure(lm, facts, config, within(progress, 0, total, "measuring before the edits"))
     step()
     post: list[FactScores] = []
     handles: list[Applied] = []
@@ -406,7 +442,7 @@ def evaluate_edits(
             edit_seconds += time.perf_counter() - start
             done += len(facts) - 1
             step()
-            post = measure(lm, facts, config)
+            post = measure(lm, facts, config, within(progress, done, total, "measuring after the edit"))
         elif mode == "sequential":
             marks = set(sequential.checkpoints(len(facts)))
             for start_at in range(0, len(facts), sequential.batch_size):
@@ -418,7 +454,8 @@ def evaluate_edits(
                 step()
                 edited = start_at + len(chunk)
                 if edited in marks:
-                    post = measure(lm, facts[:edited], config)
+                    after = within(progress, done, total, f"measuring after {edited} edits")
+                    post = measure(lm, facts[:edited], config, after)
                     curve.append(_curve_point(edited, post, sequential.retention_facts))
         else:
             for fact in facts:

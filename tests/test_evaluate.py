@@ -15,6 +15,7 @@ from memloc.edit.evaluate import (
     FactScores,
     PromptScore,
     evaluate_edits,
+    fluencies,
     measure,
     ngram_entropy,
     score_targets,
@@ -122,3 +123,31 @@ def test_single_mode_measures_each_fact_under_its_own_edit_only():
     with apply(lm.model, lm.adapter, edit([FACTS[1]])):
         alone = measure(lm, [FACTS[1]], config)[0]
     assert result.per_fact[1].p_new_post == pytest.approx(math.exp(-alone.rewrite[1].nll))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])  # tiny gpt2 repeats one word: entropy 0
+def test_fluency_of_many_facts_at_once_equals_each_fact_alone(arch):
+    lm = tiny_lm(arch)
+    facts = [*FACTS, Fact("long", "a much longer prompt about {} that pads the others", "x", "a", "b")]
+    config = EvalConfig(generation_tokens=12, batch_size=8)
+    seen: list[tuple[int, int, str]] = []
+    together = fluencies(lm, facts, config, lambda *call: seen.append(call))
+    alone = [fluencies(lm, [fact], config)[0] for fact in facts]
+    assert together == pytest.approx(alone, abs=1e-9)
+    assert len(set(together)) > 1  # the facts' continuations differ, so the check can fail
+    assert seen[-1] == (len(facts), len(facts), "fluency")
+
+
+def test_measuring_reports_progress_before_and_after_the_edits():
+    lm = tiny_lm("llama")
+    seen: list[str] = []
+    evaluate_edits(
+        lm,
+        FACTS,
+        _editor(lm),
+        "batch",
+        EvalConfig(generation_tokens=4),
+        progress=lambda d, t, what: seen.append(what),
+    )
+    assert any(what.startswith("measuring before the edits: scoring prompts") for what in seen)
+    assert any(what.startswith("measuring after the edit: fluency") for what in seen)
