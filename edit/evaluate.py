@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, neighborhood_rule
-from memloc.core.lm.model import LM
+from memloc.core.lm.model import LM, final_hidden
 from memloc.core.progress import Progress, within
 from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
@@ -106,16 +106,22 @@ def score_targets(
         for i, (p, t) in enumerate(chunk):
             ids[i, : len(p) + len(t)] = torch.tensor(p + t)
             mask[i, : len(p) + len(t)] = 1
+        # The token at position j is predicted by the logits at j − 1; only those rows of
+        # the vocabulary projection are formed, not (rows, tokens, vocab).
+        row = torch.cat([torch.full((len(t),), i) for i, (_, t) in enumerate(chunk)])
+        col = torch.cat([torch.arange(len(p) - 1, len(p) + len(t) - 1) for p, t in chunk])
+        wanted = torch.cat([torch.tensor(t) for _, t in chunk])
         with torch.no_grad():
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1).cpu()
-        for i, (p, t) in enumerate(chunk):
-            # The token at position j is predicted by the logits at j − 1.
-            positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
-            wanted = torch.tensor(t)
-            picked = logp[i, positions, wanted]
-            argmax = bool((logp[i, positions].argmax(-1) == wanted).all())
-            out.append(PromptScore(float(-picked.mean()), argmax))
+            hidden = final_hidden(lm, ids.to(lm.device), mask.to(lm.device))
+            logits = lm.model.get_output_embeddings()(hidden[row.to(hidden.device), col.to(hidden.device)])
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        picked = logp[torch.arange(len(wanted)), wanted]
+        hits = logp.argmax(-1) == wanted
+        start_at = 0
+        for _, t in chunk:
+            end = start_at + len(t)
+            out.append(PromptScore(float(-picked[start_at:end].mean()), bool(hits[start_at:end].all())))
+            start_at = end
         if progress is not None:
             progress(len(out), len(rows), "scoring prompts")
     return out

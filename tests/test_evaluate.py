@@ -53,8 +53,9 @@ def test_ngram_entropy():
     assert ngram_entropy(["a", "b", "c", "d", "e"]) == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
 
 
-def test_score_targets_matches_a_hand_teacher_forced_pass():
-    lm = tiny_lm("gpt2")
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2"])
+def test_score_targets_matches_a_hand_teacher_forced_pass(arch):
+    lm = tiny_lm(arch)
     prompts = ["the capital of Zorbia is", "the river"]
     targets = ["Paris Rome", "Nile"]
     got = score_targets(lm, prompts, targets, batch_size=2)
@@ -65,6 +66,8 @@ def test_score_targets_matches_a_hand_teacher_forced_pass():
             logp = torch.log_softmax(lm.model(torch.tensor([p + t])).logits[0], -1)
         nll = -sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(t)) / len(t)
         assert score.nll == pytest.approx(float(nll), rel=1e-5)
+        argmax = all(int(logp[len(p) - 1 + j].argmax()) == tok for j, tok in enumerate(t))
+        assert score.argmax == argmax
     assert [s.nll for s in score_targets(lm, prompts, targets, batch_size=1)] == pytest.approx(
         [s.nll for s in got]
     )

@@ -111,6 +111,19 @@ def encode(tokenizer, text: str, subject: str | None = None, target: str = "") -
     return Encoded(ids, span, target_ids(tokenizer, target) if target else ())
 
 
+def final_hidden(lm: LM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, D) hidden states after the final norm: what the output embedding turns into logits.
+
+    The base model (``model.base_model``) of every supported causal LM ends with its final
+    norm, so calling it skips the (B, T, vocab) logits a loss at a few positions never reads.
+
+        hidden = final_hidden(lm, ids, mask)
+        logits = lm.model.get_output_embeddings()(hidden[:, -1])
+    """
+    base = lm.model.base_model
+    return base(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+
+
 def next_token_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Softmax over the vocabulary at the last position; ``ids`` is (B, T) without padding.
 
