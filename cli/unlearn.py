@@ -16,6 +16,7 @@ from memloc.cli.options import METHOD_PANEL, OUTPUT_PANEL, Format, FormatOpt, LM
 from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
+    from memloc.edit.unlearn_session import UnlearnReport
     from memloc.locate.lm.memorized.run import MemorizedNeurons
 
 CANARIES_SUFFIX = ".canaries.jsonl"
@@ -44,81 +45,110 @@ def _stored_neurons(folder: Path, method: str) -> MemorizedNeurons:
     return stored
 
 
+SequencesOpt = Annotated[
+    Path,
+    typer.Option(
+        "--sequences",
+        help="The memorized text to remove: a .txt/.jsonl corpus file or a *.canaries.jsonl file.",
+        show_default=False,
+    ),
+]
+
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="New folder for the edited model, its ledger and unlearn.json.",
+        show_default=False,
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="The localizer: zero_out, activations, ig, slimming, hard_concrete (memorized-text registry).",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+
+BudgetOpt = Annotated[
+    float,
+    typer.Option(
+        "--budget",
+        help="Share of all neurons ablated per sequence, in (0, 1].",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+
+ScaleOpt = Annotated[
+    float,
+    typer.Option(
+        "--scale", help="Factor on the chosen neurons' output (0 ablates).", rich_help_panel=METHOD_PANEL
+    ),
+]
+
+OtherOpt = Annotated[
+    Path | None,
+    typer.Option("--other", help="Text to keep (the localizers contrast it).", show_default=False),
+]
+
+HeldOutOpt = Annotated[
+    Path | None, typer.Option("--held-out", help="Held-out text for perplexity.", show_default=False)
+]
+
+CanariesOpt = Annotated[
+    Path | None,
+    typer.Option("--canaries", help="A canaries file whose exposure is measured.", show_default=False),
+]
+
+EstimateOpt = Annotated[
+    bool,
+    typer.Option("--estimate", help="Exposure from a skew-normal fit (needed above 10^6 candidates)."),
+]
+
+SamplesOpt = Annotated[int, typer.Option("--samples", help="Candidates sampled for --estimate.")]
+
+SettingsOpt = Annotated[
+    str,
+    typer.Option(
+        "--set", help="Localizer settings as name=value,..., e.g. steps=50.", rich_help_panel=METHOD_PANEL
+    ),
+]
+
+NeuronsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--neurons",
+        help="Use the scores a 'locate memorized-neurons --out' folder stored for these sequences.",
+        show_default=False,
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+
+PrefixOpt = Annotated[int, typer.Option("--prefix", help="Prefix length k for extraction.")]
+
+SuffixOpt = Annotated[int, typer.Option("--suffix", help="Suffix length n that must match exactly.")]
+
+
 @lm_options
 def unlearn_command(
     lm: LMOptions,
-    sequences: Annotated[
-        Path,
-        typer.Option(
-            "--sequences",
-            help="The memorized text to remove: a .txt/.jsonl corpus file or a *.canaries.jsonl file.",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            help="New folder for the edited model, its ledger and unlearn.json.",
-            show_default=False,
-            rich_help_panel=OUTPUT_PANEL,
-        ),
-    ],
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            help="The localizer: zero_out, activations, slimming, hard_concrete (memorized-text registry).",
-            rich_help_panel=METHOD_PANEL,
-        ),
-    ] = "hard_concrete",
-    budget: Annotated[
-        float,
-        typer.Option(
-            "--budget",
-            help="Share of all neurons ablated per sequence, in (0, 1].",
-            rich_help_panel=METHOD_PANEL,
-        ),
-    ] = 0.005,
-    scale: Annotated[
-        float,
-        typer.Option(
-            "--scale", help="Factor on the chosen neurons' output (0 ablates).", rich_help_panel=METHOD_PANEL
-        ),
-    ] = 0.0,
-    other: Annotated[
-        Path | None,
-        typer.Option("--other", help="Text to keep (the localizers contrast it).", show_default=False),
-    ] = None,
-    held_out: Annotated[
-        Path | None, typer.Option("--held-out", help="Held-out text for perplexity.", show_default=False)
-    ] = None,
-    canaries: Annotated[
-        Path | None,
-        typer.Option("--canaries", help="A canaries file whose exposure is measured.", show_default=False),
-    ] = None,
-    estimate: Annotated[
-        bool,
-        typer.Option("--estimate", help="Exposure from a skew-normal fit (needed above 10^6 candidates)."),
-    ] = False,
-    samples: Annotated[int, typer.Option("--samples", help="Candidates sampled for --estimate.")] = 10_000,
-    settings: Annotated[
-        str,
-        typer.Option(
-            "--set", help="Localizer settings as name=value,..., e.g. steps=50.", rich_help_panel=METHOD_PANEL
-        ),
-    ] = "",
-    neurons: Annotated[
-        Path | None,
-        typer.Option(
-            "--neurons",
-            help="Use the scores a 'locate memorized-neurons --out' folder stored for these sequences.",
-            show_default=False,
-            rich_help_panel=METHOD_PANEL,
-        ),
-    ] = None,
-    prefix: Annotated[int, typer.Option("--prefix", help="Prefix length k for extraction.")] = 32,
-    suffix: Annotated[int, typer.Option("--suffix", help="Suffix length n that must match exactly.")] = 32,
+    sequences: SequencesOpt,
+    out: OutOpt,
+    method: MethodOpt = "hard_concrete",
+    budget: BudgetOpt = 0.005,
+    scale: ScaleOpt = 0.0,
+    other: OtherOpt = None,
+    held_out: HeldOutOpt = None,
+    canaries: CanariesOpt = None,
+    estimate: EstimateOpt = False,
+    samples: SamplesOpt = 10_000,
+    settings: SettingsOpt = "",
+    neurons: NeuronsOpt = None,
+    prefix: PrefixOpt = 32,
+    suffix: SuffixOpt = 32,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -164,6 +194,10 @@ def unlearn_command(
     if fmt is Format.json:
         emit_json(to_jsonable(report))
         return
+    _print_report(report, method, out)
+
+
+def _print_report(report: UnlearnReport, method: str, out: Path) -> None:
     layers = ", ".join(f"{layer}: {count}" for layer, count in report.neurons_per_layer.items())
     emit_table(f"unlearning with {method}: {len(report.neurons)} neurons ({layers})", report.rows())
     undone = "equals" if report.undone_hash == report.base_hash else "DIFFERS FROM"
