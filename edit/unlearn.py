@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from memloc.core.lm.model import LM
+from memloc.core.progress import Progress
 from memloc.core.sites import Neuron
 from memloc.core.validation import at_least, fail, finite, one_of, positive
 from memloc.edit.delta import LayerDelta, WeightDelta
@@ -57,11 +58,13 @@ class UnlearnConfig:
         at_least(self, 0, "seed")
 
 
-def localize(lm: LM, batch: SequenceBatch, config: UnlearnConfig) -> NeuronAttribution:
+def localize(
+    lm: LM, batch: SequenceBatch, config: UnlearnConfig, progress: Progress | None = None
+) -> NeuronAttribution:
     """Run the configured localizer: its published defaults, ``config.settings`` over them, and
-    ``config.seed`` where it has a seed and the settings name none."""
+    ``config.seed`` where it has a seed and the settings name none. ``progress`` follows its steps."""
     spec = localizer(config.method)
-    return spec.run(lm.model, lm.adapter, batch, localizer_config(config))
+    return spec.run(lm.model, lm.adapter, batch, localizer_config(config), progress=progress)
 
 
 def localizer_config(config: UnlearnConfig) -> Any:

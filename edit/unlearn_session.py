@@ -21,7 +21,7 @@ from memloc.core.dataclass_files import save_dataclass
 from memloc.core.errors import DataError
 from memloc.core.lm.canaries import Canary
 from memloc.core.lm.model import LM
-from memloc.core.progress import Progress, labelled
+from memloc.core.progress import Progress, labelled, within
 from memloc.core.sites import Neuron
 from memloc.edit.delta import weights_hash
 from memloc.edit.ledger import save_edited, undo
@@ -171,7 +171,8 @@ def unlearn_and_save(
     before = _measure(lm, texts, memorization, exposure, fluency, labelled(progress, "before"))
     if step:
         step(1, 4, f"localizing with {config.method}")
-    scores = attribution if attribution is not None else localize(lm, batch, config)
+    inside = within(step, 1, 4, f"localizing with {config.method}")
+    scores = attribution if attribution is not None else localize(lm, batch, config, inside)
     neurons = select_neurons(scores, config.budget)
     delta = compute_unlearn(lm, neurons, config)
     handle, check = checked_apply(lm, delta, monitor, fluency, progress=labelled(progress, "monitor"))

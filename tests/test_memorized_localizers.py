@@ -125,3 +125,22 @@ def test_hard_concrete_ranks_by_the_unclamped_gate_parameter() -> None:
     config = HardConcreteConfig(steps=3, penalty=1e-4, lr=1e-3)
     score = localize_hard_concrete(lm.model, lm.adapter, batch, config).scores[0]
     assert len(np.unique(score)) > 0.2 * score.size  # the clamped gate gave one value
+
+
+@pytest.mark.parametrize("name", ["zero_out", "activations", "ig", "slimming", "hard_concrete"])
+def test_every_localizer_reports_its_steps_without_changing_its_scores(toy, name):
+    from memloc.locate.lm.memorized.registry import localizer, make_config
+
+    lm, batch = toy
+    two = SequenceBatch(sequences=batch.sequences * 2, other=batch.other)
+    spec = localizer(name)
+    config = make_config(name, (("steps", 5),) if name in ("ig", "slimming", "hard_concrete") else ())
+    seen: list[tuple[int, int, str]] = []
+    quiet = spec.run(lm.model, lm.adapter, two, config)
+    told = spec.run(lm.model, lm.adapter, two, config, progress=lambda *call: seen.append(call))
+    for a, b in zip(quiet.scores, told.scores, strict=True):
+        assert (a == b).all()
+    done = [d for d, _, _ in seen]
+    assert done == sorted(done) and seen[-1][0] == seen[-1][1] >= 1
+    if name in ("slimming", "hard_concrete"):
+        assert seen[-1][1] == 2 * config.steps  # two sequences' optimisation steps

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.hooks import trace
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device
@@ -32,9 +33,17 @@ class ActivationsConfig:
 
 
 def localize_activations(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: ActivationsConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: ActivationsConfig,
+    *,
+    progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, mean |activation| on it minus mean |activation| on the other text."""
+    """Per sequence, mean |activation| on it minus mean |activation| on the other text.
+
+    One pass over every text; ``progress`` is told once it is done.
+    """
     means = mean_abs_activations(model, adapter, batch.sequences, config.batch_size)
     if batch.other:
         other = mean_abs_activations(model, adapter, batch.other, config.batch_size)
@@ -42,6 +51,8 @@ def localize_activations(
         baseline = np.tensordot(weights / weights.sum(), np.stack(other), axes=1)
     else:
         baseline = np.zeros_like(means[0])
+    if progress is not None:
+        progress(1, 1, "activations")
     return NeuronAttribution("activations", tuple(m - baseline for m in means))
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
+from memloc.core.progress import Progress, offset
 from memloc.core.validation import at_least, finite, positive
 from memloc.locate.lm.memorized.slimming import masked_loss
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, sequence_tensor
@@ -53,17 +54,27 @@ class HardConcreteConfig:
 
 
 def localize_hard_concrete(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: HardConcreteConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: HardConcreteConfig,
+    *,
+    progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, -log_alpha of the learned gates (layers, d_mlp): higher = more closed."""
+    """Per sequence, -log_alpha of the learned gates (layers, d_mlp): higher = more closed.
+
+    ``progress`` follows the gate steps.
+    """
     scores = []
     device = model_device(model)
+    total = len(batch.sequences) * config.steps
     with frozen_parameters(model):
-        for ids in batch.sequences:
+        for s, ids in enumerate(batch.sequences):
             generator = torch.Generator(device=device).manual_seed(config.seed)
             log_alpha = torch.full((adapter.n_layers, adapter.d_mlp), config.init, device=device)
             log_alpha.requires_grad_(True)
-            _train(model, adapter, log_alpha, ids, batch.other, config, generator)
+            steps = offset(progress, s * config.steps, total)
+            _train(model, adapter, log_alpha, ids, batch.other, config, generator, steps)
             scores.append(-log_alpha.detach().double().cpu().numpy())
     return NeuronAttribution("hard_concrete", tuple(scores))
 
@@ -83,11 +94,12 @@ def _train(
     other: tuple[tuple[int, ...], ...],
     config: HardConcreteConfig,
     generator: torch.Generator,
+    progress: Progress | None = None,
 ) -> None:
     device = log_alpha.device
     optimizer = torch.optim.Adam([log_alpha], lr=config.lr)
     shift = BETA * math.log(-GAMMA / ZETA)
-    for _ in range(config.steps):
+    for step in range(config.steps):
         optimizer.zero_grad()
         # One gate sample per step, shared by the sequence and every other text.
         gate = sample_gate(log_alpha, generator)
@@ -99,3 +111,5 @@ def _train(
                 loss = loss + masked_loss(model, adapter, gate, sequence_tensor(text, device)) / len(other)
         loss.backward()
         optimizer.step()
+        if progress is not None:
+            progress(step + 1, config.steps, "hard concrete steps")

@@ -26,6 +26,7 @@ import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.hooks import patch, trace
+from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
 from memloc.locate.lm.integrated import integrated_gradients
@@ -44,15 +45,22 @@ class IGConfig:
 
 
 def localize_integrated_gradients(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: IGConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: IGConfig,
+    *,
+    progress: Progress | None = None,
 ) -> NeuronAttribution:
     """Per sequence, the (layers, d_mlp) integrated gradient of its log-likelihood, summed over tokens."""
     device = model_device(model)
     with frozen_parameters(model):
-        scores = tuple(
-            _sequence_scores(model, adapter, sequence_tensor(ids, device), config) for ids in batch.sequences
-        )
-    return NeuronAttribution("ig", scores)
+        scores = []
+        for s, ids in enumerate(batch.sequences):
+            scores.append(_sequence_scores(model, adapter, sequence_tensor(ids, device), config))
+            if progress is not None:
+                progress(s + 1, len(batch.sequences), "ig sequences")
+    return NeuronAttribution("ig", tuple(scores))
 
 
 def _sequence_scores(

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.locate.lm.memorized.random_baseline import RandomConfig, localize_random
 from memloc.locate.lm.memorized.registry import Localizer, localizer
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
@@ -51,9 +51,8 @@ def run_localizers(
     """Each chosen localizer's attribution, in order, then the random baseline's."""
     out = []
     for i, (spec, config) in enumerate(chosen):
-        if progress is not None:
-            progress(i, len(chosen) + 1, f"localize: {spec.name}")
-        out.append(spec.run(model, adapter, batch, config))
+        inside = within(progress, i, len(chosen) + 1, f"localize: {spec.name}")
+        out.append(spec.run(model, adapter, batch, config, progress=inside))
     out.append(localize_random(model, adapter, batch, baseline))
     if progress is not None:
         progress(len(chosen) + 1, len(chosen) + 1, "localize: done")

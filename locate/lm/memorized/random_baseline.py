@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from memloc.core.adapters import TransformerAdapter
+from memloc.core.progress import Progress
 from memloc.core.validation import at_least
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 
@@ -31,7 +32,12 @@ class RandomConfig:
 
 
 def localize_random(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: RandomConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: RandomConfig,
+    *,
+    progress: Progress | None = None,  # instant; accepted like every localizer's
 ) -> NeuronAttribution:
     """Per sequence, (layers, d_mlp) uniform scores in [0, 1); the model is never run."""
     shape = (adapter.n_layers, adapter.d_mlp)

@@ -11,13 +11,13 @@ an unknown name with the list of known ones.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
+from memloc.core.progress import Progress
 from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
 from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
 from memloc.locate.lm.memorized.integrated_gradients import IGConfig, localize_integrated_gradients
@@ -25,7 +25,19 @@ from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimmin
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
 from memloc.locate.lm.memorized.zero_out import ZeroOutConfig, localize_zero_out
 
-LocalizeFn = Callable[[torch.nn.Module, TransformerAdapter, SequenceBatch, Any], NeuronAttribution]
+
+class LocalizeFn(Protocol):
+    """A localizer: attributions of every sequence of the batch; ``progress`` follows its steps."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        adapter: TransformerAdapter,
+        batch: SequenceBatch,
+        config: Any,
+        *,
+        progress: Progress | None = None,
+    ) -> NeuronAttribution: ...
 
 
 @dataclass(frozen=True)

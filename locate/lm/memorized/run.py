@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from memloc.core.errors import DataError
 from memloc.core.lm.model import LM
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.core.validation import at_least, fail, one_of
 from memloc.locate.lm.memorized.registry import LOCALIZERS, localizer, make_config
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch
@@ -112,7 +112,10 @@ def localize_texts(
     keep = tuple(text_ids(lm, other, request.max_tokens))
     scores = []
     for done, seq in enumerate(ids, 1):
-        scores.append(spec.run(lm.model, lm.adapter, SequenceBatch((seq,), keep), config).scores[0])
+        inside = within(progress, done - 1, len(ids), request.method)
+        scores.append(
+            spec.run(lm.model, lm.adapter, SequenceBatch((seq,), keep), config, progress=inside).scores[0]
+        )
         if progress is not None:
             progress(done, len(ids), request.method)
     attribution = NeuronAttribution(request.method, tuple(scores))

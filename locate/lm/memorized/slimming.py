@@ -22,6 +22,7 @@ import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.hooks import patch
+from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, positive
 from memloc.locate.lm.memorized.types import (
@@ -50,15 +51,21 @@ class SlimmingConfig:
 
 
 def localize_slimming(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: SlimmingConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: SlimmingConfig,
+    *,
+    progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, 1 - the learned mask (layers, d_mlp)."""
+    """Per sequence, 1 - the learned mask (layers, d_mlp); ``progress`` follows the mask steps."""
     scores = []
+    total = len(batch.sequences) * config.steps
     with frozen_parameters(model):
-        for ids in batch.sequences:
+        for s, ids in enumerate(batch.sequences):
             torch.manual_seed(config.seed)
             mask = torch.ones(adapter.n_layers, adapter.d_mlp, device=model_device(model), requires_grad=True)
-            _train(model, adapter, mask, ids, batch.other, config)
+            _train(model, adapter, mask, ids, batch.other, config, offset(progress, s * config.steps, total))
             scores.append(1.0 - mask.detach().double().cpu().numpy())
     return NeuronAttribution("slimming", tuple(scores))
 
@@ -70,10 +77,11 @@ def _train(
     ids: tuple[int, ...],
     other: tuple[tuple[int, ...], ...],
     config: SlimmingConfig,
+    progress: Progress | None = None,
 ) -> None:
     device = mask.device
     optimizer = torch.optim.Adam([mask], lr=config.lr)
-    for _ in range(config.steps):
+    for step in range(config.steps):
         optimizer.zero_grad()
         penalty = config.penalty * (1.0 - mask).abs().mean()
         (penalty - masked_loss(model, adapter, mask, sequence_tensor(ids, device))).backward()
@@ -85,6 +93,8 @@ def _train(
         optimizer.step()
         with torch.no_grad():
             mask.clamp_(0.0, 1.0)
+        if progress is not None:
+            progress(step + 1, config.steps, "slimming steps")
 
 
 def masked_loss(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.hooks import patch
+from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
 from memloc.locate.lm.memorized.types import (
@@ -39,20 +40,36 @@ class ZeroOutConfig:
 
 
 def localize_zero_out(
-    model: torch.nn.Module, adapter: TransformerAdapter, batch: SequenceBatch, config: ZeroOutConfig
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    batch: SequenceBatch,
+    config: ZeroOutConfig,
+    *,
+    progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, the (layers, d_mlp) loss increase of zeroing each neuron alone."""
+    """Per sequence, the (layers, d_mlp) loss increase of zeroing each neuron alone.
+
+    ``progress`` follows the layers swept.
+    """
     device = model_device(model)
+    total = len(batch.sequences) * adapter.n_layers
     with torch.no_grad():
         scores = tuple(
-            _sequence_scores(model, adapter, sequence_tensor(ids, device), config.batch_size)
-            for ids in batch.sequences
-        )
+            _sequence_scores(
+                model, adapter, sequence_tensor(ids, device), config.batch_size,
+                offset(progress, s * adapter.n_layers, total),
+            )
+            for s, ids in enumerate(batch.sequences)
+        )  # fmt: skip
     return NeuronAttribution("zero_out", scores)
 
 
 def _sequence_scores(
-    model: torch.nn.Module, adapter: TransformerAdapter, ids: torch.Tensor, batch_size: int
+    model: torch.nn.Module,
+    adapter: TransformerAdapter,
+    ids: torch.Tensor,
+    batch_size: int,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     clean = float(token_losses(model(input_ids=ids).logits, ids)[0])
     width = adapter.d_mlp
@@ -65,6 +82,8 @@ def _sequence_scores(
                 logits = model(input_ids=ids.expand(len(units), -1)).logits
             losses = token_losses(logits, ids.expand(len(units), -1))
             out[layer, start : start + len(units)] = losses.double().cpu().numpy() - clean
+        if progress is not None:
+            progress(layer + 1, adapter.n_layers, "zero-out layers")
     return out
 
 
