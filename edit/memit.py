@@ -41,7 +41,7 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
-from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_finite_part
 from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
@@ -274,7 +274,7 @@ def optimize_targets(
             torch.arange(len(chunk), device=lm.device),
             torch.tensor(n_tokens, device=lm.device) * len(templates),
         )
-        out = optimize_rows(scorer, scorer.v0s(), owner, config)
+        out = optimize_rows(scorer, scorer.v0s(), owner, config, site=site)
         deltas.append(out.delta)
         records.extend({**rows[-1], "steps": n} for rows, n in zip(out.losses, out.steps, strict=True))
         if progress:
@@ -341,7 +341,8 @@ def spread_with(
             states = subject_states(lm, facts, last, batch_size)
         residuals = (targets - states) / (len(layers) - step)
         left, right, extra = solve(layer, keys, residuals)
-        parts.append(LayerDelta(layer, left, right))
+        when = f"edit layer {step + 1} of {len(layers)}"
+        parts.append(require_finite_part("memit", LayerDelta(layer, left, right), when))
         keys_by_layer[layer] = keys
         weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
         diagnostics.append(
