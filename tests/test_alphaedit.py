@@ -119,6 +119,7 @@ def test_projector_is_cached_beside_the_statistics(tmp_path):
     assert path.is_file() and path.parent == tmp_path / "abcd" / "corpus-n4"
     again = null_space_projector(stats, EXACT, cache_dir=tmp_path)
     assert torch.equal(again.matrix, first.matrix) and again.kept == first.kept == 10
+    assert again.basis is not None and first.basis is not None and torch.equal(again.basis, first.basis)
     assert again.layer == 3 and again.key == stats.key
     other = NullSpaceConfig(threshold=0.5)
     assert projector_file(stats, other, tmp_path) != path
@@ -149,14 +150,17 @@ def test_configs_refuse_bad_values(cls, bad):
 # --- the solve ------------------------------------------------------------------------
 
 
-def test_solve_is_the_papers_update_and_leaves_the_preserved_keys_alone():
+@pytest.mark.parametrize("coordinates", ["full", "kept"])
+def test_solve_is_the_papers_update_and_leaves_the_preserved_keys_alone(coordinates):
     k0 = low_rank_keys()
-    p = compute_projector(moment(k0), EXACT).matrix
+    projector = compute_projector(moment(k0), EXACT)
+    p, basis = projector.matrix, projector.basis if coordinates == "kept" else None
+    assert projector.basis is not None and projector.basis.shape == (16, projector.kept)
     gen = torch.Generator().manual_seed(1)
     k1 = torch.randn(16, 3, generator=gen, dtype=torch.float64)
     r = torch.randn(8, 3, generator=gen, dtype=torch.float64)
     kp = torch.randn(16, 4, generator=gen, dtype=torch.float64)
-    left, right = alphaedit_layer_update(k1, r, p, kp @ kp.T, identity_weight=0.5)
+    left, right = alphaedit_layer_update(k1, r, p, kp @ kp.T, identity_weight=0.5, basis=basis)
     update = left @ right.T
     # Δ = R K₁ᵀ P (K_pK_pᵀP + K₁K₁ᵀP + αI)⁻¹, applied as Δ P.
     system = kp @ kp.T @ p + k1 @ k1.T @ p + 0.5 * torch.eye(16, dtype=torch.float64)
