@@ -228,7 +228,15 @@ def compute_alphaedit(
     middle = time.perf_counter()
     solve = alphaedit_solve(projectors, previous, config)
     spread = spread_with(
-        lm, facts, targets, layers, solve, templates, config.batch_size, offset(progress, len(facts), total)
+        lm,
+        facts,
+        targets,
+        layers,
+        solve,
+        templates,
+        config.batch_size,
+        offset(progress, len(facts), total),
+        method="alphaedit",
     )
     delta = WeightDelta(
         method="alphaedit",

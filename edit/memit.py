@@ -324,11 +324,15 @@ def spread_with(
     templates: Sequence[str],
     batch_size: int,
     progress: Progress | None = None,
+    *,
+    method: str = "memit",
 ) -> Spread:
     """MEMIT's step 2 with any per-layer solve (MEMIT's, AlphaEdit's, a projected one).
 
     For each layer in ascending order, on the model with the earlier layers' updates in
-    place: read K_l and H_L, R = (Z − H_L) / (layers left), and ``solve`` it.
+    place: read K_l and H_L, R = (Z − H_L) / (layers left), and ``solve`` it. A layer
+    update holding NaN or inf stops the spread there, naming ``method``, the layer and
+    its place among the edit layers; the model is left as it was.
     """
     last = layers[-1]
     targets = targets.to(lm.device, torch.float64)
@@ -342,7 +346,7 @@ def spread_with(
         residuals = (targets - states) / (len(layers) - step)
         left, right, extra = solve(layer, keys, residuals)
         when = f"edit layer {step + 1} of {len(layers)}"
-        parts.append(require_finite_part("memit", LayerDelta(layer, left, right), when))
+        parts.append(require_finite_part(method, LayerDelta(layer, left, right), when))
         keys_by_layer[layer] = keys
         weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
         diagnostics.append(

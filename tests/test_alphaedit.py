@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from memloc.core.checkpoints import load_tensors, save_tensors
 from memloc.core.errors import ConfigError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import load_facts
@@ -125,6 +126,18 @@ def test_projector_is_cached_beside_the_statistics(tmp_path):
     assert projector_file(stats, other, tmp_path) != path
     path.write_bytes(b"not a safetensors file")  # a damaged cache is rebuilt
     assert torch.equal(null_space_projector(stats, EXACT, cache_dir=tmp_path).matrix, first.matrix)
+
+
+def test_a_projector_cached_without_its_basis_is_rebuilt_with_it(tmp_path):
+    c = moment(low_rank_keys())
+    stats = KeyStats(3, c, count=40, texts=4, spectrum=spectrum(c, 1e6), key="abcd/corpus-n4/layer_3")
+    first = null_space_projector(stats, EXACT, cache_dir=tmp_path)
+    path = projector_file(stats, EXACT, tmp_path)
+    meta = {"format": 1, "count": 40, **first.record()}  # what the first cache format held
+    save_tensors(path, {"matrix": first.matrix}, metadata={"projector": json.dumps(meta)})
+    again = null_space_projector(stats, EXACT, cache_dir=tmp_path)
+    assert again.basis is not None and again.basis.shape == (16, 10)
+    assert "basis" in load_tensors(path)
 
 
 @pytest.mark.parametrize(
