@@ -148,6 +148,24 @@ class NonFiniteEditError(MemlocError):
     """An update would put NaN or inf into a weight; nothing was changed."""
 
 
+def require_finite_part(method: str, part: LayerDelta, when: str = "") -> LayerDelta:
+    """``part`` itself when its factors are finite, else a one-line `NonFiniteEditError` naming the layer.
+
+    Methods call it as each layer's update is computed (``when`` says which step, e.g.
+    "edit layer 2 of 5"), so a NaN is refused where it appeared, before the next layer
+    is solved on top of it and before anything is written.
+
+        part = require_finite_part("memit", LayerDelta(layer, left, right), "edit layer 1 of 3")
+    """
+    if bool(torch.isfinite(part.left).all()) and bool(torch.isfinite(part.right).all()):
+        return part
+    step = f" ({when})" if when else ""
+    raise NonFiniteEditError(
+        f"the {method} update of layer {part.layer}{step} holds NaN or inf; nothing was edited: "
+        "its keys, targets or statistics are not finite (in float16/bfloat16, load the model in float32)"
+    )
+
+
 def _require_finite(method: str, layer: int, update: torch.Tensor, value: torch.Tensor) -> None:
     if not bool(torch.isfinite(update).all()):
         raise NonFiniteEditError(

@@ -30,7 +30,7 @@ from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM, target_ids
 from memloc.core.sites import Neuron
 from memloc.core.validation import at_least
-from memloc.edit.delta import LayerDelta, WeightDelta
+from memloc.edit.delta import LayerDelta, WeightDelta, require_finite_part
 
 
 class NeuronEditError(MemlocError):
@@ -82,7 +82,7 @@ def compute_kn_edit(
         )
         right = torch.zeros(lm.adapter.d_mlp, len(index), dtype=torch.float64, device=rows.device)
         right[index, torch.arange(len(index), device=rows.device)] = 1.0
-        parts.append(LayerDelta(layer, left, right))
+        parts.append(require_finite_part("kn", LayerDelta(layer, left, right)))
     return WeightDelta(
         method="kn",
         layers=tuple(parts),

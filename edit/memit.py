@@ -41,7 +41,7 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
-from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_finite_part
 from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
@@ -274,7 +274,7 @@ def optimize_targets(
             torch.arange(len(chunk), device=lm.device),
             torch.tensor(n_tokens, device=lm.device) * len(templates),
         )
-        out = optimize_rows(scorer, scorer.v0s(), owner, config)
+        out = optimize_rows(scorer, scorer.v0s(), owner, config, site=site)
         deltas.append(out.delta)
         records.extend({**rows[-1], "steps": n} for rows, n in zip(out.losses, out.steps, strict=True))
         if progress:
@@ -324,11 +324,15 @@ def spread_with(
     templates: Sequence[str],
     batch_size: int,
     progress: Progress | None = None,
+    *,
+    method: str = "memit",
 ) -> Spread:
     """MEMIT's step 2 with any per-layer solve (MEMIT's, AlphaEdit's, a projected one).
 
     For each layer in ascending order, on the model with the earlier layers' updates in
-    place: read K_l and H_L, R = (Z − H_L) / (layers left), and ``solve`` it.
+    place: read K_l and H_L, R = (Z − H_L) / (layers left), and ``solve`` it. A layer
+    update holding NaN or inf stops the spread there, naming ``method``, the layer and
+    its place among the edit layers; the model is left as it was.
     """
     last = layers[-1]
     targets = targets.to(lm.device, torch.float64)
@@ -341,7 +345,8 @@ def spread_with(
             states = subject_states(lm, facts, last, batch_size)
         residuals = (targets - states) / (len(layers) - step)
         left, right, extra = solve(layer, keys, residuals)
-        parts.append(LayerDelta(layer, left, right))
+        when = f"edit layer {step + 1} of {len(layers)}"
+        parts.append(require_finite_part(method, LayerDelta(layer, left, right), when))
         keys_by_layer[layer] = keys
         weight = lm.adapter.down_matrix(lm.model, layer).detach().double()
         diagnostics.append(

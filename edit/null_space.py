@@ -41,7 +41,7 @@ from safetensors import SafetensorError, safe_open
 
 SCALES = ("relative", "absolute")
 PROJECTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-PROJECTOR_FORMAT = 1
+PROJECTOR_FORMAT = 2  # 2: the basis Û is stored beside P
 
 
 class NullSpaceError(MemlocError):
@@ -80,6 +80,9 @@ class Projector:
     config: NullSpaceConfig
     layer: int | None = None
     key: str = ""  # the statistics' cache key, when they were cached
+    # Û (F, kept), orthonormal columns with Û Ûᵀ = P, in the config's dtype. AlphaEdit's
+    # solve works in these kept coordinates: k × k instead of F × F (edit/alphaedit.py).
+    basis: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -124,7 +127,8 @@ def _moment(stats: KeyStats | torch.Tensor) -> torch.Tensor:
 def compute_projector(stats: KeyStats | torch.Tensor, config: NullSpaceConfig) -> Projector:
     """P from C₀ by eigh in float64; no cache. ``stats`` is `KeyStats` or C₀ (F, F)."""
     moment = _moment(stats)
-    values, vectors = torch.linalg.eigh((moment + moment.T) / 2)
+    # eigh reads only the lower triangle, so C₀ is taken as symmetric without an F × F copy.
+    values, vectors = torch.linalg.eigh(moment)
     top = values[-1].item()
     cutoff = config.threshold * top if config.scale == "relative" else config.threshold
     chosen = values < cutoff
@@ -134,7 +138,8 @@ def compute_projector(stats: KeyStats | torch.Tensor, config: NullSpaceConfig) -
             f"the preserved keys leave no null space: every eigenvalue of C₀ is at least {cutoff:.3g}; "
             "raise the null-space threshold"
         )
-    basis = vectors[:, chosen]
+    basis = vectors[:, chosen].contiguous()  # eigh gives column-major; the cache stores row-major
+    del vectors  # before P is formed: one F × F matrix fewer at the peak
     matrix = basis @ basis.T
     layer = stats.layer if isinstance(stats, KeyStats) else None
     return Projector(
@@ -147,6 +152,7 @@ def compute_projector(stats: KeyStats | torch.Tensor, config: NullSpaceConfig) -
         config=config,
         layer=layer,
         key=stats.key if isinstance(stats, KeyStats) else "",
+        basis=basis.to(PROJECTOR_DTYPES[config.dtype]),
     )
 
 
@@ -171,18 +177,24 @@ def _load(path: Path, stats: KeyStats, config: NullSpaceConfig) -> Projector | N
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {}).get("projector", "{}"))
-        matrix = load_tensors(path)["matrix"]
+        tensors = load_tensors(path)
+        # Copies into fresh, aligned memory: BLAS rounds differently on the file's 8-byte
+        # aligned views, and an edit from a cached projector must equal one from a fresh one.
+        matrix, basis = tensors["matrix"].clone(), tensors["basis"].clone()
     except (SafetensorError, MemlocError, OSError, KeyError, ValueError):
         return None  # a damaged cache is only lost work: rebuild it
     if meta.get("format") != PROJECTOR_FORMAT or meta.get("count") != stats.count:
         return None
     fields = {k: meta[k] for k in ("kept", "cutoff", "min_eigenvalue", "max_eigenvalue", "leak")}
-    return Projector(matrix, **fields, config=config, layer=stats.layer, key=stats.key)
+    return Projector(matrix, **fields, config=config, layer=stats.layer, key=stats.key, basis=basis)
 
 
 def _save(path: Path, projector: Projector, stats: KeyStats) -> None:
     meta = {"format": PROJECTOR_FORMAT, "count": stats.count, **projector.record()}
-    save_tensors(path, {"matrix": projector.matrix}, metadata={"projector": json.dumps(meta)})
+    tensors = {"matrix": projector.matrix}
+    if projector.basis is not None:
+        tensors["basis"] = projector.basis.contiguous()
+    save_tensors(path, tensors, metadata={"projector": json.dumps(meta)})
 
 
 def null_space_projector(

@@ -30,7 +30,7 @@ from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
-from memloc.edit.delta import LayerDelta, WeightDelta
+from memloc.edit.delta import LayerDelta, WeightDelta, require_finite_part
 from memloc.edit.targets import TargetConfig, optimize_target
 from memloc.edit.templates import TemplateConfig, context_templates
 
@@ -160,9 +160,10 @@ def compute_rome(
         "weight_norm": weight_norm,
         "update_ratio": update_norm / weight_norm,
     }
+    part = require_finite_part("rome", LayerDelta(layer, left=lam[:, None], right=direction[:, None]))
     return WeightDelta(
         method="rome",
-        layers=(LayerDelta(layer, left=lam[:, None], right=direction[:, None]),),
+        layers=(part,),
         case_ids=(fact.case_id,),
         config=asdict(config),
         info=info,

@@ -172,6 +172,8 @@ def optimize_rows(
     owner: torch.Tensor | None,
     config: TargetConfig,
     progress: Progress | None = None,
+    *,
+    site: Site | None = None,
 ) -> RowsOutcome:
     """Adam on δ (k, D), one row per fact, each row with its own loss, clamp and early stop.
 
@@ -184,12 +186,19 @@ def optimize_rows(
     momentum, so a frozen row is put back after every step (it never resumes, so its
     stale Adam state is never read). ``progress(steps, config.steps, description)`` follows the steps.
 
+    Half precision: δ and Adam's moments are kept in at least float32 whatever the
+    model's dtype (a bf16 δ rounds small Adam steps away; the scorer rounds δ to the
+    model's dtype where it enters). The loss is checked after every forward pass and δ
+    after every Adam step; a NaN or inf is a `NonFiniteTargetError` naming the step and
+    ``site`` (the edited layer), before anything is written.
+
     Usage::
 
         out = optimize_rows(scorer, v0s, owner, TargetConfig(clamp=0.75))
         z = v0s + out.delta
     """
     k = v0.shape[0]
+    v0 = v0.to(torch.promote_types(v0.dtype, torch.float32))
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.lr)
     v0_norm = v0.norm(dim=1)
@@ -207,7 +216,7 @@ def optimize_rows(
         decay = delta.norm(dim=1) / v0_norm**2
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
         if not torch.isfinite(loss).all():
-            raise MemlocError(f"the target optimisation produced a non-finite loss at step {step + 1}")
+            raise NonFiniteTargetError(_non_finite("a non-finite loss", loss, step, site))
         now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
         for row in torch.nonzero(active).squeeze(1).tolist():
             losses[row].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
@@ -215,11 +224,30 @@ def optimize_rows(
         if not active.any():
             break
         _adam_step(opt, delta, loss, active, max_norm)
+        if not bool(torch.isfinite(delta).all()):
+            raise NonFiniteTargetError(_non_finite("a non-finite δ after its Adam update", delta, step, site))
         steps += active.long()
         if progress is not None:
             progress(step + 1, config.steps, "target steps")
     assert first is not None  # config.steps ≥ 1, so the loop ran at least once
     return RowsOutcome(delta.detach(), tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+
+
+class NonFiniteTargetError(MemlocError):
+    """The δ optimisation met NaN or inf; the model was not changed."""
+
+
+def _non_finite(what: str, values: torch.Tensor, step: int, site: Site | None) -> str:
+    """One line naming the step, the edited layer and the rows (facts) that went non-finite."""
+    bad = ~torch.isfinite(values if values.dim() > 1 else values[:, None]).all(dim=1)
+    rows = torch.nonzero(bad).squeeze(1).tolist()
+    at = f" at layer {site.layer} ({site})" if site is not None else ""
+    which = f" in row(s) {rows[:5]}" if len(bad) > 1 else ""
+    return (
+        f"the target optimisation{at} produced {what} at step {step + 1}{which}; nothing was edited: "
+        "in float16/bfloat16 the activations above the layer may overflow (load the model in float32) "
+        "or lower lr"
+    )
 
 
 def _mean_nll(token_logp: torch.Tensor, owner: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -257,6 +285,8 @@ def optimize_delta(
     n_target: int,
     config: TargetConfig,
     progress: Progress | None = None,
+    *,
+    site: Site | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, float]], int, float, float]:
     """Adam on one δ (D,), the one-row case of `optimize_rows`.
 
@@ -269,7 +299,7 @@ def optimize_delta(
         token_logp, kl_logp = scorer(delta[0])
         return token_logp, kl_logp[None]
 
-    out = optimize_rows(one_row, v0[None], None, config, progress)
+    out = optimize_rows(one_row, v0[None], None, config, progress, site=site)
     delta = out.delta[0]
     with torch.no_grad():
         token_logp, _ = scorer(delta)
@@ -353,7 +383,9 @@ class SuffixScorer:
     def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         one = delta.dim() == 1
         shift = delta if one else delta[self.fact_of_row]
-        h = torch.cat([(self.base[:, 0] + shift)[:, None], self.base[:, 1:]], dim=1)
+        # δ is float32 or wider (`optimize_rows`); the sum is rounded once, to the model's dtype.
+        first = (self.base[:, 0].to(shift.dtype) + shift).to(self.base.dtype)
+        h = torch.cat([first[:, None], self.base[:, 1:]], dim=1)
         h = self.runner.run(h, self.kv.fresh(self.runner.layers, length=self.prefix))
         logits = self.runner.logits(h.reshape(-1, h.shape[-1])[self.picked])
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -381,7 +413,9 @@ def optimize_target(
     batch = rewrite_batch(lm, fact, templates, config.kl_prompt)
     scorer = SuffixScorer(lm, batch, site, trace_sites)
     v0 = scorer.v0
-    delta, losses, steps, p_before, p_after = optimize_delta(scorer, v0, batch.n_target, config, progress)
+    delta, losses, steps, p_before, p_after = optimize_delta(
+        scorer, v0, batch.n_target, config, progress, site=site
+    )
     return TargetResult(
         site=site,
         target=v0 + delta,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from memloc.core.checkpoints import load_tensors, save_tensors
 from memloc.core.errors import ConfigError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import load_facts
@@ -119,11 +120,24 @@ def test_projector_is_cached_beside_the_statistics(tmp_path):
     assert path.is_file() and path.parent == tmp_path / "abcd" / "corpus-n4"
     again = null_space_projector(stats, EXACT, cache_dir=tmp_path)
     assert torch.equal(again.matrix, first.matrix) and again.kept == first.kept == 10
+    assert again.basis is not None and first.basis is not None and torch.equal(again.basis, first.basis)
     assert again.layer == 3 and again.key == stats.key
     other = NullSpaceConfig(threshold=0.5)
     assert projector_file(stats, other, tmp_path) != path
     path.write_bytes(b"not a safetensors file")  # a damaged cache is rebuilt
     assert torch.equal(null_space_projector(stats, EXACT, cache_dir=tmp_path).matrix, first.matrix)
+
+
+def test_a_projector_cached_without_its_basis_is_rebuilt_with_it(tmp_path):
+    c = moment(low_rank_keys())
+    stats = KeyStats(3, c, count=40, texts=4, spectrum=spectrum(c, 1e6), key="abcd/corpus-n4/layer_3")
+    first = null_space_projector(stats, EXACT, cache_dir=tmp_path)
+    path = projector_file(stats, EXACT, tmp_path)
+    meta = {"format": 1, "count": 40, **first.record()}  # what the first cache format held
+    save_tensors(path, {"matrix": first.matrix}, metadata={"projector": json.dumps(meta)})
+    again = null_space_projector(stats, EXACT, cache_dir=tmp_path)
+    assert again.basis is not None and again.basis.shape == (16, 10)
+    assert "basis" in load_tensors(path)
 
 
 @pytest.mark.parametrize(
@@ -149,14 +163,17 @@ def test_configs_refuse_bad_values(cls, bad):
 # --- the solve ------------------------------------------------------------------------
 
 
-def test_solve_is_the_papers_update_and_leaves_the_preserved_keys_alone():
+@pytest.mark.parametrize("coordinates", ["full", "kept"])
+def test_solve_is_the_papers_update_and_leaves_the_preserved_keys_alone(coordinates):
     k0 = low_rank_keys()
-    p = compute_projector(moment(k0), EXACT).matrix
+    projector = compute_projector(moment(k0), EXACT)
+    p, basis = projector.matrix, projector.basis if coordinates == "kept" else None
+    assert projector.basis is not None and projector.basis.shape == (16, projector.kept)
     gen = torch.Generator().manual_seed(1)
     k1 = torch.randn(16, 3, generator=gen, dtype=torch.float64)
     r = torch.randn(8, 3, generator=gen, dtype=torch.float64)
     kp = torch.randn(16, 4, generator=gen, dtype=torch.float64)
-    left, right = alphaedit_layer_update(k1, r, p, kp @ kp.T, identity_weight=0.5)
+    left, right = alphaedit_layer_update(k1, r, p, kp @ kp.T, identity_weight=0.5, basis=basis)
     update = left @ right.T
     # Δ = R K₁ᵀ P (K_pK_pᵀP + K₁K₁ᵀP + αI)⁻¹, applied as Δ P.
     system = kp @ kp.T @ p + k1 @ k1.T @ p + 0.5 * torch.eye(16, dtype=torch.float64)
