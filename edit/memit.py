@@ -41,7 +41,7 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
-from memloc.edit.delta import LayerDelta, WeightDelta, apply
+from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_editable
 from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
@@ -298,6 +298,7 @@ def check_layers(lm: LM, layers: Sequence[int]) -> tuple[int, ...]:
         lm.adapter.check_layer(layer)
     if list(layers) != sorted(set(layers)):
         raise MemitError(f"MEMIT edit layers must be distinct and ascending, got {list(layers)}")
+    require_editable(lm.model, lm.adapter, layers, "the edit")
     return tuple(layers)
 
 
@@ -340,6 +341,9 @@ def spread_with(
             keys = subject_keys(lm, facts, layer, templates, batch_size)
             states = subject_states(lm, facts, last, batch_size)
         residuals = (targets - states) / (len(layers) - step)
+        # The layer's solve runs where the layer, its statistics and its projector live.
+        device = lm.layer_device(layer)
+        keys, residuals = keys.to(device), residuals.to(device)
         left, right, extra = solve(layer, keys, residuals)
         parts.append(LayerDelta(layer, left, right))
         keys_by_layer[layer] = keys

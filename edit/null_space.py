@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import load_tensors, save_tensors
+from memloc.core.devices import EIGH_COPIES, room_or_cpu
 from memloc.core.errors import MemlocError
 from memloc.core.lm.loading import cache_root
 from memloc.core.validation import one_of, positive
@@ -124,6 +125,8 @@ def _moment(stats: KeyStats | torch.Tensor) -> torch.Tensor:
 def compute_projector(stats: KeyStats | torch.Tensor, config: NullSpaceConfig) -> Projector:
     """P from C₀ by eigh in float64; no cache. ``stats`` is `KeyStats` or C₀ (F, F)."""
     moment = _moment(stats)
+    # Where C₀ is (the CPU for cached statistics) unless the GPU lacks room for eigh's workspace.
+    moment = moment.to(room_or_cpu(moment.device, EIGH_COPIES * moment.numel() * 8))
     values, vectors = torch.linalg.eigh((moment + moment.T) / 2)
     top = values[-1].item()
     cutoff = config.threshold * top if config.scale == "relative" else config.threshold

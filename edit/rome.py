@@ -30,7 +30,7 @@ from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
-from memloc.edit.delta import LayerDelta, WeightDelta
+from memloc.edit.delta import LayerDelta, WeightDelta, require_editable
 from memloc.edit.targets import TargetConfig, optimize_target
 from memloc.edit.templates import TemplateConfig, context_templates
 
@@ -123,6 +123,7 @@ def compute_rome(
     require_edit_targets([fact])
     model, adapter = lm.model, lm.adapter
     layer = adapter.check_layer(config.layer)
+    require_editable(model, adapter, [layer], "ROME")
     weight = adapter.down_matrix(model, layer).detach()
     bias = adapter.down_bias(model, layer)
     c = second_moment(second_moment_or_stats, adapter.d_mlp, weight.device)
