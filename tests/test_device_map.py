@@ -15,7 +15,7 @@ import pytest
 import torch
 from memloc.cli.app import main
 from memloc.core.errors import DataError, MemlocError
-from memloc.core.hooks import trace
+from memloc.core.hooks import patch, trace
 from memloc.core.lm.device_map import check_device_map, is_offloaded, parse_device_map
 from memloc.core.lm.loading import load_language_model, quiet_transformers
 from memloc.core.lm.model import LM
@@ -115,6 +115,14 @@ def test_hooks_trace_and_edits_equal_the_plain_model(saved):
     for site in ours:
         torch.testing.assert_close(ours[site], theirs[site], rtol=0, atol=0)
     assert weights_hash(lm.model) == weights_hash(plain.model)
+    ids = torch.tensor([plain.tokenizer(FACT_PROMPT)["input_ids"]])
+    halved = {Site(1, "mlp.post"): lambda act: act * 0.5, Site(2, "resid.pre"): lambda act: act + 0.1}
+    patched = []
+    for x in (lm, plain):
+        with torch.no_grad(), patch(x.model, x.adapter, halved):
+            patched.append(x.model(input_ids=ids).logits)
+    torch.testing.assert_close(patched[0], patched[1], rtol=0, atol=0)
+    assert not torch.equal(patched[1], theirs["logits"])  # the patch took effect
 
     stats = second_moments(plain, [1, 2])
     fact = facts()[0]
@@ -176,6 +184,16 @@ def test_loader_dispatches_a_json_map_with_an_offloaded_block(saved, tmp_path, m
         compute_memit(lm, [fact], found, MemitConfig(layers=(1, 2), target=QUICK), TEMPLATES)
     with pytest.raises(MemlocError, match="layer 2"):
         apply(lm.model, lm.adapter, compute_rome(plain, fact, expected[2], RomeConfig(layer=2, target=QUICK)))
+
+
+def test_auto_on_a_cpu_only_machine_loads_the_whole_model(saved, tmp_path, monkeypatch):
+    _, folder = saved
+    monkeypatch.setenv("MEMLOC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lm = load_language_model(str(folder), device_map="auto", document_start=None)
+    plain = load_language_model(str(folder), device="cpu", document_start=None)
+    assert lm.input_device == lm.layer_device(2) == torch.device("cpu")
+    assert weights_hash(lm.model) == weights_hash(plain.model)
 
 
 # --- validation -----------------------------------------------------------------------------------------
