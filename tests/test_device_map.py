@@ -11,6 +11,7 @@ import copy
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from memloc.cli.app import main
@@ -25,6 +26,7 @@ from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.rome import RomeConfig, compute_rome
 from memloc.edit.stats import StatsConfig, key_statistics_by_layer
 from memloc.edit.targets import TargetConfig
+from memloc.locate.lm.tracing import TraceConfig, trace_fact
 from tiny_lms import WORDS, tiny_lm
 
 FACT_PROMPT = "the capital of Zorbia Quelon is"
@@ -124,8 +126,12 @@ def test_hooks_trace_and_edits_equal_the_plain_model(saved):
     torch.testing.assert_close(patched[0], patched[1], rtol=0, atol=0)
     assert not torch.equal(patched[1], theirs["logits"])  # the patch took effect
 
-    stats = second_moments(plain, [1, 2])
     fact = facts()[0]
+    grids = [trace_fact(x, fact, TraceConfig(samples=2, seed=3)).grids for x in (lm, plain)]
+    for kind in ("hidden", "mlp", "attn"):  # causal tracing: noise and restore patches through the hooks
+        np.testing.assert_array_equal(grids[0][kind], grids[1][kind])
+
+    stats = second_moments(plain, [1, 2])
     rome = [
         compute_rome(x, fact, stats[1], RomeConfig(layer=1, target=QUICK), TEMPLATES) for x in (lm, plain)
     ]
@@ -280,3 +286,18 @@ def test_cli_device_map_loads_and_refuses_with_device(saved, tmp_path, capsys):
     assert "does not have, first 'model.nope'" in one_line_error(code, err)
     code, _, err = run_cli(capsys, *base, "--device-map", '{"": "tpu"}')
     assert "unknown device 'tpu'" in one_line_error(code, err)
+
+
+def test_a_gpu_without_room_sends_the_buffer_to_the_cpu(monkeypatch):
+    from memloc.core import devices
+
+    gpu, need = torch.device("cuda", 0), 11008 * 11008 * 8  # Llama-7B's C in float64
+    monkeypatch.setattr(devices, "free_bytes", lambda device: need)  # no room left for the headroom
+    assert devices.room_or_cpu(gpu, need) == torch.device("cpu")
+    monkeypatch.setattr(devices, "free_bytes", lambda device: need + (2 << 30))
+    assert devices.room_or_cpu(gpu, need) == gpu
+    monkeypatch.undo()
+    assert (
+        devices.free_bytes(torch.device("cpu")) is None
+        and devices.room_or_cpu(torch.device("cpu"), need).type == "cpu"
+    )
