@@ -96,7 +96,7 @@ def require_editable(model: nn.Module, adapter: TransformerAdapter, layers, what
     require_editable(lm.model, lm.adapter, [6], "ROME")
     """
     require_resident(
-        {f"layer {layer} ({adapter.block_path(layer)})": adapter.down_proj(model, layer) for layer in layers},
+        [(f"layer {layer}", adapter.block_path(layer), adapter.down_proj(model, layer)) for layer in layers],
         what,
     )
 

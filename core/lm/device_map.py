@@ -164,14 +164,18 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def require_resident(modules: Mapping[str, nn.Module], what: str) -> None:
-    """Refuse to edit a module whose weights accelerate offloads (``modules``: label -> module)."""
-    for label, module in modules.items():
+def require_resident(modules: Iterable[tuple[str, str, nn.Module]], what: str) -> None:
+    """Refuse to edit a module whose weights accelerate offloads.
+
+    ``modules`` are (label, map entry to suggest, module), e.g.
+    ("layer 3", "model.layers.3", down_proj).
+    """
+    for label, entry, module in modules:
         if is_offloaded(module):
             raise MemlocError(
-                f"{what} would write to {label}, whose weights the device map offloads (cpu/disk offload), "
-                "where a write does not persist; give a --device-map that keeps that layer on a device, "
-                'e.g. {"model.layers.N": 0}'
+                f"{what} would write to {label} ({entry}), whose weights the device map offloads "
+                "(cpu/disk offload), where a write does not persist; give a --device-map that keeps "
+                f'it on a device, e.g. {{"{entry}": 0}} or "cpu" without a GPU'
             )
 
 

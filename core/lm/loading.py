@@ -24,8 +24,10 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,9 +124,17 @@ def quiet_transformers() -> Iterator[None]:
 
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # A dispatched model's offloaded layers are expected (--device-map): accelerate's note on
+    # loading them and transformers' on saving them would only be stray lines.
+    dispatch_log = logging.getLogger("accelerate.big_modeling")
+    level = dispatch_log.level
+    dispatch_log.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            yield
     finally:
+        dispatch_log.setLevel(level)
         if enabled:
             hf_logging.enable_progress_bar()
 
