@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,31 @@ def test_a_gpu_without_room_sends_the_buffer_to_the_cpu(monkeypatch):
         devices.free_bytes(torch.device("cpu")) is None
         and devices.room_or_cpu(torch.device("cpu"), need).type == "cpu"
     )
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+GPT2_MAP = {
+    **dict.fromkeys(["transformer.wte", "transformer.wpe", "transformer.h.0", "transformer.h.1"], "cpu"),
+    **dict.fromkeys(["transformer.h.2", "transformer.h.3"], "disk"),
+    **dict.fromkeys(["transformer.ln_f", "lm_head"], "cpu"),
+}
+
+
+def test_cli_edit_apply_on_a_dispatched_gpt2_writes_the_plain_edit(tmp_path, capsys, monkeypatch):
+    """GPT-2 stores its down-projection as Conv1D (F, D); the edited folder matches a --device cpu run."""
+    monkeypatch.setenv("MEMLOC_CACHE", str(tmp_path / "cache"))
+    base = ("edit", "apply", "--method", "rome", "--model", FIXTURES / "fixture-lm", "--samples", 12)
+    base += ("--facts", FIXTURES / "fixture-facts.json", "--limit", 1, "--format", "json")
+    code, _, err = run_cli(
+        capsys, *base, "--layers", 1, "--device-map", json.dumps(GPT2_MAP), "--out", tmp_path / "a"
+    )
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *base, "--layers", 1, "--device", "cpu", "--out", tmp_path / "b")
+    assert code == 0, err
+    edited = [load_language_model(str(tmp_path / run), device="cpu") for run in ("a", "b")]
+    assert weights_hash(edited[0].model) == weights_hash(edited[1].model)
+    code, _, err = run_cli(
+        capsys, *base, "--layers", 3, "--device-map", json.dumps(GPT2_MAP), "--out", tmp_path / "c"
+    )
+    assert "layer 3 (transformer.h.3), whose weights the device map offloads" in one_line_error(code, err)
+    assert not (tmp_path / "c").exists()
