@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memloc.core.devices import room_or_cpu
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress, offset
@@ -121,10 +122,11 @@ def alphaedit_layer_update(
     """Factors (left (D, n), right (F, n)) with left @ rightᵀ = Δ P (module docstring).
 
     ``keys`` K₁ (F, n), ``residuals`` R (D, n), ``projector`` P (F, F), ``previous``
-    K_pK_pᵀ (F, F) or None. Everything is float64 on the keys' device.
+    K_pK_pᵀ (F, F) or None. Everything is float64 on the keys' device (the CPU when it lacks room).
     """
-    k = keys.double()
-    dev = k.device
+    # P, K_pK_pᵀ, PAP, αI, the system and its factor: six (F, F) doubles, else on the CPU.
+    dev = room_or_cpu(keys.device, 6 * keys.shape[0] ** 2 * 8)
+    k = keys.to(dev, torch.float64)
     p = projector.to(dev, torch.float64)
     gram = k @ k.T if previous is None else previous.to(dev, torch.float64) + k @ k.T
     system = p @ gram @ p + identity_weight * torch.eye(k.shape[0], dtype=torch.float64, device=dev)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memloc.core.devices import room_or_cpu
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
@@ -124,13 +125,15 @@ def solve_layer_update(
     diagnostics so that a report says how each layer was solved.
 
     ``keys`` K is (F, n), ``residuals`` R is (D, n), ``second_moment`` C is (F, F).
-    Everything is float64 on the keys' device. λC + KKᵀ is positive definite for any
+    Everything is float64 on the keys' device (the CPU when it lacks room). λC + KKᵀ is positive definite for any
     positive definite C and λ > 0, so it is solved by Cholesky; when the factorisation
     fails the system is (numerically) singular and `MemitError` says so rather than
     returning a huge update. Both name ``layer``.
     """
     keys = keys.double()
-    dev = keys.device
+    # C, KKᵀ, the system and its factor: four (F, F) doubles, on the CPU if the GPU lacks room.
+    dev = room_or_cpu(keys.device, 4 * keys.shape[0] ** 2 * 8)
+    keys = keys.to(dev)
     where = f" of layer {layer}" if layer is not None else ""
     system = mom2_weight * second_moment.to(dev, torch.float64) + keys @ keys.T
     if not bool(torch.isfinite(system).all()):

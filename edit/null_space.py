@@ -92,7 +92,9 @@ class Projector:
 
     def project(self, right: torch.Tensor) -> torch.Tensor:
         """P @ right in float64: the right factor of ΔW P for ΔW = left @ rightᵀ (P is symmetric)."""
-        return self.matrix.to(right.device, torch.float64) @ right.double()
+        # P is (F, F): projected on the CPU when right's GPU has no room for a float64 copy.
+        where = room_or_cpu(right.device, self.matrix.numel() * 8)
+        return (self.matrix.to(where, torch.float64) @ right.to(where, torch.float64)).to(right.device)
 
     def record(self) -> dict:
         """Plain numbers for a delta's diagnostics and the ledger."""
