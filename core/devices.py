@@ -64,7 +64,9 @@ def fits(device: torch.device, nbytes: int) -> bool:
 def room_or_cpu(device: torch.device, nbytes: int) -> torch.device:
     """``device`` when ``nbytes`` fit there, else the CPU (slower, but host memory is larger).
 
-    where = room_or_cpu(c.device, EIGH_COPIES * c.numel() * 8)
-    values = torch.linalg.eigvalsh(c.to(where, torch.float64))
+    Example::
+
+        where = room_or_cpu(c.device, EIGH_COPIES * c.numel() * 8)
+        values = torch.linalg.eigvalsh(c.to(where, torch.float64))
     """
     return device if fits(device, nbytes) else torch.device("cpu")

@@ -93,7 +93,9 @@ def weights_hash(model: nn.Module) -> str:
 def require_editable(model: nn.Module, adapter: TransformerAdapter, layers, what: str) -> None:
     """Refuse, in one line, layers whose down-projection a device map offloads (core/lm/device_map.py).
 
-    require_editable(lm.model, lm.adapter, [6], "ROME")
+    Example::
+
+        require_editable(lm.model, lm.adapter, [6], "ROME")
     """
     require_resident(
         [(f"layer {layer}", adapter.block_path(layer), adapter.down_proj(model, layer)) for layer in layers],

@@ -7,13 +7,17 @@ accelerate's ``dispatch_model``). accelerate then wraps each placed module's
 for offloaded modules, loads the weights just for that call: their parameters
 stay on the "meta" device between calls.
 
-memloc's own hooks (core/hooks.py) are ordinary torch forward hooks, so they see
-what the module's forward takes and returns around accelerate's wrapper. What a
-weight edit cannot work with is an offloaded layer: its weight has no storage to
-write to, and the hook would overwrite a write with the saved copy on the next
-call. `require_resident` refuses those layers with one line.
+memloc's own hooks (core/hooks.py) are ordinary torch forward hooks around
+accelerate's wrapper: an input hook sees the activation still on the previous
+module's device, an output hook sees it on this module's, so whatever a patch mixes
+in is moved to the activation's device. What a weight edit cannot work with is an
+offloaded layer (with a GPU main device, a "cpu" entry is offloaded too): its weight
+has no storage to write to, and the hook would overwrite a write with the saved copy
+on the next call. `require_resident` refuses those layers with one line.
 
-    spec = parse_device_map('{"model.embed_tokens": 0, "model.layers": "cpu", "lm_head": 0}')
+Example::
+
+    spec = parse_device_map('{"model.embed_tokens": 0, "model.layers": 0, "lm_head": 1}')
     device_map = check_device_map(spec, skeleton)  # names and devices checked
 """
 
@@ -43,9 +47,11 @@ def require_accelerate() -> None:
 def parse_device_map(spec: str) -> DeviceMap:
     """A strategy name, or the mapping of an inline JSON object or of a .json file.
 
-    parse_device_map("balanced")                     # -> "balanced"
-    parse_device_map('{"": "cpu"}')                  # -> {"": "cpu"}
-    parse_device_map("maps/llama-2gpu.json")         # the file's object
+    Example::
+
+        parse_device_map("balanced")  # -> "balanced"
+        parse_device_map('{"": "cpu"}')  # -> {"": "cpu"}
+        parse_device_map("maps/llama-2gpu.json")  # the file's object
     """
     text = spec.strip()
     if text.lower() in STRATEGIES:
@@ -185,6 +191,8 @@ class OnloadedState(Mapping[str, torch.Tensor]):
     An offloaded parameter is a "meta" placeholder; its values sit in the ``weights_map``
     of the nearest enclosing module's offload hook. Reading them one at a time keeps
     memory to one tensor, so a model larger than memory can still be hashed.
+
+    Example::
 
         state_hash(OnloadedState(model))  # equals state_hash(model.state_dict()) undispatched
     """

@@ -64,7 +64,9 @@ class LM:
     def layer_device(self, layer: int) -> torch.device:
         """Where layer ``layer``'s FFN down-projection computes: its edit, statistics and projector live there.
 
-        c = stats.second_moment.to(lm.layer_device(6))
+        Example::
+
+            c = stats.second_moment.to(lm.layer_device(6))
         """
         device = module_device(self.adapter.down_proj(self.model, layer))
         # An offloaded layer runs on accelerate's main device, which is where inputs go.
