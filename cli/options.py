@@ -165,6 +165,16 @@ LMDeviceOpt = Annotated[
         rich_help_panel=LM_PANEL,
     ),
 ]
+LMDeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Spread the model over GPUs, or GPU + CPU, with accelerate instead of --device: auto, "
+        'balanced, an inline JSON object of module -> device (0, "cuda:1", "cpu", "disk") or a .json file.',
+        show_default=False,
+        rich_help_panel=LM_PANEL,
+    ),
+]
 TrustRemoteCodeOpt = Annotated[
     bool,
     typer.Option(
@@ -216,13 +226,23 @@ def note_limit(limit: int | None, available: int, what: str) -> None:
 
 @dataclass(frozen=True)
 class LMOptions:
-    """The language-model option group: --model, --device, --dtype, --trust-remote-code, --doc-start."""
+    """The language-model option group: --model, --device, --device-map, --dtype, --trust-remote-code,
+    --doc-start."""
 
     model: str
     device: str = "auto"
     dtype: Dtype = Dtype.float32
     trust_remote_code: bool = False
     doc_start: str = "auto"
+    device_map: str | None = None
+
+    def __post_init__(self) -> None:
+        # Refused before any loading: both flags place the model.
+        if self.device_map is not None and self.device.strip().lower() != "auto":
+            raise MemlocError(
+                f"--device {self.device} and --device-map {self.device_map} both place the model; give only one",
+                field="device_map",
+            )
 
     def load(self) -> LM:
         """The model, as load_language_model takes these options."""
@@ -234,12 +254,14 @@ class LMOptions:
             dtype=self.dtype.value,
             trust_remote_code=self.trust_remote_code,
             document_start=document_start(self.doc_start),
+            device_map=self.device_map,
         )
 
 
 _LM_PARAMETERS = {
     "model": (ModelOpt, inspect.Parameter.empty),
     "device": (LMDeviceOpt, "auto"),
+    "device_map": (LMDeviceMapOpt, None),
     "dtype": (LMDtypeOpt, Dtype.float32),
     "trust_remote_code": (LMTrustRemoteCodeOpt, False),
     "doc_start": (DocStartOpt, "auto"),

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memloc.core.devices import room_or_cpu
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress, offset
@@ -123,15 +124,16 @@ def alphaedit_layer_update(
     """Factors (left (D, n), right (F, n)) with left @ rightᵀ = Δ P (module docstring).
 
     ``keys`` K₁ (F, n), ``residuals`` R (D, n), ``projector`` P (F, F), ``previous``
-    K_pK_pᵀ (F, F) or None. Everything is float64 on the keys' device. With ``basis``
-    Û (F, k), P = ÛÛᵀ (`Projector.basis`), the same update is solved in the kept
-    coordinates: P (PAP + αI)⁻¹ P = Û (ÛᵀAÛ + αI)⁻¹ Ûᵀ, a k × k system formed in
+    K_pK_pᵀ (F, F) or None. Everything is float64 on the keys' device (the CPU when it lacks
+    room). With ``basis`` Û (F, k), P = ÛÛᵀ (`Projector.basis`), the same update is solved in
+    the kept coordinates: P (PAP + αI)⁻¹ P = Û (ÛᵀAÛ + αI)⁻¹ Ûᵀ, a k × k system formed in
     O(F²k) instead of two F × F × F products (benchmarks/alphaedit.py).
 
         left, right = alphaedit_layer_update(k1, r, projector.matrix, kp @ kp.T, basis=projector.basis)
     """
-    k = keys.double()
-    dev = k.device
+    # P, K_pK_pᵀ, PAP, αI, the system and its factor: at most six (F, F) doubles, else on the CPU.
+    dev = room_or_cpu(keys.device, 6 * keys.shape[0] ** 2 * 8)
+    k = keys.to(dev, torch.float64)
     if basis is not None:
         u = basis.to(dev, torch.float64)
         coords = u.T @ k  # (k, n)

@@ -21,6 +21,7 @@ import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.checkpoints import state_hash
 from memloc.core.errors import MemlocError
+from memloc.core.lm.device_map import OnloadedState, has_offloaded, require_resident
 from memloc.core.lm.facts import Fact
 from torch import nn
 
@@ -81,8 +82,25 @@ def edited_tensors(model: nn.Module, adapter: TransformerAdapter, layers) -> dic
 
 
 def weights_hash(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer: identifies the exact base weights."""
-    return state_hash(model.state_dict())
+    """SHA-256 of every parameter and buffer: identifies the exact base weights.
+
+    Offloaded layers of a dispatched model are read from accelerate's store, so the
+    hash is the same however the model is placed.
+    """
+    return state_hash(OnloadedState(model) if has_offloaded(model) else model.state_dict())
+
+
+def require_editable(model: nn.Module, adapter: TransformerAdapter, layers, what: str) -> None:
+    """Refuse, in one line, layers whose down-projection a device map offloads (core/lm/device_map.py).
+
+    Example::
+
+        require_editable(lm.model, lm.adapter, [6], "ROME")
+    """
+    require_resident(
+        [(f"layer {layer}", adapter.block_path(layer), adapter.down_proj(model, layer)) for layer in layers],
+        what,
+    )
 
 
 class Applied:
@@ -122,6 +140,9 @@ def apply(model: nn.Module, adapter: TransformerAdapter, delta: WeightDelta) -> 
         ...  # use the edited model
         handle.restore()  # or: with apply(lm.model, lm.adapter, delta): ...
     """
+    require_editable(
+        model, adapter, sorted({part.layer for part in delta.layers}), f"the {delta.method} edit"
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     originals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     updates: dict[int, torch.Tensor] = {}

@@ -29,7 +29,7 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, labelled, within
 from memloc.core.validation import at_least, one_of
 from memloc.edit.alphaedit import AlphaEditConfig, EditedKeys, compute_alphaedit
-from memloc.edit.delta import Editor, WeightDelta
+from memloc.edit.delta import Editor, WeightDelta, require_editable
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
 from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.null_space import NullSpaceConfig, Projector, project_delta, projectors_by_layer
@@ -177,6 +177,8 @@ def prepare_editor(
 
         return kn_editor, choice
 
+    # An offloaded layer is refused before its statistics are taken (core/lm/device_map.py).
+    require_editable(lm.model, lm.adapter, layers, f"the {plan.method} edit")
     stats = key_statistics_by_layer(lm, layers, plan.stats, progress=labelled(progress, "key statistics"))
     if progress is not None:
         progress(0, 1, "context templates")  # sampled once per model, then cached

@@ -25,7 +25,7 @@ import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, publish_tree, save_tensors, temp_folder
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact
-from memloc.core.lm.loading import ALIASES, smollm2_folder
+from memloc.core.lm.loading import ALIASES, quiet_transformers, smollm2_folder
 from memloc.core.lm.model import LM
 from memloc.core.report import to_jsonable
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
@@ -159,8 +159,9 @@ def save_edited(
     ledger = Ledger(lm.source, lm.adapter.model_type, base_hash, weights_hash(lm.model), tuple(edits))
     tmp = temp_folder(out.parent, out.name)  # a run killed here leaves it; the next save removes it
     try:
-        lm.model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            lm.model.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
         _keep_base_files(lm.source, tmp / BASE_FILES)
         save_tensors(tmp / "ledger.safetensors", tensors)
         atomic_write_text(tmp / "ledger.json", json.dumps(ledger.to_dict(), indent=2, allow_nan=False))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memloc.core.devices import room_or_cpu
 from memloc.core.errors import MemlocError
 from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
@@ -41,7 +42,7 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
-from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_finite_part
+from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_editable, require_finite_part
 from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
 from memloc.edit.targets import (
@@ -124,13 +125,15 @@ def solve_layer_update(
     diagnostics so that a report says how each layer was solved.
 
     ``keys`` K is (F, n), ``residuals`` R is (D, n), ``second_moment`` C is (F, F).
-    Everything is float64 on the keys' device. λC + KKᵀ is positive definite for any
+    Everything is float64 on the keys' device (the CPU when it lacks room). λC + KKᵀ is positive definite for any
     positive definite C and λ > 0, so it is solved by Cholesky; when the factorisation
     fails the system is (numerically) singular and `MemitError` says so rather than
     returning a huge update. Both name ``layer``.
     """
     keys = keys.double()
-    dev = keys.device
+    # C, KKᵀ, the system and its factor: four (F, F) doubles, on the CPU if the GPU lacks room.
+    dev = room_or_cpu(keys.device, 4 * keys.shape[0] ** 2 * 8)
+    keys = keys.to(dev)
     where = f" of layer {layer}" if layer is not None else ""
     system = mom2_weight * second_moment.to(dev, torch.float64) + keys @ keys.T
     if not bool(torch.isfinite(system).all()):
@@ -298,6 +301,7 @@ def check_layers(lm: LM, layers: Sequence[int]) -> tuple[int, ...]:
         lm.adapter.check_layer(layer)
     if list(layers) != sorted(set(layers)):
         raise MemitError(f"MEMIT edit layers must be distinct and ascending, got {list(layers)}")
+    require_editable(lm.model, lm.adapter, layers, "the edit")
     return tuple(layers)
 
 
@@ -344,6 +348,9 @@ def spread_with(
             keys = subject_keys(lm, facts, layer, templates, batch_size)
             states = subject_states(lm, facts, last, batch_size)
         residuals = (targets - states) / (len(layers) - step)
+        # The layer's solve runs where the layer, its statistics and its projector live.
+        device = lm.layer_device(layer)
+        keys, residuals = keys.to(device), residuals.to(device)
         left, right, extra = solve(layer, keys, residuals)
         when = f"edit layer {step + 1} of {len(layers)}"
         parts.append(require_finite_part(method, LayerDelta(layer, left, right), when))

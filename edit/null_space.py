@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import load_tensors, save_tensors
+from memloc.core.devices import EIGH_COPIES, room_or_cpu
 from memloc.core.errors import MemlocError
 from memloc.core.lm.loading import cache_root
 from memloc.core.validation import one_of, positive
@@ -94,7 +95,9 @@ class Projector:
 
     def project(self, right: torch.Tensor) -> torch.Tensor:
         """P @ right in float64: the right factor of ΔW P for ΔW = left @ rightᵀ (P is symmetric)."""
-        return self.matrix.to(right.device, torch.float64) @ right.double()
+        # P is (F, F): projected on the CPU when right's GPU has no room for a float64 copy.
+        where = room_or_cpu(right.device, self.matrix.numel() * 8)
+        return (self.matrix.to(where, torch.float64) @ right.to(where, torch.float64)).to(right.device)
 
     def record(self) -> dict:
         """Plain numbers for a delta's diagnostics and the ledger."""
@@ -127,7 +130,9 @@ def _moment(stats: KeyStats | torch.Tensor) -> torch.Tensor:
 def compute_projector(stats: KeyStats | torch.Tensor, config: NullSpaceConfig) -> Projector:
     """P from C₀ by eigh in float64; no cache. ``stats`` is `KeyStats` or C₀ (F, F)."""
     moment = _moment(stats)
+    # Where C₀ is (the CPU for cached statistics) unless the GPU lacks room for eigh's workspace;
     # eigh reads only the lower triangle, so C₀ is taken as symmetric without an F × F copy.
+    moment = moment.to(room_or_cpu(moment.device, EIGH_COPIES * moment.numel() * 8))
     values, vectors = torch.linalg.eigh(moment)
     top = values[-1].item()
     cutoff = config.threshold * top if config.scale == "relative" else config.threshold

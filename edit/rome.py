@@ -24,13 +24,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from memloc.core.devices import room_or_cpu
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
-from memloc.edit.delta import LayerDelta, WeightDelta, require_finite_part
+from memloc.edit.delta import LayerDelta, WeightDelta, require_editable, require_finite_part
 from memloc.edit.targets import TargetConfig, optimize_target
 from memloc.edit.templates import TemplateConfig, context_templates
 
@@ -123,23 +124,32 @@ def compute_rome(
     require_edit_targets([fact])
     model, adapter = lm.model, lm.adapter
     layer = adapter.check_layer(config.layer)
+    require_editable(model, adapter, [layer], "ROME")
     weight = adapter.down_matrix(model, layer).detach()
     bias = adapter.down_bias(model, layer)
-    c = second_moment(second_moment_or_stats, adapter.d_mlp, weight.device)
+    # C and its LU factor are two (F, F) doubles: solved on the CPU when the layer's GPU lacks room.
+    where = room_or_cpu(weight.device, 2 * adapter.d_mlp**2 * 8)
+    c = second_moment(second_moment_or_stats, adapter.d_mlp, where)
     if templates is None:
         templates = context_templates(lm, config.templates)
     key_site = Site(layer, "mlp.post")
     result = optimize_target(
         lm, fact, Site(layer, "mlp.out"), config.target, templates, trace_sites=[key_site], progress=progress
     )
-    keys = result.clean[key_site].double()  # (N, F), one per template
+    keys = result.clean[key_site].to(where, torch.float64)  # (N, F), one per template
     k_star = keys.mean(0)
     # The reference ROME constrains the bare prompt's key (template "{}") instead of k*.
     k_constraint = (
         None if config.consistent_keys else keys[list(templates).index("{}") if "{}" in templates else 0]
     )
     lam, direction, denominator = rank_one_update(
-        weight, None if bias is None else bias.detach(), c, k_star, result.target, k_constraint, layer=layer
+        weight.to(where),
+        None if bias is None else bias.detach().to(where),
+        c,
+        k_star,
+        result.target.to(where),
+        k_constraint,
+        layer=layer,
     )
     update_norm = lam.norm().item() * direction.norm().item()
     weight_norm = weight.double().norm().item()

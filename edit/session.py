@@ -16,6 +16,7 @@ from pathlib import Path
 
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, neighborhood_rule
+from memloc.core.lm.loading import quiet_transformers
 from memloc.core.lm.model import LM, encode, target_prob
 from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
@@ -304,7 +305,8 @@ def restore_into(lm: LM, folder: Path, out: Path) -> Restored:
     """
     ledger = undo(lm, folder)
     out.mkdir(parents=True, exist_ok=True)
-    lm.model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
+    with quiet_transformers():
+        lm.model.save_pretrained(out)
+        lm.tokenizer.save_pretrained(out)
     restore_base_files(folder, out)  # the base's tokenizer files as they were, not as re-saved
     return Restored(out, ledger.base_hash, weights_hash(lm.model), len(ledger.edits))

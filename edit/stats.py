@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 from memloc.core.checkpoints import atomic_write_text, load_tensors, save_tensors
+from memloc.core.devices import EIGH_COPIES, room_or_cpu
 from memloc.core.errors import DataError, MemlocError, MemlocWarning
 from memloc.core.hooks import trace
 from memloc.core.jsonl import read_log
@@ -117,7 +118,9 @@ def shrink(low: float, high: float, mean: float, max_condition: float) -> Spectr
 
 def spectrum(second_moment: torch.Tensor, max_condition: float) -> Spectrum:
     """Eigenvalues of C in float64, and the shrinkage α that brings κ under ``max_condition``."""
-    eig = torch.linalg.eigvalsh(second_moment.double())
+    # The eigenvalues are computed where C is when the solver's workspace fits there, else on the CPU.
+    where = room_or_cpu(second_moment.device, EIGH_COPIES * second_moment.numel() * 8)
+    eig = torch.linalg.eigvalsh(second_moment.to(where, torch.float64))
     return shrink(eig[0].item(), eig[-1].item(), eig.mean().item(), max_condition)
 
 
@@ -352,12 +355,19 @@ def _stream(
     width = lm.adapter.d_mlp
     dtype = ACCUMULATION_DTYPES[config.dtype]
     partial = _partial_file(folder, layers)
-    sums = {layer: torch.zeros(width, width, dtype=dtype, device=lm.device) for layer in layers}
+    size = width * width * dtype.itemsize
+    # Each layer's sum lives with its layer; one that does not fit there is summed on the CPU.
+    # (Allocated one by one, so that each check sees the memory the earlier sums took.)
+    sums: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        place = room_or_cpu(lm.layer_device(layer), size)
+        sums[layer] = torch.zeros(width, width, dtype=dtype, device=place)
     done_batches, tokens = 0, 0
     saved = _load_partial(partial)
     if saved is not None and int(saved["batch_size"]) == config.batch_size:
         done_batches, tokens = int(saved["batches_done"]), int(saved["tokens"])
-        sums = {layer: saved[f"sum.{layer}"].to(lm.device) for layer in layers}
+        for layer in layers:
+            sums[layer].copy_(saved[f"sum.{layer}"])
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     total = sum(len(rows) for rows in batches)  # texts with no tokens are skipped
     texts_done = sum(len(b) for b in batches[:done_batches])
@@ -412,7 +422,7 @@ def key_statistics_by_layer(
         if tokens == 0:
             raise DataError(f"the corpus {config.corpus} has no tokens to take statistics over")
         for layer in missing:
-            second = sums[layer].double() / tokens
+            second = sums.pop(layer).double().div_(tokens)  # in place: no second (F, F) on the device
             if not bool(torch.isfinite(second).all()):  # eigvalsh would end in a LinAlgError traceback
                 raise MemlocError(
                     f"the key statistics of layer {layer} hold NaN or inf: the model's activations at that "

@@ -254,6 +254,7 @@ def _mean_nll(token_logp: torch.Tensor, owner: torch.Tensor | None, k: int) -> t
     """(k,) mean NLL of each row's target tokens."""
     if owner is None:
         return -token_logp.mean()[None]
+    owner = owner.to(token_logp.device)
     total = torch.zeros(k, device=token_logp.device, dtype=token_logp.dtype).index_add(0, owner, token_logp)
     return -total / torch.bincount(owner, minlength=k)
 
@@ -340,7 +341,8 @@ class SuffixScorer:
         require_finite(model, adapter, real, "the rewrite prompts' clean run", **inputs)
         # Clean activations at the subject's last token of each rewrite prompt.
         n = batch.n_rewrite
-        self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}
+        # A device map may put each block on its own device: index each activation where it lives.
+        self.clean = {s: seen[s][_on(rows[:n], seen[s]), _on(batch.subject_last[:n], seen[s])] for s in sites}
 
         starts = batch.subject_last
         self.prefix = int(starts.max())
@@ -349,7 +351,8 @@ class SuffixScorer:
         pos = starts[:, None] + k  # (B, S) true positions of the suffix tokens
         valid = k[None] < (batch.lengths - starts)[:, None]
         safe = torch.where(valid, pos, torch.zeros_like(pos))
-        self.base = seen[resid][rows[:, None], safe]  # (B, S, D) clean input of block l+1
+        resid_seen = seen[resid]
+        self.base = resid_seen[_on(rows[:, None], resid_seen), _on(safe, resid_seen)]  # (B, S, D) into l+1
         suffix_ids = torch.where(valid, batch.ids[rows[:, None], safe], batch.ids[:, -1:].expand_as(safe))
         before = torch.arange(self.prefix, device=starts.device)[None] < starts[:, None]
         mask = torch.cat([before, valid], dim=1).long()
@@ -387,11 +390,17 @@ class SuffixScorer:
         first = (self.base[:, 0].to(shift.dtype) + shift).to(self.base.dtype)
         h = torch.cat([first[:, None], self.base[:, 1:]], dim=1)
         h = self.runner.run(h, self.kv.fresh(self.runner.layers, length=self.prefix))
-        logits = self.runner.logits(h.reshape(-1, h.shape[-1])[self.picked])
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logits = self.runner.logits(h.reshape(-1, h.shape[-1])[_on(self.picked, h)])
+        # The unembedding may sit on another device than δ; the loss is formed on δ's.
+        logp = torch.log_softmax(logits.float(), dim=-1).to(delta.device)
         n_tokens = len(self.target_index)
-        token_logp = logp[:n_tokens].gather(1, self.batch.target_ids[:, None])[:, 0]
+        token_logp = logp[:n_tokens].gather(1, _on(self.batch.target_ids[:, None], logp))[:, 0]
         return token_logp, logp[n_tokens] if one else logp[n_tokens:]
+
+
+def _on(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``index`` on ``tensor``'s device, for indexing it."""
+    return index.to(tensor.device)
 
 
 def optimize_target(

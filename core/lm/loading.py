@@ -21,10 +21,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
+import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,7 @@ from memloc.core.adapters import SUPPORTED_MODEL_TYPES, TransformerAdapter
 from memloc.core.checkpoints import publish_tree, temp_folder
 from memloc.core.devices import resolve_device, resolve_dtype
 from memloc.core.errors import CheckpointError, MemlocError, UnsupportedModelError
+from memloc.core.lm.device_map import DeviceMap, check_device_map, parse_device_map, require_accelerate
 from memloc.core.lm.model import LM, added_prefix
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,9 +124,17 @@ def quiet_transformers() -> Iterator[None]:
 
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # A dispatched model's offloaded layers are expected (--device-map): accelerate's note on
+    # loading them and transformers' on saving them would only be stray lines.
+    dispatch_log = logging.getLogger("accelerate.big_modeling")
+    level = dispatch_log.level
+    dispatch_log.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            yield
     finally:
+        dispatch_log.setLevel(level)
         if enabled:
             hf_logging.enable_progress_bar()
 
@@ -214,7 +226,7 @@ def _check_gguf(path: Path) -> None:
 
 
 def _load_weights_and_tokenizer(
-    where: str, spec: str, dtype: torch.dtype, trust_remote_code: bool, extra: dict
+    where: str, spec: str, dtype: torch.dtype, trust_remote_code: bool, extra: dict, placement: dict
 ):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -222,7 +234,7 @@ def _load_weights_and_tokenizer(
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
-                where, dtype=dtype, trust_remote_code=trust_remote_code, **extra
+                where, dtype=dtype, trust_remote_code=trust_remote_code, **extra, **placement
             )
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **extra)
     except (SafetensorError, OSError, ValueError, EOFError, RuntimeError) as exc:
@@ -242,16 +254,26 @@ def load_language_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     document_start: str | None = AUTO,
+    device_map: str | None = None,
 ) -> LM:
     """Load a supported causal LM and its tokenizer, in eval mode on ``device``.
 
     ``document_start``: see the module docstring ("auto", a token, or None).
+    ``device_map`` spreads the model over devices with accelerate instead of ``device``:
+    auto, balanced, an inline JSON object or a .json file (core/lm/device_map.py).
 
         lm = load_language_model("smollm2-135m", device="cpu")
         lm = load_language_model("path/to/hf-folder", device="cuda", dtype="bfloat16")
+        lm = load_language_model("path/to/llama-7b", device_map="auto", dtype="bfloat16")
     """
     from transformers import AutoConfig
 
+    if device_map is not None and device.strip().lower() != "auto":
+        raise MemlocError(
+            f"--device {device} and --device-map {device_map} both place the model; give only one",
+            field="device_map",
+        )
+    parsed = parse_device_map(device_map) if device_map is not None else None
     where, extra = _resolve(spec)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if "gguf_file" in extra:
@@ -273,16 +295,36 @@ def load_language_model(
         )
     if "gguf_file" not in extra and Path(where).is_dir():
         _check_folder_files(Path(where))
-    model, tokenizer = _load_weights_and_tokenizer(where, spec, torch_dtype, trust_remote_code, extra)
+    placement = {} if parsed is None else _placement(parsed, config, spec, trust_remote_code)
+    model, tokenizer = _load_weights_and_tokenizer(
+        where, spec, torch_dtype, trust_remote_code, extra, placement
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if document_start == AUTO:
         document_start = ALIAS_DOCUMENT_START.get(spec.lower())
     if document_start is not None:
         prepend_document_start(tokenizer, document_start)
-    model.to(torch_device).eval()
+    if parsed is None:  # a dispatched model stays where accelerate put it
+        model.to(torch_device)
+    model.eval()
     model.requires_grad_(False)
     return LM(model, tokenizer, TransformerAdapter.for_model(model), source=spec)
+
+
+def _placement(device_map: DeviceMap, config, spec: str, trust_remote_code: bool) -> dict:
+    """from_pretrained's device_map and offload folder, the map checked on a weightless copy."""
+    require_accelerate()
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(device_map, dict):
+        with init_empty_weights(), quiet_transformers():
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        device_map = check_device_map(device_map, skeleton)
+    # Layers a map (or auto on a small GPU) puts on the disk are offloaded here, per model.
+    folder = cache_root() / "offload" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return {"device_map": device_map, "offload_folder": str(folder)}
 
 
 def prepend_document_start(tokenizer, token: str) -> None:

@@ -15,6 +15,7 @@ import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.errors import DataError
 from memloc.core.finite import check_finite_weights, require_finite
+from memloc.core.lm.device_map import module_device
 from torch import nn
 
 if TYPE_CHECKING:
@@ -52,7 +53,24 @@ class LM:
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.embedding(self.model).weight.device
+        """Where inputs go: the embedding's device (`input_device`)."""
+        return self.input_device
+
+    @property
+    def input_device(self) -> torch.device:
+        """The embedding's device, where token ids are fed in; a device map may put layers elsewhere."""
+        return module_device(self.adapter.embedding(self.model))
+
+    def layer_device(self, layer: int) -> torch.device:
+        """Where layer ``layer``'s FFN down-projection computes: its edit, statistics and projector live there.
+
+        Example::
+
+            c = stats.second_moment.to(lm.layer_device(6))
+        """
+        device = module_device(self.adapter.down_proj(self.model, layer))
+        # An offloaded layer runs on accelerate's main device, which is where inputs go.
+        return self.input_device if device.type == "meta" else device
 
     @property
     def n_layers(self) -> int:

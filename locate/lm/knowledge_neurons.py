@@ -285,7 +285,8 @@ def _fast(
         with trace(model, adapter, sites) as seen:
             logits = model(input_ids=last, **_cache_kwargs(model, kv, 1), logits_to_keep=1).logits
         require_finite(model, adapter, logits, "the prompt's clean run", input_ids=ids)
-        clean = torch.stack([seen[s][0, -1] for s in sites]).float()  # (L, F)
+        # Layers may sit on several devices (--device-map): gather their keys on the input's.
+        clean = torch.stack([seen[s][0, -1].to(ids.device) for s in sites]).float()  # (L, F)
     probability = torch.softmax(logits[0, -1].float(), -1)[target].item()
 
     def rows(scaled: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
@@ -328,7 +329,7 @@ def _last_token_patch(scaled: torch.Tensor, mine: torch.Tensor) -> Callable[[tor
     """Replace the last token's activation by ``scaled`` in the rows flagged by ``mine``."""
 
     def fn(act: torch.Tensor) -> torch.Tensor:  # act: (R, T, F)
-        new_last = torch.where(mine[:, None], scaled.to(act.dtype), act[:, -1])
+        new_last = torch.where(mine[:, None].to(act.device), scaled.to(act.device, act.dtype), act[:, -1])
         return torch.cat([act[:, :-1], new_last[:, None]], dim=1)
 
     return fn

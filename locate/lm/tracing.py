@@ -227,7 +227,7 @@ def _corrupt(noise: torch.Tensor, span: tuple[int, int]) -> Transform:
 
     def add_noise(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
-        h[:, start:end] += noise
+        h[:, start:end] += noise.to(h.device)
         return h
 
     return add_noise
@@ -264,7 +264,7 @@ def _prepare(lm: LM, fact: Fact, config: TraceConfig) -> _Prepared:
     except DataError as exc:
         raise DataError(f"fact {fact.case_id}: {exc}") from None
     embedding = adapter.embedding(model).weight
-    device = embedding.device
+    device = lm.input_device  # the embedding's execution device, also when a device map places it
     ids = torch.tensor([enc.ids], device=device)
     n_layers = adapter.n_layers
     noise_std = config.noise * embedding.float().std().item()

@@ -87,7 +87,8 @@ def _replace_rows(scaled: torch.Tensor, mine: torch.Tensor) -> Callable[[torch.T
     """Every token's activation replaced by ``scaled`` in the rows flagged by ``mine``."""
 
     def fn(act: torch.Tensor) -> torch.Tensor:  # (R, T, F)
-        return torch.where(mine[:, None, None], scaled.to(act.dtype), act)
+        # (a --device-map may put the layer on another device than the inputs)
+        return torch.where(mine[:, None, None].to(act.device), scaled.to(act.device, act.dtype), act)
 
     return fn
 

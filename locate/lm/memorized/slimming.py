@@ -110,6 +110,6 @@ def masked_loss(
 
 def _scale(gate: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(act: torch.Tensor) -> torch.Tensor:
-        return act * gate.to(act.dtype)
+        return act * gate.to(act.device, act.dtype)  # the layer may sit on another device (--device-map)
 
     return fn

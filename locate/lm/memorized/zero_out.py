@@ -92,7 +92,7 @@ def _zero_one_per_row(units: torch.Tensor) -> Callable[[torch.Tensor], torch.Ten
 
     def fn(act: torch.Tensor) -> torch.Tensor:  # (R, T, F)
         keep = torch.ones(act.shape[0], act.shape[-1], dtype=act.dtype, device=act.device)
-        keep[torch.arange(act.shape[0], device=act.device), units] = 0
+        keep[torch.arange(act.shape[0], device=act.device), units.to(act.device)] = 0
         return act * keep[:, None, :]
 
     return fn
