@@ -31,6 +31,7 @@ from memloc.core.lm.model import LM
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
+from memloc.edit.probe_result import LayerProbe
 from memloc.edit.sequential import CurvePoint, SequentialConfig
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
@@ -288,6 +289,7 @@ class EvalResult:
     neighborhood_rule: str = "counterfact"  # a key of core.lm.facts.NEIGHBOR_RULES
     curve: tuple[CurvePoint, ...] = ()  # sequential mode: scores as the edits pile up
     protocol: str = ""  # sequential mode: SequentialConfig.describe()
+    layer_probe: LayerProbe | None = None  # --layers auto: the edit probe that chose the layers
 
     def to_dict(self) -> dict:
         rows = [asdict(row) for row in self.per_fact]
@@ -317,6 +319,8 @@ class EvalResult:
             record.update(curve=[asdict(point) for point in self.curve], protocol=self.protocol)
         if self.method is not None:
             record.update(method=self.method, layers=list(self.layers or ()))
+        if self.layer_probe is not None:
+            record.update(layer_probe=self.layer_probe.to_dict())
         return record
 
     @classmethod
@@ -338,6 +342,7 @@ class EvalResult:
             data.get("neighborhood_rule", "counterfact"),
             tuple(CurvePoint(**point) for point in data.get("curve", ())),
             data.get("protocol", ""),
+            None if data.get("layer_probe") is None else LayerProbe.from_dict(data["layer_probe"]),
         )
 
 
