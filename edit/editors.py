@@ -163,9 +163,9 @@ def edit_probe(
     templates = context_templates(lm, plan.templates)
     quick = _quick(plan)
 
-    def editor_for(layers: tuple[int, ...]) -> Editor:
+    def editor_for(layers: tuple[int, ...], steps: Progress | None) -> Editor:
         chosen = {layer: stats[layer] for layer in layers}
-        return _weight_editor(lm, quick, layers, chosen, templates, None)[0]
+        return _weight_editor(lm, quick, layers, chosen, templates, steps)[0]
 
     unused = ("layers", "kn", "kn_edit", "auto_trace", "auto_facts")  # no part in a probe edit
     setup = {

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from memloc.core.lm.facts import Fact
 from memloc.core.lm.model import LM
-from memloc.core.progress import Progress, offset
+from memloc.core.progress import Progress, offset, within
 from memloc.edit.delta import Editor, NonFiniteEditError, apply, weights_hash
 from memloc.edit.evaluate import EvalConfig, FactScores, score_facts, summarize
 from memloc.edit.probe_cache import load_probe, probe_digest, probe_path, save_probe
 from memloc.edit.probe_result import LayerProbe, LayerScore, ProbeConfig, RelationProbe, choose, pooled
 
-EditorFor = Callable[[tuple[int, ...]], Editor]  # the layers to edit -> an editor over them
+# (the layers to edit, progress of its steps) -> an editor over them
+EditorFor = Callable[[tuple[int, ...], Progress | None], Editor]
 Span = tuple[int, tuple[int, ...]]  # (candidate, the layers edited for it)
 _SCORING = EvalConfig(fluency=False)
 
@@ -73,7 +74,9 @@ def probe_relation(
     """ES, PS, NS and the margin of ``facts``' edits at every candidate; the model is restored."""
     rows = []
     for i, (layer, layers) in enumerate(spans):
-        summary = summarize(_scores(lm, facts, editor_for(layers), together))
+        # A candidate's edits take a while on a CPU: show their steps under its count.
+        steps = within(progress, i, len(spans), f"edit probe at layer {layer}")
+        summary = summarize(_scores(lm, facts, editor_for(layers, steps), together))
         em, pm = summary["EM"] or 0.0, summary["PM"]
         margin = em if pm is None else (em + pm) / 2
         rows.append(LayerScore(layer, layers, summary["ES"] or 0.0, summary["PS"], summary["NS"], margin))

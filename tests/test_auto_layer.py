@@ -67,8 +67,11 @@ def profession(facts):
 def probed(lm, facts, plan, profession):
     edited = profession[:3]
     before = weights_hash(lm.model)
-    _, choice = prepare_editor(lm, edited, plan, pool=facts)
+    calls = []
+    _, choice = prepare_editor(lm, edited, plan, pool=facts, progress=lambda *call: calls.append(call))
     assert weights_hash(lm.model) == before  # every probe edit was restored
+    probing = [(done, total) for done, total, what in calls if "edit probe at layer" in what]
+    assert probing[-1] == (lm.n_layers, lm.n_layers) and len(probing) > lm.n_layers  # steps inside too
     return edited, choice
 
 
@@ -118,7 +121,7 @@ def test_the_choice_follows_the_scores_not_the_layer_order(lm, profession, plan)
     real = {layers: prepare_editor(lm, facts, replace(plan, layers=layers))[0] for layers in ((0,), (3,))}
     spans = [(c, (c,)) for c in (1, 2, 3)]
     probe = layer_probe.probe_layers(
-        lm, facts, [], spans, lambda layers: real[(0,) if layers == (2,) else (3,)],
+        lm, facts, [], spans, lambda layers, _: real[(0,) if layers == (2,) else (3,)],
         plan.probe, "rome", {"rigged": True},
     )  # fmt: skip
     assert probe.layer == 2 and probe.relations[0].edited_overlap == 2
