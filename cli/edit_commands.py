@@ -31,6 +31,7 @@ from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
     from memloc.core.lm.facts import Fact
+    from memloc.core.lm.model import LM
     from memloc.edit.editors import EditPlan
     from memloc.edit.probe_result import LayerProbe
 
@@ -42,6 +43,9 @@ ADVICE_FIELDS = ("layers", "samples", "max_update_ratio")
 EVAL = "memloc.edit.evaluate:EvalConfig"
 NULL_SPACE = "memloc.edit.null_space:NullSpaceConfig"
 LONG_ON_CPU = 500  # --samples from which a first rome/memit run on CPU is worth a warning
+# Probe edits × model parameters from which a first --layers auto run on CPU is worth a
+# warning: about 40 edits of SmolLM2-135M, each tens of seconds on a laptop CPU.
+LONG_PROBE_ON_CPU = 5e9
 
 
 class Method(str, Enum):
@@ -178,6 +182,28 @@ def _show_probe(probe: LayerProbe | None) -> None:
         stderr.print("memloc: warning: no candidate kept NS at the probe's floor; chose by ES + PS alone")
 
 
+def _warn_probe_cost(model: LM, plan: EditPlan, facts: list[Fact]) -> None:
+    """On CPU, say how many edits the edit probe makes, and how to make fewer, before it starts."""
+    if (
+        plan.layers is not None
+        or plan.layer_rule != "probe"
+        or plan.method == "kn"
+        or model.device.type != "cpu"
+    ):
+        return
+    for layer in plan.probe.candidates:  # a wrong layer is the one line to show, not a cost
+        model.adapter.check_layer(layer)
+    candidates = len(plan.probe.candidates) or model.n_layers
+    relations = len({f.relation_key for f in facts})
+    edits = candidates * relations * (1 if plan.method in ("memit", "alphaedit") else plan.probe.facts)
+    if edits * sum(p.numel() for p in model.model.parameters()) >= LONG_PROBE_ON_CPU:
+        stderr.print(
+            f"memloc: warning: --layers auto makes {edits} probe edits ({candidates} candidate layers, "
+            f"{relations} relations) the first time, a long run on CPU (then it is cached); "
+            "narrow them with --probe-layers or --probe-facts, or pass --layers"
+        )
+
+
 def _plan(
     method: Method,
     layers: list[str] | None,
@@ -255,6 +281,7 @@ def apply_command(
     pool = _pool(facts, plan)
     require_new_folder(writable_folder(out))
     model = lm.load()
+    _warn_probe_cost(model, plan, loaded)
     try:
         with progress_bar(f"edit {method.value}") as update, quiet_transformers():
             saved = save_edits(
@@ -367,6 +394,8 @@ def eval_command(
     if plan is None and null_space:
         raise MemlocError("--null-space needs --method rome or memit")
     model = lm.load()
+    if plan is not None:
+        _warn_probe_cost(model, plan, loaded)
     if (
         method in (Method.rome, Method.memit, Method.alphaedit)
         and model.device.type == "cpu"

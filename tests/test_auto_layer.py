@@ -196,8 +196,11 @@ def test_probe_settings_are_validated(make, field):
         make()
 
 
-def test_cli_prints_the_probe_and_stores_it(lm, cache, tmp_path, capsys):
+def test_cli_prints_the_probe_and_stores_it(lm, cache, tmp_path, capsys, monkeypatch):
+    import memloc.cli.edit_commands as commands
     from test_cli import assert_one_line_error, run_cli
+
+    monkeypatch.setattr(commands, "LONG_PROBE_ON_CPU", 1)  # the fixture LM's probe is quick; say it anyway
 
     args = ("--model", FIXTURE / "fixture-lm", "--device", "cpu", "--facts", FIXTURE / "fixture-facts.json")
     common = ("--method", "rome", "--limit", "1", "--samples", "8", "--fluency-tokens", "2")
@@ -205,6 +208,7 @@ def test_cli_prints_the_probe_and_stores_it(lm, cache, tmp_path, capsys):
     code, out, err = run_cli(capsys, "edit", "eval", *args, *common, *probe, "--out", tmp_path / "ev")
     assert code in (0, None), err
     assert "edit probe: rome at layers" in out and "probe of relation capital: facts 6 (1 held out" in err
+    assert "--layers auto makes 2 probe edits (2 candidate layers, 1 relations)" in " ".join(err.split())
     stored = json.loads((tmp_path / "ev" / "eval_report.json").read_text())
     assert [s["layer"] for s in stored["results"]["layer_probe"]["scores"]] == [0, 1]
     code, _, err = run_cli(capsys, "edit", "eval", *args, *common, "--layers", "2", "--probe-layers", "0")
