@@ -167,7 +167,9 @@ def edit_probe(
         chosen = {layer: stats[layer] for layer in layers}
         return _weight_editor(lm, quick, layers, chosen, templates, steps)[0]
 
-    unused = ("layers", "kn", "kn_edit", "auto_trace", "auto_facts")  # no part in a probe edit
+    # No part in a probe edit's scores (the probe's own facts, candidates and steps are in
+    # its key; its floor only chooses among the scores, so a new floor reuses them).
+    unused = ("layers", "kn", "kn_edit", "auto_trace", "auto_facts", "probe")
     setup = {
         "plan": {k: v for k, v in asdict(quick).items() if k not in unused},
         "statistics": [stats[layer].key for layer in needed],

@@ -112,6 +112,9 @@ def test_a_second_run_reads_the_probe_from_the_cache(lm, facts, plan, probed, ca
     monkeypatch.setattr(layer_probe, "probe_relation", lambda *a, **k: calls.append(1) or choice.probe.scores)
     edit_probe(lm, edited, replace(plan, probe=replace(plan.probe, steps=5)), pool=facts)
     assert calls == [1]
+    # The NS floor only chooses among the cached scores: no new probe, and the same choice here.
+    floor = edit_probe(lm, edited, replace(plan, probe=replace(plan.probe, ns_floor=0.0)), pool=facts)
+    assert calls == [1] and floor.cached and "NS >= 0.0" in floor.rule
 
 
 def test_the_choice_follows_the_scores_not_the_layer_order(lm, profession, plan):
