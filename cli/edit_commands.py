@@ -30,7 +30,12 @@ from memloc.cli.options import (
 from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
+    from memloc.core.lm.facts import Fact
+    from memloc.core.lm.model import LM
     from memloc.edit.editors import EditPlan
+    from memloc.edit.probe_result import LayerProbe
+
+PROBE = "memloc.edit.probe_result:ProbeConfig"
 
 STATS = "memloc.edit.stats:StatsConfig"
 # The edit monitor's advice names the fields of EditPlan, StatsConfig and MonitorConfig.
@@ -38,6 +43,9 @@ ADVICE_FIELDS = ("layers", "samples", "max_update_ratio")
 EVAL = "memloc.edit.evaluate:EvalConfig"
 NULL_SPACE = "memloc.edit.null_space:NullSpaceConfig"
 LONG_ON_CPU = 500  # --samples from which a first rome/memit run on CPU is worth a warning
+# Probe edits × model parameters from which a first --layers auto run on CPU is worth a
+# warning: about 40 edits of SmolLM2-135M, each tens of seconds on a laptop CPU.
+LONG_PROBE_ON_CPU = 5e9
 
 
 class Method(str, Enum):
@@ -66,8 +74,27 @@ EditLayersOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--layers",
-        help="auto (causal tracing), or layers: repeat, 3,4,5 or 3-5.",
+        help="auto: edit a few held-out facts of each relation at every candidate layer (memit, "
+        "alphaedit: the span ending there) and keep the best by ES + PS with NS >= 0.7, cached per model "
+        "and relation; trace: the causal-tracing peak; or layers: repeat, 3,4,5 or 3-5.",
         show_default="auto",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+ProbeLayersOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--probe-layers",
+        help="--layers auto: the candidate layers to probe (3,4,5 or 3-5).",
+        show_default="every layer",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+ProbeFactsOpt = Annotated[
+    int,
+    typer.Option(
+        "--probe-facts",
+        help="--layers auto: probe facts per relation, taken from the facts of the file not being edited.",
         rich_help_panel=METHOD_PANEL,
     ),
 ]
@@ -120,6 +147,63 @@ def _edit_facts(facts: Path, limit: int | None) -> list:
     return loaded
 
 
+def _pool(facts: Path, plan: EditPlan) -> list[Fact]:
+    """The whole fact file, where the edit probe of --layers auto finds held-out facts."""
+    from memloc.core.lm.facts import load_facts
+
+    return load_facts(facts) if plan.layers is None and plan.layer_rule == "probe" else []
+
+
+def _show_probe(probe: LayerProbe | None) -> None:
+    if probe is None:
+        return
+    emit_table(
+        f"edit probe: {probe.method} at layers {list(probe.layers)} ({probe.rule})",
+        [
+            {
+                "layer": s.layer,
+                "layers": ",".join(map(str, s.layers)),
+                "ES": s.es,
+                "PS": s.ps,
+                "NS": s.ns,
+                "margin": s.margin,
+                "chosen": "*" if s.layer == probe.layer else "",
+            }
+            for s in probe.scores
+        ],
+    )
+    for r in probe.relations:
+        held = f"{len(r.facts) - r.edited_overlap} held out" + (
+            f", {r.edited_overlap} also edited (too few others in the file)" if r.edited_overlap else ""
+        )
+        source = "from the cache" if r.cached else f"{r.seconds:.1f} s"
+        stderr.print(f"probe of relation {r.relation}: facts {', '.join(r.facts)} ({held}; {source})")
+    if not probe.floor_met:
+        stderr.print("memloc: warning: no candidate kept NS at the probe's floor; chose by ES + PS alone")
+
+
+def _warn_probe_cost(model: LM, plan: EditPlan, facts: list[Fact]) -> None:
+    """On CPU, say how many edits the edit probe makes, and how to make fewer, before it starts."""
+    if (
+        plan.layers is not None
+        or plan.layer_rule != "probe"
+        or plan.method == "kn"
+        or model.device.type != "cpu"
+    ):
+        return
+    for layer in plan.probe.candidates:  # a wrong layer is the one line to show, not a cost
+        model.adapter.check_layer(layer)
+    candidates = len(plan.probe.candidates) or model.n_layers
+    relations = len({f.relation_key for f in facts})
+    edits = candidates * relations * (1 if plan.method in ("memit", "alphaedit") else plan.probe.facts)
+    if edits * sum(p.numel() for p in model.model.parameters()) >= LONG_PROBE_ON_CPU:
+        stderr.print(
+            f"memloc: warning: --layers auto makes {edits} probe edits ({candidates} candidate layers, "
+            f"{relations} relations) the first time, a long run on CPU (then it is cached); "
+            "narrow them with --probe-layers or --probe-facts, or pass --layers"
+        )
+
+
 def _plan(
     method: Method,
     layers: list[str] | None,
@@ -128,9 +212,12 @@ def _plan(
     seed: int,
     null_space: bool = False,
     threshold: float = 1e-2,
+    probe_layers: list[str] | None = None,
+    probe_facts: int = 3,
 ) -> EditPlan:
     from memloc.edit.editors import EditPlan
     from memloc.edit.null_space import NullSpaceConfig
+    from memloc.edit.probe_result import ProbeConfig
     from memloc.edit.stats import StatsConfig
 
     if null_space and method not in (Method.rome, Method.memit):
@@ -138,10 +225,15 @@ def _plan(
             f"--null-space projects rome and memit updates; {method.value} "
             + ("is always null-space constrained" if method is Method.alphaedit else "has none to project")
         )
-    chosen = None if not layers or layers == ["auto"] else tuple(parse_layers(layers))
+    rule = "trace" if layers == ["trace"] else "probe"
+    chosen = None if not layers or layers in (["auto"], ["trace"]) else tuple(parse_layers(layers))
+    if probe_layers and (chosen is not None or rule == "trace"):
+        raise MemlocError("--probe-layers belongs to --layers auto")
+    candidates = tuple(dict.fromkeys(parse_layers(probe_layers))) if probe_layers else ()
     space = NullSpaceConfig(threshold=threshold) if null_space or method is Method.alphaedit else None
     stats = StatsConfig(corpus=corpus, samples=samples, seed=seed)
-    return EditPlan(method.value, chosen, stats=stats, null_space=space)
+    probe = ProbeConfig(facts=probe_facts, candidates=candidates)
+    return EditPlan(method.value, chosen, layer_rule=rule, probe=probe, stats=stats, null_space=space)
 
 
 @lm_options
@@ -172,6 +264,8 @@ def apply_command(
     ] = None,
     null_space: NullSpaceOpt = False,
     null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
+    probe_layers: ProbeLayersOpt = None,
+    probe_facts: ProbeFactsOpt = config_default(PROBE, "facts"),
     limit: LimitFactsOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -183,9 +277,11 @@ def apply_command(
 
     loaded = _edit_facts(facts, limit)
     monitor = monitor_for(method.value, max_update_ratio)
-    plan = _plan(method, layers, corpus, samples, seed, null_space, null_threshold)
+    plan = _plan(method, layers, corpus, samples, seed, null_space, null_threshold, probe_layers, probe_facts)
+    pool = _pool(facts, plan)
     require_new_folder(writable_folder(out))
     model = lm.load()
+    _warn_probe_cost(model, plan, loaded)
     try:
         with progress_bar(f"edit {method.value}") as update, quiet_transformers():
             saved = save_edits(
@@ -196,6 +292,7 @@ def apply_command(
                 out,
                 progress=update,
                 notify=lambda r: stderr.print(f"memloc: warning: {with_flags(r.warning(), ADVICE_FIELDS)}"),
+                pool=pool,
             )
     except MemlocError as exc:  # every edit refused: the first refusal's advice, with flags
         if exc.field is not None:
@@ -205,6 +302,7 @@ def apply_command(
     if fmt is Format.json:
         emit_json(result)
         return
+    _show_probe(saved.outcome.choice.probe)
     emit_table(
         f"{method.value} edits at layers {result['layers']} (rewrite prompt)",
         [
@@ -259,6 +357,8 @@ def eval_command(
             rich_help_panel=METHOD_PANEL,
         ),
     ] = 1,
+    probe_layers: ProbeLayersOpt = None,
+    probe_facts: ProbeFactsOpt = config_default(PROBE, "facts"),
     fluency_tokens: Annotated[
         int, typer.Option("--fluency-tokens", help="Tokens generated per fluency prompt.")
     ] = config_default(EVAL, "generation_tokens"),
@@ -284,11 +384,18 @@ def eval_command(
     if mode is not Mode.sequential and (batch_size != 1 or every != 1):
         raise MemlocError("--batch-size and --every belong to --mode sequential")
     plan = (
-        None if method is None else _plan(method, layers, corpus, samples, seed, null_space, null_threshold)
+        None
+        if method is None
+        else _plan(
+            method, layers, corpus, samples, seed, null_space, null_threshold, probe_layers, probe_facts
+        )
     )
+    pool = [] if plan is None else _pool(facts, plan)
     if plan is None and null_space:
         raise MemlocError("--null-space needs --method rome or memit")
     model = lm.load()
+    if plan is not None:
+        _warn_probe_cost(model, plan, loaded)
     if (
         method in (Method.rome, Method.memit, Method.alphaedit)
         and model.device.type == "cpu"
@@ -301,7 +408,7 @@ def eval_command(
     with progress_bar("eval") as update:
         if plan is not None:
             result = evaluate_plan(
-                model, loaded, plan, mode.value, config, sequential=sequential, progress=update
+                model, loaded, plan, mode.value, config, sequential=sequential, progress=update, pool=pool
             )
         else:
             result = evaluate_folder(model, lm.model, loaded, config)
@@ -311,6 +418,7 @@ def eval_command(
     if fmt is Format.json:
         emit_json(result.to_dict())
         return
+    _show_probe(result.layer_probe)
     emit_table(
         "CounterFact metrics",
         [{"metric": k, "pre": result.pre[k], "post": result.post[k]} for k in METRICS],

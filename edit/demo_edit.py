@@ -78,7 +78,7 @@ def edit_and_undo(
     prompts = [fact.text, *fact.paraphrases[:1], *fact.generation_prompts[:1]]
     base = weights_hash(lm.model)
     before = _snapshot(lm, fact, prompts, tokens, labelled(progress, "before the edit"))
-    plan = EditPlan("rome", stats=StatsConfig(samples=stats_samples), auto_facts=1)
+    plan = EditPlan("rome", stats=StatsConfig(samples=stats_samples), layer_rule="trace", auto_facts=1)
     if trace_samples is not None:
         plan = replace(plan, auto_trace=replace(plan.auto_trace, samples=trace_samples))
     outcome = apply_edits(lm, [fact], plan, monitor or MonitorConfig(), progress=progress)

@@ -1,9 +1,14 @@
 """From a method name to an editor: layer choice, key statistics, templates, neurons.
 
-`prepare_editor` does the shared, per-model work once (causal tracing for
-``--layers auto``, cached key statistics, cached context templates, knowledge
-neurons for the KN edit) and returns an `Editor`: a function from facts to one
-`WeightDelta`, computed on the model as it is when called.
+`prepare_editor` does the shared, per-model work once (the layer choice, cached key
+statistics, cached context templates, knowledge neurons for the KN edit) and returns
+an `Editor`: a function from facts to one `WeightDelta`, computed on the model as it is
+when called.
+
+- Layers not given are chosen by ``layer_rule``: ``probe`` (``--layers auto``) edits a
+  few probe facts at every candidate and keeps the layer whose edits work best
+  (edit/layer_probe.py; Hase et al. 2023); ``trace`` (``--layers trace``) takes the
+  causal-tracing peak of the MLP indirect effect (Meng et al. 2022).
 
 - ROME edits one fact per rank-one delta; several facts give the sum of their deltas,
   each computed on the model as given (``batch``), or in turn when the caller applies
@@ -21,7 +26,7 @@ neurons for the KN edit) and returns an `Editor`: a function from facts to one
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, require_edit_targets
@@ -31,8 +36,10 @@ from memloc.core.validation import at_least, one_of
 from memloc.edit.alphaedit import AlphaEditConfig, EditedKeys, compute_alphaedit
 from memloc.edit.delta import Editor, WeightDelta, require_editable
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
+from memloc.edit.layer_probe import Span, probe_layers
 from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.null_space import NullSpaceConfig, Projector, project_delta, projectors_by_layer
+from memloc.edit.probe_result import LayerProbe, ProbeConfig
 from memloc.edit.rome import RomeConfig, compute_rome
 from memloc.edit.stats import KeyStats, StatsConfig, key_statistics_by_layer
 from memloc.edit.templates import TemplateConfig, context_templates
@@ -41,6 +48,7 @@ from memloc.locate.lm.tracing import TraceConfig, average_best_layer, trace_fact
 
 METHODS = ("rome", "memit", "kn", "alphaedit")
 SPAN_METHODS = ("memit", "alphaedit")  # methods that edit all facts at once over a span of layers
+LAYER_RULES = ("probe", "trace")  # how layers not given are chosen: --layers auto, --layers trace
 
 
 @dataclass(frozen=True)
@@ -48,10 +56,12 @@ class EditPlan:
     """What ``memloc edit apply|eval`` was asked to do."""
 
     method: str
-    layers: tuple[int, ...] | None = None  # None: choose by causal tracing
+    layers: tuple[int, ...] | None = None  # None: choose by ``layer_rule``
+    layer_rule: str = "probe"  # probe: edit probe facts at each candidate (auto); trace: causal tracing
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # the edit probe and its rule
     stats: StatsConfig = field(default_factory=StatsConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
-    auto_facts: int = 10  # facts traced to choose the layer
+    auto_facts: int = 10  # facts traced to choose the layer (layer_rule "trace")
     auto_trace: TraceConfig = field(default_factory=lambda: TraceConfig(samples=5, kinds=("mlp",)))
     memit_span: int = 5  # MEMIT layers ending at the chosen layer
     rome: RomeConfig | None = None  # its layer is overridden by the chosen one
@@ -66,6 +76,7 @@ class EditPlan:
 
     def __post_init__(self) -> None:
         one_of(self, "method", METHODS)
+        one_of(self, "layer_rule", LAYER_RULES)
         at_least(self, 1, "auto_facts", "memit_span")
 
 
@@ -92,17 +103,81 @@ def auto_layer(lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress
     return layer
 
 
-def edit_layers(
-    lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None
-) -> tuple[int, ...]:
-    if plan.layers is not None:
-        return tuple(lm.adapter.check_layer(layer) for layer in plan.layers)
-    if plan.method == "kn":
-        return tuple(range(lm.n_layers))  # neurons are searched in every layer
-    best = auto_layer(lm, facts, plan, progress)
+def span_of(plan: EditPlan, last: int) -> tuple[int, ...]:
+    """The layers edited for candidate ``last``: itself (ROME), or the MEMIT span ending there."""
     if plan.method == "rome":
-        return (best,)
-    return tuple(range(max(0, best - plan.memit_span + 1), best + 1))
+        return (last,)
+    return tuple(range(max(0, last - plan.memit_span + 1), last + 1))
+
+
+def edit_layers(
+    lm: LM,
+    facts: Sequence[Fact],
+    plan: EditPlan,
+    progress: Progress | None = None,
+    pool: Sequence[Fact] = (),
+) -> tuple[tuple[int, ...], LayerProbe | None]:
+    """The layers to edit, and the edit probe that chose them (None when it did not run)."""
+    if plan.layers is not None:
+        return tuple(lm.adapter.check_layer(layer) for layer in plan.layers), None
+    if plan.method == "kn":
+        return tuple(range(lm.n_layers)), None  # neurons are searched in every layer
+    if plan.layer_rule == "probe":
+        probe = edit_probe(lm, facts, plan, pool, progress)
+        return probe.layers, probe
+    return span_of(plan, auto_layer(lm, facts, plan, progress)), None
+
+
+def _quick(plan: EditPlan) -> EditPlan:
+    """``plan`` with the probe's fewer target-optimisation steps."""
+    steps = plan.probe.steps
+    rome = plan.rome or RomeConfig(layer=0)
+    return replace(
+        plan,
+        rome=replace(rome, target=replace(rome.target, steps=steps)),
+        memit=replace(plan.memit, target=replace(plan.memit.target, steps=steps)),
+        alphaedit=replace(plan.alphaedit, target=replace(plan.alphaedit.target, steps=steps)),
+        sequential=False,
+    )
+
+
+def edit_probe(
+    lm: LM,
+    facts: Sequence[Fact],
+    plan: EditPlan,
+    pool: Sequence[Fact] = (),
+    progress: Progress | None = None,
+) -> LayerProbe:
+    """`probe_layers` over ``plan.probe.candidates`` (every layer when empty), with probe facts from ``pool``.
+
+    Example::
+
+        probe = edit_probe(lm, facts, EditPlan("rome"), pool=all_facts)
+        probe.layer, [(s.layer, s.es, s.ps, s.ns) for s in probe.scores]
+    """
+    candidates = plan.probe.candidates or tuple(range(lm.n_layers))
+    spans: list[Span] = [(lm.adapter.check_layer(c), span_of(plan, c)) for c in candidates]
+    needed = sorted({layer for _, layers in spans for layer in layers})
+    # One pass over the corpus serves every candidate's statistics (and the edit after).
+    stats = key_statistics_by_layer(lm, needed, plan.stats, progress=labelled(progress, "key statistics"))
+    templates = context_templates(lm, plan.templates)
+    quick = _quick(plan)
+
+    def editor_for(layers: tuple[int, ...], steps: Progress | None) -> Editor:
+        chosen = {layer: stats[layer] for layer in layers}
+        return _weight_editor(lm, quick, layers, chosen, templates, steps)[0]
+
+    # No part in a probe edit's scores (the probe's own facts, candidates and steps are in
+    # its key; its floor only chooses among the scores, so a new floor reuses them).
+    unused = ("layers", "kn", "kn_edit", "auto_trace", "auto_facts", "probe")
+    setup = {
+        "plan": {k: v for k, v in asdict(quick).items() if k not in unused},
+        "statistics": [stats[layer].key for layer in needed],
+    }
+    return probe_layers(
+        lm, facts, pool, spans, editor_for, plan.probe, plan.method, setup,
+        together=plan.method in SPAN_METHODS, progress=labelled(progress, "choosing layers"),
+    )  # fmt: skip
 
 
 def unedited(fact: Fact, method: str, reason: str) -> WeightDelta:
@@ -129,18 +204,26 @@ class EditChoice:
 
     method: str
     layers: tuple[int, ...]
-    auto_layers: bool  # chosen by causal tracing
+    auto_layers: bool  # chosen by the edit probe (``probe`` holds it) or by causal tracing
     stats: Mapping[int, KeyStats] = field(default_factory=dict)  # key statistics per layer (ROME/MEMIT)
     projectors: Mapping[int, Projector] = field(default_factory=dict)  # null-space projectors per layer
     templates: tuple[str, ...] = ()
     neurons: Mapping[str, int] = field(default_factory=dict)  # KN: neurons per case id
     relation_neurons: Mapping[str, int] = field(default_factory=dict)  # KN: per relation
+    probe: LayerProbe | None = None  # --layers auto: the edit probe's scores and choice
 
 
 def prepare_editor(
-    lm: LM, facts: Sequence[Fact], plan: EditPlan, progress: Progress | None = None
+    lm: LM,
+    facts: Sequence[Fact],
+    plan: EditPlan,
+    progress: Progress | None = None,
+    pool: Sequence[Fact] = (),
 ) -> tuple[Editor, EditChoice]:
     """The editor for ``plan`` and a record of what was chosen (layers, statistics).
+
+    ``pool``: the fact file the facts come from, where the edit probe of ``--layers
+    auto`` takes its held-out facts (empty: it probes with the facts to edit).
 
     Example::
 
@@ -148,8 +231,8 @@ def prepare_editor(
         delta = editor(facts[:1])
     """
     require_edit_targets(facts)
-    layers = edit_layers(lm, facts, plan, progress)
-    choice = EditChoice(plan.method, layers, auto_layers=plan.layers is None)
+    layers, probe = edit_layers(lm, facts, plan, progress, pool)
+    choice = EditChoice(plan.method, layers, auto_layers=plan.layers is None, probe=probe)
     if plan.method == "kn":
         found = knowledge_neurons(lm, facts, plan.kn, progress=progress)
         by_case = found.by_case()
@@ -183,13 +266,25 @@ def prepare_editor(
     if progress is not None:
         progress(0, 1, "context templates")  # sampled once per model, then cached
     templates = context_templates(lm, plan.templates)
+    editor, projectors = _weight_editor(lm, plan, layers, stats, templates, progress)
+    return editor, replace(choice, stats=dict(stats), templates=tuple(templates), projectors=projectors)
+
+
+def _weight_editor(
+    lm: LM,
+    plan: EditPlan,
+    layers: tuple[int, ...],
+    stats: Mapping[int, KeyStats],
+    templates: Sequence[str],
+    progress: Progress | None,
+) -> tuple[Editor, dict[int, Projector]]:
+    """The ROME, MEMIT or AlphaEdit editor over ``layers``, and its null-space projectors."""
     space = plan.null_space or (plan.alphaedit.null_space if plan.method == "alphaedit" else None)
     projectors = projectors_by_layer(stats, space) if space is not None else {}
-    choice = replace(choice, stats=dict(stats), templates=tuple(templates), projectors=projectors)
     if plan.method == "rome":
-        return _rome_editor(lm, plan, layers[0], stats, templates, projectors, progress), choice
+        return _rome_editor(lm, plan, layers[0], stats, templates, projectors, progress), projectors
     if plan.method == "alphaedit":
-        return _alphaedit_editor(lm, plan, layers, projectors, templates, progress), choice
+        return _alphaedit_editor(lm, plan, layers, projectors, templates, progress), projectors
 
     memit = replace(plan.memit, layers=layers)
     projected = projectors or None
@@ -198,7 +293,7 @@ def prepare_editor(
         steps = labelled(progress, "MEMIT")
         return compute_memit(lm, chosen, stats, memit, templates, progress=steps, projectors=projected)
 
-    return memit_editor, choice
+    return memit_editor, projectors
 
 
 def _rome_editor(

@@ -94,6 +94,15 @@ def eval_section(result: EvalResult, label: str = "") -> Section:
     section.figures.append(
         (f"edit_eval_{result.method or 'model'}_{result.mode}{tag and '_' + tag}", metrics_figure(result))
     )
+    probe = result.layer_probe
+    if probe is not None:
+        section.paragraphs.append(
+            f"Layers {list(probe.layers)} chosen by the edit probe (--layers auto): {probe.rule}."
+        )
+        rows = [
+            {"layer": s.layer, "ES": s.es, "PS": s.ps, "NS": s.ns, "margin": s.margin} for s in probe.scores
+        ]
+        section.tables.append(("edit probe, per candidate layer", rows))
     if result.curve:
         section.paragraphs.append(f"Protocol: {result.protocol}.")
         section.tables.append(("scores as the edits pile up", [asdict(point) for point in result.curve]))

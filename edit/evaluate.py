@@ -31,6 +31,7 @@ from memloc.core.lm.model import LM, final_hidden
 from memloc.core.progress import Progress, within
 from memloc.core.validation import at_least
 from memloc.edit.delta import Applied, Editor, apply
+from memloc.edit.probe_result import LayerProbe
 from memloc.edit.sequential import CurvePoint, SequentialConfig
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "EA", "PA", "NA", "fluency")
@@ -331,6 +332,7 @@ class EvalResult:
     curve: tuple[CurvePoint, ...] = ()  # sequential mode: scores as the edits pile up
     protocol: str = ""  # sequential mode: SequentialConfig.describe()
     batch_size: int | None = None  # sequential mode: facts per edit
+    layer_probe: LayerProbe | None = None  # --layers auto: the edit probe that chose the layers
 
     def to_dict(self) -> dict:
         rows = [asdict(row) for row in self.per_fact]
@@ -364,6 +366,8 @@ class EvalResult:
             )
         if self.method is not None:
             record.update(method=self.method, layers=list(self.layers or ()))
+        if self.layer_probe is not None:
+            record.update(layer_probe=self.layer_probe.to_dict())
         return record
 
     @classmethod
@@ -386,6 +390,7 @@ class EvalResult:
             tuple(CurvePoint(**point) for point in data.get("curve", ())),
             data.get("protocol", ""),
             data.get("batch_size"),
+            None if data.get("layer_probe") is None else LayerProbe.from_dict(data["layer_probe"]),
         )
 
 

@@ -9,11 +9,13 @@ et al. 2024 ("Model editing at scale leads to gradual and catastrophic forgettin
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from memloc.core.checkpoints import atomic_write_text
 from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, neighborhood_rule
 from memloc.core.lm.loading import quiet_transformers
@@ -89,11 +91,14 @@ def apply_edits(
     *,
     progress: Progress | None = None,
     notify: Callable[[Refusal], None] | None = None,
+    pool: Sequence[Fact] = (),
 ) -> EditOutcome:
     """Edit ``facts`` in place, one fact per edit (MEMIT, AlphaEdit: all in one), each through the monitor.
 
     A fact the method cannot edit, or an edit the monitor refuses, is skipped and reported
     (to ``notify`` as it happens, and in the outcome); when every edit is refused this raises.
+    ``pool`` is the fact file the facts come from: the edit probe of ``--layers auto``
+    takes its held-out facts from it.
 
     Example::
 
@@ -101,7 +106,7 @@ def apply_edits(
         outcome.restore()
     """
     started = time.perf_counter()
-    editor, choice = prepare_editor(lm, facts, plan, progress)
+    editor, choice = prepare_editor(lm, facts, plan, progress, pool)
     baseline = generation_entropy(lm, monitor, progress=labelled(progress, "collapse monitor baseline"))
     groups = [list(facts)] if plan.method in SPAN_METHODS else [[f] for f in facts]
     deltas, handles, refused, checks = [], [], [], []
@@ -176,6 +181,7 @@ class SavedEdits:
             "method": choice.method,
             "layers": list(choice.layers),
             "auto_layers": choice.auto_layers,
+            "layer_probe": None if choice.probe is None else choice.probe.to_dict(),
             "edits": self.outcome.edits,
             "refused": [{"case_ids": list(r.case_ids), "reason": r.reason} for r in self.outcome.refused],
             "seconds": self.outcome.seconds,
@@ -204,8 +210,10 @@ def save_edits(
     *,
     progress: Progress | None = None,
     notify: Callable[[Refusal], None] | None = None,
+    pool: Sequence[Fact] = (),
 ) -> SavedEdits:
-    """`apply_edits`, then write the edited model and its ledger to the new folder ``out``.
+    """`apply_edits`, then write the edited model and its ledger to the new folder ``out``
+    (and ``layer_probe.json`` when the edit probe chose the layers).
 
     Example::
 
@@ -215,8 +223,12 @@ def save_edits(
     require_new_folder(out)
     base = weights_hash(lm.model)
     before = rewrite_probs(lm, facts)
-    outcome = apply_edits(lm, facts, plan, monitor, progress=progress, notify=notify)
+    outcome = apply_edits(lm, facts, plan, monitor, progress=progress, notify=notify, pool=pool)
     save_edited(lm, out, outcome.deltas, outcome.handles, facts, base)
+    if outcome.choice.probe is not None:
+        atomic_write_text(
+            out / "layer_probe.json", json.dumps(outcome.choice.probe.to_dict(), indent=1) + "\n"
+        )
     return SavedEdits(out, outcome, base, before, rewrite_probs(lm, facts))
 
 
@@ -229,8 +241,11 @@ def evaluate_plan(
     *,
     sequential: SequentialConfig = SequentialConfig(),
     progress: Progress | None = None,
+    pool: Sequence[Fact] = (),
 ) -> EvalResult:
     """Choose layers and statistics for ``plan``, then `evaluate_edits` in ``mode``.
+
+    ``pool``: the fact file, where the edit probe of ``--layers auto`` takes held-out facts.
 
     Example::
 
@@ -238,9 +253,9 @@ def evaluate_plan(
     """
     # Only a sequential run keeps its earlier edits, so only there are their keys K_p (AlphaEdit).
     plan = replace(plan, sequential=mode == "sequential")
-    editor, choice = prepare_editor(lm, facts, plan, progress)
+    editor, choice = prepare_editor(lm, facts, plan, progress, pool)
     result = evaluate_edits(lm, facts, editor, mode, config, sequential=sequential, progress=progress)
-    return replace(result, method=plan.method, layers=choice.layers)
+    return replace(result, method=plan.method, layers=choice.layers, layer_probe=choice.probe)
 
 
 def evaluate_folder(lm: LM, folder: str | Path, facts: Sequence[Fact], config: EvalConfig) -> EvalResult:

@@ -178,8 +178,13 @@ def cache_folder(
     ``partial-<layers>.safetensors`` (the running sums) while a pass is running.
     Generated corpora are kept beside, as ``<weights hash>/generated-<corpus hash>.jsonl``.
     """
+    return model_folder(cache_dir, weights) / f"{corpus[:16]}-n{texts}-t{config.max_tokens}-{config.dtype}"
+
+
+def model_folder(cache_dir: str | Path | None, weights: str) -> Path:
+    """``<cache>/stats/<weights hash>/``: everything cached for one model's exact weights."""
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "stats"
-    return root / weights[:16] / f"{corpus[:16]}-n{texts}-t{config.max_tokens}-{config.dtype}"
+    return root / weights[:16]
 
 
 def _layer_file(folder: Path, layer: int) -> Path:
