@@ -86,7 +86,7 @@ ProbeLayersOpt = Annotated[
     typer.Option(
         "--probe-layers",
         help="--layers auto: the candidate layers to probe (3,4,5 or 3-5).",
-        show_default="every layer",
+        show_default="every layer up to 8, else 8 from 10% to 50% of the depth",
         rich_help_panel=METHOD_PANEL,
     ),
 ]
@@ -193,7 +193,7 @@ def _warn_probe_cost(model: LM, plan: EditPlan, facts: list[Fact]) -> None:
         return
     for layer in plan.probe.candidates:  # a wrong layer is the one line to show, not a cost
         model.adapter.check_layer(layer)
-    candidates = len(plan.probe.candidates) or model.n_layers
+    candidates = len(plan.probe.layers_for(model.n_layers))
     relations = len({f.relation_key for f in facts})
     edits = candidates * relations * (1 if plan.method in ("memit", "alphaedit") else plan.probe.facts)
     if edits * sum(p.numel() for p in model.model.parameters()) >= LONG_PROBE_ON_CPU:

@@ -148,14 +148,14 @@ def edit_probe(
     pool: Sequence[Fact] = (),
     progress: Progress | None = None,
 ) -> LayerProbe:
-    """`probe_layers` over ``plan.probe.candidates`` (every layer when empty), with probe facts from ``pool``.
+    """`probe_layers` over ``plan.probe.layers_for(n_layers)``, with probe facts from ``pool``.
 
     Example::
 
         probe = edit_probe(lm, facts, EditPlan("rome"), pool=all_facts)
         probe.layer, [(s.layer, s.es, s.ps, s.ns) for s in probe.scores]
     """
-    candidates = plan.probe.candidates or tuple(range(lm.n_layers))
+    candidates = plan.probe.layers_for(lm.n_layers)
     spans: list[Span] = [(lm.adapter.check_layer(c), span_of(plan, c)) for c in candidates]
     needed = sorted({layer for _, layers in spans for layer in layers})
     # One pass over the corpus serves every candidate's statistics (and the edit after).

@@ -218,3 +218,14 @@ def test_cli_prints_the_probe_and_stores_it(lm, cache, tmp_path, capsys, monkeyp
     assert_one_line_error(code, err, "--probe-layers belongs to --layers auto")
     code, _, err = run_cli(capsys, "edit", "eval", *args, *common, "--probe-layers", "9")
     assert_one_line_error(code, err, "9")
+
+
+def test_default_candidates_spread_over_the_lower_half_and_keep_tiny_models_whole():
+    from memloc.edit.probe_result import ProbeConfig, default_candidates
+
+    assert default_candidates(3) == (0, 1, 2) and default_candidates(8) == tuple(range(8))
+    deep = default_candidates(30)
+    assert len(deep) == 8 and deep[0] == 3 and deep[-1] == 15 and list(deep) == sorted(set(deep))
+    assert 5 in default_candidates(28)  # GPT-J's ROME layer (Meng et al. 2022)
+    assert ProbeConfig(candidates=(4,)).layers_for(30) == (4,)
+    assert ProbeConfig(max_default=2).layers_for(30) == (3, 15)
