@@ -12,8 +12,9 @@ without its last token. The loss is
 
 minimised with Adam; after each step ||δ|| is clamped to clamp · ||v0||, and the loop stops
 once the NLL part drops below ``early_stop``. One loop (`optimize_rows`) optimises the δ of
-many facts at once, one row each, with per-row clamps and early stops (MEMIT); ROME is its
-one-row case (`optimize_delta`). v0 is the clean activation at the site,
+many facts at once, one row each, with per-row clamps and early stops
+(`optimize_targets_batched`: MEMIT, and ROME's independent edits); one fact is its
+one-row case (`optimize_target`). v0 is the clean activation at the site,
 averaged over the rewrite prompts. The KL direction and position follow the reference
 ROME code: the divergence of the edited distribution from the clean one, measured where δ
 is added in the essence prompt, so the subject's other attributes are preserved.
@@ -29,7 +30,7 @@ full forward pass with the activation patched (a test checks this).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -362,6 +363,120 @@ class SuffixScorer:
         return token_logp, logp[n_tokens] if one else logp[n_tokens:]
 
 
+# --- many facts at once -----------------------------------------------------------------------------
+
+
+def facts_batch(
+    lm: LM, facts: Sequence[Fact], templates: Sequence[str], kl_prompt: str
+) -> tuple[RewriteBatch, list[int]]:
+    """One right-padded batch: every fact's rewrite rows (fact-major), then one KL row per fact.
+
+    Also returns the number of target tokens of each fact.
+    """
+    singles = [rewrite_batch(lm, fact, templates, kl_prompt) for fact in facts]
+    n = singles[0].n_rewrite
+    width = max(b.ids.shape[1] for b in singles)
+
+    def rows(b: RewriteBatch, which: slice) -> torch.Tensor:
+        # The filler is masked out (``lengths``); any token id will do.
+        ids = b.ids[which]
+        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, 0]))
+
+    rewrite, kl = slice(0, n), slice(n, n + 1)
+    parts = [(b, rewrite) for b in singles] + [(b, kl) for b in singles]
+    shift = [i * n for i in range(len(singles))]
+    batch = RewriteBatch(
+        ids=torch.cat([rows(b, which) for b, which in parts]).to(lm.device),
+        lengths=torch.cat([b.lengths[which] for b, which in parts]),
+        subject_last=torch.cat([b.subject_last[which] for b, which in parts]),
+        target_rows=torch.cat([b.target_rows + k for b, k in zip(singles, shift, strict=True)]),
+        target_pos=torch.cat([b.target_pos for b in singles]),
+        target_ids=torch.cat([b.target_ids for b in singles]),
+        n_rewrite=n * len(singles),
+        # One fact keeps its count; several may differ (see the returned counts).
+        n_target=singles[0].n_target if len(singles) == 1 else 0,
+    )
+    return batch, [b.n_target for b in singles]
+
+
+def optimize_targets_batched(
+    lm: LM,
+    facts: Sequence[Fact],
+    site: Site,
+    config: TargetConfig,
+    templates: Sequence[str],
+    *,
+    facts_per_batch: int = 16,
+    trace_sites: Iterable[Site] = (),
+    progress: Progress | None = None,
+) -> list[TargetResult]:
+    """v* of each fact at ``site``, optimised ``facts_per_batch`` facts at a time, one row each.
+
+    Each fact gets the `TargetResult` it would get alone (`optimize_target`) up to float
+    rounding: `optimize_rows` keeps the rows' losses, clamps and early stops apart, and
+    the `SuffixScorer` masks every fact's rows to its own tokens. ``trace_sites`` as in
+    `optimize_target`. ``progress(facts done, facts, "targets")`` follows the facts; with
+    one fact it follows the steps instead.
+
+        results = optimize_targets_batched(lm, facts, Site(6, "mlp.out"), TargetConfig(), ("{}",))
+        v_stars = torch.stack([r.target for r in results])
+    """
+    if facts_per_batch < 1:
+        raise MemlocError(f"facts_per_batch must be at least 1, got {facts_per_batch}")
+    for fact in facts:
+        check_target_inputs(lm, fact, site)
+    results: list[TargetResult] = []
+    for start in range(0, len(facts), facts_per_batch):
+        chunk = facts[start : start + facts_per_batch]
+        steps = progress if len(facts) == 1 else None
+        results.extend(_optimize_chunk(lm, chunk, site, config, templates, tuple(trace_sites), steps))
+        if progress is not None and len(facts) > 1:
+            progress(start + len(chunk), len(facts), "targets")
+    return results
+
+
+def _optimize_chunk(
+    lm: LM,
+    facts: Sequence[Fact],
+    site: Site,
+    config: TargetConfig,
+    templates: Sequence[str],
+    trace_sites: tuple[Site, ...],
+    progress: Progress | None,
+) -> list[TargetResult]:
+    """One batch of `optimize_targets_batched`: every fact a row of one `optimize_rows` loop."""
+    batch, n_tokens = facts_batch(lm, facts, templates, config.kl_prompt)
+    scorer = SuffixScorer(lm, batch, site, trace_sites, n_facts=len(facts))
+    n = len(templates)
+    counts = [m * n for m in n_tokens]  # scored tokens per fact, prompt-major within a fact
+    # One fact needs no owner: the plain mean is exactly the one-fact loss.
+    owner = None
+    if len(facts) > 1:
+        owner = torch.repeat_interleave(torch.arange(len(facts)), torch.tensor(counts)).to(lm.device)
+    v0s = scorer.v0s()
+    out = optimize_rows(scorer, v0s, owner, config, progress)
+    with torch.no_grad():
+        after, _ = scorer(out.delta)
+    results, offset = [], 0
+    for i, m in enumerate(n_tokens):
+        tokens = slice(offset, offset + counts[i])
+        offset += counts[i]
+        results.append(
+            TargetResult(
+                site=site,
+                target=v0s[i] + out.delta[i],
+                delta=out.delta[i],
+                v0=v0s[i],
+                losses=out.losses[i],
+                steps=out.steps[i],
+                p_new_before=_p_new(out.first_token_logp[tokens], m),
+                p_new_after=_p_new(after[tokens], m),
+                clean={s: scorer.clean[s][i * n : (i + 1) * n] for s in scorer.clean},
+            )
+        )
+    return results
+
+
 def optimize_target(
     lm: LM,
     fact: Fact,
@@ -376,20 +491,9 @@ def optimize_target(
 
     ``trace_sites`` are extra sites whose clean activations at the subject's last token of
     every rewrite prompt come back in ``TargetResult.clean`` (ROME reads its keys there).
+    The one-fact case of `optimize_targets_batched`.
     """
-    check_target_inputs(lm, fact, site)
-    batch = rewrite_batch(lm, fact, templates, config.kl_prompt)
-    scorer = SuffixScorer(lm, batch, site, trace_sites)
-    v0 = scorer.v0
-    delta, losses, steps, p_before, p_after = optimize_delta(scorer, v0, batch.n_target, config, progress)
-    return TargetResult(
-        site=site,
-        target=v0 + delta,
-        delta=delta,
-        v0=v0,
-        losses=tuple(losses),
-        steps=steps,
-        p_new_before=p_before,
-        p_new_after=p_after,
-        clean=dict(scorer.clean),
+    (result,) = optimize_targets_batched(
+        lm, [fact], site, config, list(templates), trace_sites=trace_sites, progress=progress
     )
+    return result
