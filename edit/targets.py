@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from memloc.core.errors import MemlocError
@@ -167,8 +168,20 @@ class RowsOutcome:
     first_token_logp: torch.Tensor  # the scorer's token log-probabilities at δ = 0
 
 
+@runtime_checkable
+class NarrowingScorer(Protocol):
+    """A `Scorer` that can drop rows (facts): `SuffixScorer`."""
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @property
+    def owner(self) -> torch.Tensor: ...
+
+    def narrow(self, facts: torch.Tensor) -> NarrowingScorer: ...
+
+
 def optimize_rows(
-    scorer: Scorer,
+    scorer: Scorer | NarrowingScorer,
     v0: torch.Tensor,
     owner: torch.Tensor | None,
     config: TargetConfig,
@@ -183,7 +196,10 @@ def optimize_rows(
     it would get alone (up to float rounding). A row whose NLL drops below ``early_stop``
     is frozen: torch's Adam still moves a parameter with a zero gradient through its
     momentum, so a frozen row is put back after every step (it never resumes, so its
-    stale Adam state is never read). ``progress(steps, config.steps, description)`` follows the steps.
+    stale Adam state is never read). A `NarrowingScorer` also drops frozen rows from the
+    scoring once a quarter of the rows left are frozen, carrying the others' Adam state
+    over, so a batch does not pay for finished facts until its slowest one stops.
+    ``progress(steps, config.steps, description)`` follows the steps.
 
     Usage::
 
@@ -191,6 +207,8 @@ def optimize_rows(
         z = v0s + out.delta
     """
     k = v0.shape[0]
+    rows = torch.arange(k, device=v0.device)  # the original rows still scored
+    final = torch.zeros_like(v0)
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.lr)
     v0_norm = v0.norm(dim=1)
@@ -203,7 +221,7 @@ def optimize_rows(
         token_logp, kl_logp = scorer(delta)
         if logp0 is None:
             logp0, first = kl_logp.detach(), token_logp.detach()
-        nll = _mean_nll(token_logp, owner, k)
+        nll = _mean_nll(token_logp, owner, len(rows))
         kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
         decay = delta.norm(dim=1) / v0_norm**2
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
@@ -211,16 +229,47 @@ def optimize_rows(
             raise MemlocError(f"the target optimisation produced a non-finite loss at step {step + 1}")
         now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
         for row in torch.nonzero(active).squeeze(1).tolist():
-            losses[row].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
+            losses[int(rows[row])].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
         active = active & (nll.detach() >= config.early_stop)
         if not active.any():
             break
         _adam_step(opt, delta, loss, active, max_norm)
-        steps += active.long()
+        steps[rows] += active.long()
         if progress is not None:
             progress(step + 1, config.steps, "target steps")
+        frozen = int((~active).sum())
+        if (
+            isinstance(scorer, NarrowingScorer)
+            and frozen
+            and 4 * frozen >= len(rows)
+            and step + 1 < config.steps
+        ):
+            final[rows] = delta.detach()
+            keep = torch.nonzero(active).squeeze(1)
+            scorer = scorer.narrow(keep)
+            owner, rows = scorer.owner, rows[keep]
+            delta, opt = _carry_adam(opt, delta, keep, config.lr)
+            logp0, v0_norm, max_norm = logp0[keep], v0_norm[keep], max_norm[keep]
+            active = active[keep]
+    final[rows] = delta.detach()
     assert first is not None  # config.steps ≥ 1, so the loop ran at least once
-    return RowsOutcome(delta.detach(), tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+    return RowsOutcome(final, tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+
+
+def _carry_adam(
+    opt: torch.optim.Adam, delta: torch.Tensor, keep: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.optim.Adam]:
+    """A new δ of the rows ``keep`` with a fresh Adam that continues exactly where theirs was."""
+    kept = delta.detach()[keep].clone().requires_grad_(True)
+    carried = torch.optim.Adam([kept], lr=lr)
+    old = opt.state[delta]
+    # Adam is element-wise, so the kept rows' moments and the shared step count are all it needs.
+    carried.state[kept] = {
+        "step": old["step"].clone(),
+        "exp_avg": old["exp_avg"][keep].clone(),
+        "exp_avg_sq": old["exp_avg_sq"][keep].clone(),
+    }
+    return kept, carried
 
 
 def _mean_nll(token_logp: torch.Tensor, owner: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -291,20 +340,20 @@ class SuffixScorer:
     Row i of the suffix holds tokens ``subject_last[i] ..`` of row i; the tokens before it
     enter as keys/values from the clean pass (masked per row), at their true positions,
     through `core.lm.prefix_runner`. One batch may hold ``n_facts`` facts (MEMIT): each
-    fact's rewrite rows in turn, then one KL row per fact (`edit.memit` builds it). δ is
+    fact's rewrite rows in turn, then one KL row per fact (`facts_batch` builds it). δ is
     (D,) for one fact, with KL log-probabilities (V,); or (facts, D), with (facts, V).
+    `narrow` keeps some of the facts, so finished facts stop costing steps.
     """
 
     def __init__(
         self, lm: LM, batch: RewriteBatch, site: Site, trace_sites: Iterable[Site] = (), n_facts: int = 1
     ) -> None:
         model, adapter = lm.model, lm.adapter
-        self.lm, self.batch, self.site, self.n_facts = lm, batch, site, n_facts
         resid = Site(site.layer, "resid.post")
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
-            self.kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
+            kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
         # Padding positions are left out: a fully masked row may be NaN by design in some kernels.
         real = out.logits[batch.attention_mask.bool()]
         inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
@@ -314,33 +363,88 @@ class SuffixScorer:
         self.clean = {s: seen[s][rows[:n], batch.subject_last[:n]] for s in sites}
 
         starts = batch.subject_last
-        self.prefix = int(starts.max())
+        prefix = int(starts.max())
         width = int((batch.lengths - starts).max())
         k = torch.arange(width, device=starts.device)
         pos = starts[:, None] + k  # (B, S) true positions of the suffix tokens
         valid = k[None] < (batch.lengths - starts)[:, None]
         safe = torch.where(valid, pos, torch.zeros_like(pos))
-        self.base = seen[resid][rows[:, None], safe]  # (B, S, D) clean input of block l+1
+        base = seen[resid][rows[:, None], safe]  # (B, S, D) clean input of block l+1
         suffix_ids = torch.where(valid, batch.ids[rows[:, None], safe], batch.ids[:, -1:].expand_as(safe))
-        before = torch.arange(self.prefix, device=starts.device)[None] < starts[:, None]
+        before = torch.arange(prefix, device=starts.device)[None] < starts[:, None]
         mask = torch.cat([before, valid], dim=1).long()
+        facts = torch.arange(n_facts, device=starts.device)
+        fact_of_row = torch.cat([facts.repeat_interleave(n // n_facts), facts])
+        offsets = batch.target_pos - starts[batch.target_rows]  # where each target token's logits are
+        self._setup(lm, site, kv, base, suffix_ids, mask, pos, fact_of_row, batch.target_rows, offsets)
+        self.target_ids, self.n_facts = batch.target_ids, n_facts
+
+    def _setup(
+        self,
+        lm: LM,
+        site: Site,
+        kv: PrefixCache,
+        base: torch.Tensor,
+        suffix_ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        fact_of_row: torch.Tensor,
+        target_rows: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> None:
+        """The suffix rows' state, and the block runner probed on exactly these rows."""
+        self.lm, self.site, self.kv, self.base = lm, site, kv, base
+        self.suffix_ids, self.mask, self.pos = suffix_ids, mask, pos
+        self.fact_of_row, self.target_rows, self.offsets = fact_of_row, target_rows, offsets
+        self.prefix, self.width = mask.shape[1] - suffix_ids.shape[1], suffix_ids.shape[1]
         # The probe pass over the suffix records how the model calls each block above the site
         # (masks, rotary embeddings, positions), so the steps can call them directly.
         self.runner = BlockRunner(
             lm,
-            range(site.layer + 1, adapter.n_layers),
+            range(site.layer + 1, lm.adapter.n_layers),
             input_ids=suffix_ids,
             attention_mask=mask,
             position_ids=pos,
-            **cache_inputs(model, self.kv.fresh(length=self.prefix)),
+            **cache_inputs(lm.model, kv.fresh(length=self.prefix)),
         )
-
-        facts = torch.arange(n_facts, device=starts.device)
-        self.fact_of_row = torch.cat([facts.repeat_interleave(n // n_facts), facts])
+        n_rewrite = len(fact_of_row) - int(fact_of_row.max()) - 1
         # Where logits are needed, as indices into the flattened (B·S) suffix: target tokens, then KL rows.
-        self.target_index = batch.target_rows * width + (batch.target_pos - starts[batch.target_rows])
-        self.picked = torch.cat([self.target_index, (n + facts) * width])
-        self.width = width
+        self.target_index = target_rows * self.width + offsets
+        kl_rows = torch.arange(n_rewrite, len(fact_of_row), device=fact_of_row.device)
+        self.picked = torch.cat([self.target_index, kl_rows * self.width])
+
+    @property
+    def owner(self) -> torch.Tensor:
+        """(tokens,): the fact each scored target token belongs to."""
+        return self.fact_of_row[self.target_rows]
+
+    def narrow(self, facts: torch.Tensor) -> SuffixScorer:
+        """The scorer of just ``facts`` (indices, ascending), in that order; ``clean`` is not kept.
+
+        The clean pass is reused; only the probe pass over the kept rows runs again.
+        """
+        keep = torch.isin(self.fact_of_row, facts)
+        rows = torch.nonzero(keep).squeeze(1)
+        renumber = torch.full_like(self.fact_of_row, -1)
+        renumber[facts] = torch.arange(len(facts), device=facts.device)
+        new_row = torch.cumsum(keep.long(), 0) - 1
+        tokens = keep[self.target_rows]
+        narrowed = object.__new__(SuffixScorer)
+        kv = PrefixCache(tuple((k[rows], v[rows]) for k, v in self.kv.kv), self.kv.config)
+        narrowed._setup(
+            self.lm,
+            self.site,
+            kv,
+            self.base[rows],
+            self.suffix_ids[rows],
+            self.mask[rows],
+            self.pos[rows],
+            renumber[self.fact_of_row[rows]],
+            new_row[self.target_rows[tokens]],
+            self.offsets[tokens],
+        )
+        narrowed.target_ids, narrowed.n_facts, narrowed.clean = self.target_ids[tokens], len(facts), {}
+        return narrowed
 
     @property
     def v0(self) -> torch.Tensor:
@@ -359,7 +463,7 @@ class SuffixScorer:
         logits = self.runner.logits(h.reshape(-1, h.shape[-1])[self.picked])
         logp = torch.log_softmax(logits.float(), dim=-1)
         n_tokens = len(self.target_index)
-        token_logp = logp[:n_tokens].gather(1, self.batch.target_ids[:, None])[:, 0]
+        token_logp = logp[:n_tokens].gather(1, self.target_ids[:, None])[:, 0]
         return token_logp, logp[n_tokens] if one else logp[n_tokens:]
 
 
@@ -450,9 +554,7 @@ def _optimize_chunk(
     n = len(templates)
     counts = [m * n for m in n_tokens]  # scored tokens per fact, prompt-major within a fact
     # One fact needs no owner: the plain mean is exactly the one-fact loss.
-    owner = None
-    if len(facts) > 1:
-        owner = torch.repeat_interleave(torch.arange(len(facts)), torch.tensor(counts)).to(lm.device)
+    owner = scorer.owner if len(facts) > 1 else None
     v0s = scorer.v0s()
     out = optimize_rows(scorer, v0s, owner, config, progress)
     with torch.no_grad():

@@ -11,13 +11,14 @@ from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.loading import load_language_model
 from memloc.core.lm.model import encode
+from memloc.core.sites import Site
 from memloc.edit.delta import WeightDelta, apply, weights_hash
 from memloc.edit.editors import EditPlan, independent_editor, prepare_editor
 from memloc.edit.evaluate import EvalConfig, evaluate_edits
 from memloc.edit.rome import RomeConfig, compute_rome, compute_rome_batch
 from memloc.edit.session import evaluate_plan
 from memloc.edit.stats import StatsConfig
-from memloc.edit.targets import TargetConfig
+from memloc.edit.targets import SuffixScorer, TargetConfig, facts_batch
 from memloc.edit.templates import TemplateConfig
 from tiny_lms import tiny_lm
 
@@ -143,3 +144,27 @@ def test_single_mode_scores_are_the_same_batched_and_one_at_a_time(fixture_lm, f
     with apply(lm.model, lm.adapter, editor(facts)) as _:
         assert weights_hash(lm.model) != before
     assert weights_hash(lm.model) == before
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_narrowed_scorer_scores_its_facts_as_the_full_one_does(arch):
+    lm = tiny_lm(arch)
+    facts = [
+        Fact("a", "the capital of {} is", "Zorbia Quelon", "Paris", "Rome"),
+        Fact("b", "{} is located in the city of", "Tisk", "Berlin", "Lima Oslo"),
+        Fact("c", "the language of {} is known", "Marvat Pelor Dunmar", "French", "Italian German Spanish"),
+    ]
+    templates = ("{}", "the red river . {}")
+    batch, n_tokens = facts_batch(lm, facts, templates, "{} is a")
+    scorer = SuffixScorer(lm, batch, Site(0, "mlp.out"), n_facts=3)
+    delta = torch.randn(3, lm.adapter.d_model, generator=torch.Generator().manual_seed(0))
+    tokens, kl = scorer(delta)
+    keep = torch.tensor([0, 2])
+    narrowed = scorer.narrow(keep)
+    got_tokens, got_kl = narrowed(delta[keep])
+    counts = [m * len(templates) for m in n_tokens]
+    wanted = torch.cat([tokens[: counts[0]], tokens[counts[0] + counts[1] :]])
+    torch.testing.assert_close(got_tokens, wanted, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_kl, kl[keep], rtol=1e-5, atol=1e-5)
+    assert narrowed.owner.tolist() == [0] * counts[0] + [1] * counts[2]
+    assert narrowed.narrow(torch.tensor([1]))(delta[2:])[0].shape == (counts[2],)
