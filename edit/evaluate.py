@@ -421,6 +421,10 @@ def evaluate_edits(
             start = time.perf_counter()
             ready = independent(facts) if independent is not None else None
             edit_seconds += time.perf_counter() - start
+            if ready is not None and len(ready) != len(facts):
+                raise MemlocError(
+                    f"the editor gave {len(ready)} deltas for {len(facts)} facts; it must give one per fact"
+                )
             for i, fact in enumerate(facts):
                 start = time.perf_counter()
                 handle = edit([fact], None if ready is None else ready[i])
