@@ -71,6 +71,9 @@ class WeightDelta:
 
 # An edit method bound to its model and settings: the facts to write -> the update.
 Editor = Callable[[Sequence[Fact]], WeightDelta]
+# A method whose facts are edited independently (ROME): the facts -> one delta per fact, in
+# order, each computed on the model as given, as if that fact were edited alone.
+IndependentEditor = Callable[[Sequence[Fact]], list[WeightDelta]]
 
 
 def edited_tensors(model: nn.Module, adapter: TransformerAdapter, layers) -> dict[str, torch.Tensor]:

@@ -12,7 +12,9 @@ when called.
 
 - ROME edits one fact per rank-one delta; several facts give the sum of their deltas,
   each computed on the model as given (``batch``), or in turn when the caller applies
-  them one by one (``sequential``).
+  them one by one (``sequential``). Facts edited alone (``single``) can have their
+  deltas computed together (`independent_editor`): their targets are optimised as rows
+  of one batch (``RomeConfig.target_batch``), with the same deltas.
 - MEMIT edits all given facts in one delta over a span of layers.
 - AlphaEdit (Fang et al. 2025) edits like MEMIT, each layer's update confined to the
   null space of its key statistics; in a sequential run (``sequential``) each call's
@@ -34,13 +36,13 @@ from memloc.core.lm.model import LM, encode
 from memloc.core.progress import Progress, labelled, within
 from memloc.core.validation import at_least, one_of
 from memloc.edit.alphaedit import AlphaEditConfig, EditedKeys, compute_alphaedit
-from memloc.edit.delta import Editor, WeightDelta, require_editable
+from memloc.edit.delta import Editor, IndependentEditor, WeightDelta, require_editable
 from memloc.edit.kn_edit import KNEditConfig, compute_kn_edit
 from memloc.edit.layer_probe import Span, probe_layers
 from memloc.edit.memit import MemitConfig, compute_memit
 from memloc.edit.null_space import NullSpaceConfig, Projector, project_delta, projectors_by_layer
 from memloc.edit.probe_result import LayerProbe, ProbeConfig
-from memloc.edit.rome import RomeConfig, compute_rome
+from memloc.edit.rome import RomeConfig, compute_rome_batch
 from memloc.edit.stats import KeyStats, StatsConfig, key_statistics_by_layer
 from memloc.edit.templates import TemplateConfig, context_templates
 from memloc.locate.lm.knowledge_neurons import KNConfig, knowledge_neurons
@@ -296,6 +298,46 @@ def _weight_editor(
     return memit_editor, projectors
 
 
+def independent_editor(
+    lm: LM, plan: EditPlan, choice: EditChoice, progress: Progress | None = None
+) -> IndependentEditor | None:
+    """One delta per fact, each as if edited alone, computed many at a time; None unless ROME.
+
+    ``choice`` is what `prepare_editor` returned for ``plan``. For ROME the deltas equal
+    ``editor([fact])`` for each fact (up to float rounding), but the facts' target
+    optimisations run as rows of one batch (``RomeConfig.target_batch`` facts each).
+
+        editor, choice = prepare_editor(lm, facts, EditPlan("rome", layers=(6,)))
+        each = independent_editor(lm, EditPlan("rome", layers=(6,)), choice)
+        deltas = each(facts) if each is not None else [editor([f]) for f in facts]
+    """
+    if plan.method != "rome":
+        return None
+    return _rome_deltas(
+        lm, plan, choice.layers[0], choice.stats, choice.templates, choice.projectors, progress
+    )
+
+
+def _rome_deltas(
+    lm: LM,
+    plan: EditPlan,
+    layer: int,
+    stats: Mapping[int, KeyStats],
+    templates: Sequence[str],
+    projectors: Mapping[int, Projector],
+    progress: Progress | None,
+) -> IndependentEditor:
+    config = replace(plan.rome or RomeConfig(layer=layer), layer=layer)
+
+    def rome_deltas(chosen: Sequence[Fact]) -> list[WeightDelta]:
+        label = f"ROME, fact {chosen[0].case_id}" if len(chosen) == 1 else "ROME"
+        steps = labelled(progress, label)
+        deltas = compute_rome_batch(lm, chosen, stats[config.layer], config, templates, progress=steps)
+        return [project_delta(delta, projectors) for delta in deltas] if projectors else deltas
+
+    return rome_deltas
+
+
 def _rome_editor(
     lm: LM,
     plan: EditPlan,
@@ -305,15 +347,10 @@ def _rome_editor(
     projectors: Mapping[int, Projector],
     progress: Progress | None,
 ) -> Editor:
-    config = replace(plan.rome or RomeConfig(layer=layer), layer=layer)
+    deltas = _rome_deltas(lm, plan, layer, stats, templates, projectors, progress)
 
     def rome_editor(chosen: Sequence[Fact]) -> WeightDelta:
-        deltas = []
-        for fact in chosen:
-            steps = labelled(progress, f"ROME, fact {fact.case_id}")
-            delta = compute_rome(lm, fact, stats[config.layer], config, templates, progress=steps)
-            deltas.append(project_delta(delta, projectors) if projectors else delta)
-        return combine(deltas, "rome")
+        return combine(deltas(chosen), "rome")
 
     return rome_editor
 

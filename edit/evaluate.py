@@ -30,7 +30,7 @@ from memloc.core.lm.facts import Fact, neighborhood_rule
 from memloc.core.lm.model import LM, final_hidden
 from memloc.core.progress import Progress, within
 from memloc.core.validation import at_least
-from memloc.edit.delta import Applied, Editor, apply
+from memloc.edit.delta import Applied, Editor, IndependentEditor, WeightDelta, apply
 from memloc.edit.probe_result import LayerProbe
 from memloc.edit.sequential import CurvePoint, SequentialConfig
 
@@ -405,11 +405,14 @@ def evaluate_edits(
     config: EvalConfig,
     *,
     sequential: SequentialConfig = SequentialConfig(),
+    independent: IndependentEditor | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Measure, edit in ``mode``, measure again; the model is restored at the end.
 
-    - ``single``: edit one fact, measure it, restore, next fact.
+    - ``single``: edit one fact, measure it, restore, next fact. With ``independent``
+      (`edit.editors.independent_editor`) every fact's delta is computed up front in one
+      call, as if alone (ROME batches the target optimisations), and then applied alone.
     - ``batch``: one edit of all facts, then measure all.
     - ``sequential``: edit the facts in batches of ``sequential.batch_size``, one
       after another without restoring, measuring as they pile up (edit/sequential.py);
@@ -441,8 +444,8 @@ def evaluate_edits(
     curve: list[CurvePoint] = []
     edit_seconds = 0.0
 
-    def edit(chosen: Sequence[Fact]) -> Applied:
-        delta = editor(chosen)
+    def edit(chosen: Sequence[Fact], delta: WeightDelta | None = None) -> Applied:
+        delta = editor(chosen) if delta is None else delta
         unedited.extend(delta.unedited_cases())
         return apply(lm.model, lm.adapter, delta)
 
@@ -469,9 +472,16 @@ def evaluate_edits(
                     post = measure(lm, facts[:edited], config, after)
                     curve.append(_curve_point(edited, post, sequential.retention_facts))
         else:
-            for fact in facts:
+            start = time.perf_counter()
+            ready = independent(facts) if independent is not None else None
+            edit_seconds += time.perf_counter() - start
+            if ready is not None and len(ready) != len(facts):
+                raise MemlocError(
+                    f"the editor gave {len(ready)} deltas for {len(facts)} facts; it must give one per fact"
+                )
+            for i, fact in enumerate(facts):
                 start = time.perf_counter()
-                handle = edit([fact])
+                handle = edit([fact], None if ready is None else ready[i])
                 edit_seconds += time.perf_counter() - start
                 try:
                     post.extend(measure(lm, [fact], config))

@@ -45,14 +45,7 @@ from memloc.core.validation import at_least, fail, positive
 from memloc.edit.delta import LayerDelta, WeightDelta, apply, require_editable, require_finite_part
 from memloc.edit.null_space import Projector
 from memloc.edit.stats import KeyStats
-from memloc.edit.targets import (
-    RewriteBatch,
-    SuffixScorer,
-    TargetConfig,
-    check_target_inputs,
-    optimize_rows,
-    rewrite_batch,
-)
+from memloc.edit.targets import TargetConfig, check_target_inputs, optimize_targets_batched
 
 
 class MemitError(MemlocError):
@@ -211,44 +204,6 @@ def subject_states(lm: LM, facts: Sequence[Fact], layer: int, batch_size: int) -
 # --- targets z, optimised for many facts at once -----------------------------------------
 
 
-def _facts_batch(
-    lm: LM, facts: Sequence[Fact], templates: Sequence[str], kl_prompt: str
-) -> tuple[RewriteBatch, list[int]]:
-    """One right-padded batch: every fact's rewrite rows (fact-major), then one KL row per fact.
-
-    Also returns the number of target tokens of each fact.
-    """
-    singles = [rewrite_batch(lm, fact, templates, kl_prompt) for fact in facts]
-    n = singles[0].n_rewrite
-    width = max(b.ids.shape[1] for b in singles)
-    dev = lm.device
-
-    def rows(b: RewriteBatch, which: slice) -> torch.Tensor:
-        # The filler is masked out (``lengths``); any token id will do.
-        ids = b.ids[which]
-        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, 0]))
-
-    rewrite = slice(0, n)
-    kl = slice(n, n + 1)
-    ids = torch.cat([rows(b, rewrite) for b in singles] + [rows(b, kl) for b in singles])
-    lengths = torch.cat([b.lengths[rewrite] for b in singles] + [b.lengths[kl] for b in singles])
-    subject_last = torch.cat(
-        [b.subject_last[rewrite] for b in singles] + [b.subject_last[kl] for b in singles]
-    )
-    shift = [i * n for i in range(len(singles))]
-    batch = RewriteBatch(
-        ids=ids.to(dev),
-        lengths=lengths,
-        subject_last=subject_last,
-        target_rows=torch.cat([b.target_rows + k for b, k in zip(singles, shift, strict=True)]),
-        target_pos=torch.cat([b.target_pos for b in singles]),
-        target_ids=torch.cat([b.target_ids for b in singles]),
-        n_rewrite=n * len(singles),
-        n_target=0,  # differs per fact; see the returned counts
-    )
-    return batch, [b.n_target for b in singles]
-
-
 def optimize_targets(
     lm: LM,
     facts: Sequence[Fact],
@@ -258,31 +213,18 @@ def optimize_targets(
     facts_per_batch: int,
     progress: Progress | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """δ (facts, D) for every fact: `edit/targets.optimize_delta` run on many facts at once.
+    """δ (facts, D) for every fact, ``facts_per_batch`` at a time (`edit/targets.optimize_targets_batched`).
 
-    One row per fact in `edit/targets.optimize_rows`, with per-fact clamping and early
-    stopping, so each fact gets the δ it would get alone (up to float rounding). Returns δ
-    and per fact the last losses and steps.
+    Each fact gets the δ it would get alone (up to float rounding). Returns δ and per
+    fact the last losses and steps.
     """
     if facts_per_batch < 1:
         raise MemitError(f"target_batch must be at least 1, got {facts_per_batch}")
-    deltas: list[torch.Tensor] = []
-    records: list[dict] = []
-    for start in range(0, len(facts), facts_per_batch):
-        chunk = facts[start : start + facts_per_batch]
-        batch, n_tokens = _facts_batch(lm, chunk, templates, config.kl_prompt)
-        scorer = SuffixScorer(lm, batch, site, n_facts=len(chunk))
-        # Which fact each scored target token belongs to (prompt-major within a fact).
-        owner = torch.repeat_interleave(
-            torch.arange(len(chunk), device=lm.device),
-            torch.tensor(n_tokens, device=lm.device) * len(templates),
-        )
-        out = optimize_rows(scorer, scorer.v0s(), owner, config, site=site)
-        deltas.append(out.delta)
-        records.extend({**rows[-1], "steps": n} for rows, n in zip(out.losses, out.steps, strict=True))
-        if progress:
-            progress(start + len(chunk), len(facts), "targets")
-    return torch.cat(deltas), records
+    results = optimize_targets_batched(
+        lm, facts, site, config, templates, facts_per_batch=facts_per_batch, progress=progress
+    )
+    records = [{**r.losses[-1], "steps": r.steps} for r in results]
+    return torch.stack([r.delta for r in results]), records
 
 
 # --- the edit ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from memloc.core.progress import Progress
 from memloc.core.sites import Site
 from memloc.core.validation import at_least
 from memloc.edit.delta import LayerDelta, WeightDelta, require_editable, require_finite_part
-from memloc.edit.targets import TargetConfig, optimize_target
+from memloc.edit.targets import TargetConfig, TargetResult, optimize_targets_batched
 from memloc.edit.templates import TemplateConfig, context_templates
 
 
@@ -44,9 +44,14 @@ class RomeConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
     consistent_keys: bool = True  # r-ROME: the same k* in the update's direction and its constraint
+    # Facts whose v* are optimised together when several are edited independently
+    # (`compute_rome_batch`); the deltas do not depend on it beyond float rounding. One fact
+    # already fills a CPU thread, so batching is slower there (padding); raise it on a GPU.
+    target_batch: int = 1
 
     def __post_init__(self) -> None:
         at_least(self, 0, "layer")
+        at_least(self, 1, "target_batch")
 
 
 def second_moment(stats: object, width: int, device: torch.device) -> torch.Tensor:
@@ -115,13 +120,42 @@ def compute_rome(
     ``second_moment_or_stats`` is C for ``config.layer``: an (F, F) tensor or key statistics
     with ``.matrix()`` (edit/stats.py). ``templates`` default to the model's cached context
     templates for ``config.templates``. ``progress(steps, total, description)`` follows the optimisation.
+    The one-fact case of `compute_rome_batch`.
 
         stats = key_statistics_by_layer(lm, [6], StatsConfig())
         delta = compute_rome(lm, fact, stats[6], RomeConfig(layer=6))
         with apply(lm.model, lm.adapter, delta):
             ...  # the edited model; the weights are restored on exit
     """
-    require_edit_targets([fact])
+    (delta,) = compute_rome_batch(lm, [fact], second_moment_or_stats, config, templates, progress=progress)
+    return delta
+
+
+def compute_rome_batch(
+    lm: LM,
+    facts: Sequence[Fact],
+    second_moment_or_stats: object,
+    config: RomeConfig,
+    templates: Sequence[str] | None = None,
+    *,
+    facts_per_batch: int | None = None,
+    progress: Progress | None = None,
+) -> list[WeightDelta]:
+    """One independent ROME `WeightDelta` per fact, each as `compute_rome` gives it alone.
+
+    Every fact's v* is optimised on the unedited model, so the optimisations are rows of
+    one batch (`edit/targets.optimize_targets_batched`, ``facts_per_batch`` facts at a
+    time, default ``config.target_batch``); then each fact's rank-one update is solved
+    alone. The deltas equal one-at-a-time ones up to float rounding; they are meant to be
+    applied one at a time (``single`` mode) or summed (`edit.editors.combine`).
+    ``progress`` counts facts whose targets are done (one fact: the steps).
+
+        deltas = compute_rome_batch(lm, facts, stats[6], RomeConfig(layer=6))
+        for delta in deltas:
+            with apply(lm.model, lm.adapter, delta):
+                ...  # this fact's edit alone
+    """
+    require_edit_targets(facts)
     model, adapter = lm.model, lm.adapter
     layer = adapter.check_layer(config.layer)
     require_editable(model, adapter, [layer], "ROME")
@@ -133,23 +167,42 @@ def compute_rome(
     if templates is None:
         templates = context_templates(lm, config.templates)
     key_site = Site(layer, "mlp.post")
-    result = optimize_target(
-        lm, fact, Site(layer, "mlp.out"), config.target, templates, trace_sites=[key_site], progress=progress
+    results = optimize_targets_batched(
+        lm,
+        facts,
+        Site(layer, "mlp.out"),
+        config.target,
+        list(templates),
+        facts_per_batch=config.target_batch if facts_per_batch is None else facts_per_batch,
+        trace_sites=[key_site],
+        progress=progress,
     )
-    keys = result.clean[key_site].to(where, torch.float64)  # (N, F), one per template
+    weight, bias = weight.to(where), None if bias is None else bias.detach().to(where)
+    return [
+        _rank_one_delta(fact, result, weight, bias, c, config, templates)
+        for fact, result in zip(facts, results, strict=True)
+    ]
+
+
+def _rank_one_delta(
+    fact: Fact,
+    result: TargetResult,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    c: torch.Tensor,
+    config: RomeConfig,
+    templates: Sequence[str],
+) -> WeightDelta:
+    """ROME's update for one fact from its optimised target and clean keys, with its diagnostics."""
+    layer = config.layer
+    keys = result.clean[Site(layer, "mlp.post")].to(c.device, torch.float64)  # (N, F), one per template
     k_star = keys.mean(0)
     # The reference ROME constrains the bare prompt's key (template "{}") instead of k*.
     k_constraint = (
         None if config.consistent_keys else keys[list(templates).index("{}") if "{}" in templates else 0]
     )
     lam, direction, denominator = rank_one_update(
-        weight.to(where),
-        None if bias is None else bias.detach().to(where),
-        c,
-        k_star,
-        result.target.to(where),
-        k_constraint,
-        layer=layer,
+        weight, bias, c, k_star, result.target.to(c.device), k_constraint, layer=layer
     )
     update_norm = lam.norm().item() * direction.norm().item()
     weight_norm = weight.double().norm().item()

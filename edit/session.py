@@ -22,7 +22,7 @@ from memloc.core.lm.loading import quiet_transformers
 from memloc.core.lm.model import LM, encode, target_prob
 from memloc.core.progress import Progress, labelled
 from memloc.edit.delta import Applied, WeightDelta, weights_hash
-from memloc.edit.editors import SPAN_METHODS, EditChoice, EditPlan, prepare_editor
+from memloc.edit.editors import SPAN_METHODS, EditChoice, EditPlan, independent_editor, prepare_editor
 from memloc.edit.evaluate import (
     FOLDER_MODE,
     EvalConfig,
@@ -254,7 +254,10 @@ def evaluate_plan(
     # Only a sequential run keeps its earlier edits, so only there are their keys K_p (AlphaEdit).
     plan = replace(plan, sequential=mode == "sequential")
     editor, choice = prepare_editor(lm, facts, plan, progress, pool)
-    result = evaluate_edits(lm, facts, editor, mode, config, sequential=sequential, progress=progress)
+    each = independent_editor(lm, plan, choice, progress) if mode == "single" else None
+    result = evaluate_edits(
+        lm, facts, editor, mode, config, sequential=sequential, independent=each, progress=progress
+    )
     return replace(result, method=plan.method, layers=choice.layers, layer_probe=choice.probe)
 
 

@@ -12,8 +12,9 @@ without its last token. The loss is
 
 minimised with Adam; after each step ||δ|| is clamped to clamp · ||v0||, and the loop stops
 once the NLL part drops below ``early_stop``. One loop (`optimize_rows`) optimises the δ of
-many facts at once, one row each, with per-row clamps and early stops (MEMIT); ROME is its
-one-row case (`optimize_delta`). v0 is the clean activation at the site,
+many facts at once, one row each, with per-row clamps and early stops
+(`optimize_targets_batched`: MEMIT, and ROME's independent edits); one fact is its
+one-row case (`optimize_target`). v0 is the clean activation at the site,
 averaged over the rewrite prompts. The KL direction and position follow the reference
 ROME code: the divergence of the edited distribution from the clean one, measured where δ
 is added in the essence prompt, so the subject's other attributes are preserved.
@@ -29,8 +30,9 @@ full forward pass with the activation patched (a test checks this).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from memloc.core.errors import MemlocError
@@ -39,7 +41,7 @@ from memloc.core.hooks import trace
 from memloc.core.lm.facts import Fact, require_edit_targets
 from memloc.core.lm.model import LM, encode
 from memloc.core.lm.prefix_runner import BlockRunner, PrefixCache, cache_inputs
-from memloc.core.progress import Progress
+from memloc.core.progress import Progress, within
 from memloc.core.sites import Site
 from memloc.core.validation import at_least, fail, positive
 
@@ -166,8 +168,20 @@ class RowsOutcome:
     first_token_logp: torch.Tensor  # the scorer's token log-probabilities at δ = 0
 
 
+@runtime_checkable
+class NarrowingScorer(Protocol):
+    """A `Scorer` that can drop rows (facts): `SuffixScorer`."""
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @property
+    def owner(self) -> torch.Tensor: ...
+
+    def narrow(self, facts: torch.Tensor) -> NarrowingScorer: ...
+
+
 def optimize_rows(
-    scorer: Scorer,
+    scorer: Scorer | NarrowingScorer,
     v0: torch.Tensor,
     owner: torch.Tensor | None,
     config: TargetConfig,
@@ -184,7 +198,10 @@ def optimize_rows(
     it would get alone (up to float rounding). A row whose NLL drops below ``early_stop``
     is frozen: torch's Adam still moves a parameter with a zero gradient through its
     momentum, so a frozen row is put back after every step (it never resumes, so its
-    stale Adam state is never read). ``progress(steps, config.steps, description)`` follows the steps.
+    stale Adam state is never read). A `NarrowingScorer` also drops frozen rows from the
+    scoring once a quarter of the rows left are frozen, carrying the others' Adam state
+    over, so a batch does not pay for finished facts until its slowest one stops.
+    ``progress(steps, config.steps, description)`` follows the steps.
 
     Half precision: δ and Adam's moments are kept in at least float32 whatever the
     model's dtype (a bf16 δ rounds small Adam steps away; the scorer rounds δ to the
@@ -199,6 +216,8 @@ def optimize_rows(
     """
     k = v0.shape[0]
     v0 = v0.to(torch.promote_types(v0.dtype, torch.float32))
+    rows = torch.arange(k, device=v0.device)  # the original rows still scored
+    final = torch.zeros_like(v0)
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=config.lr)
     v0_norm = v0.norm(dim=1)
@@ -211,7 +230,7 @@ def optimize_rows(
         token_logp, kl_logp = scorer(delta)
         if logp0 is None:
             logp0, first = kl_logp.detach(), token_logp.detach()
-        nll = _mean_nll(token_logp, owner, k)
+        nll = _mean_nll(token_logp, owner, len(rows))
         kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
         decay = delta.norm(dim=1) / v0_norm**2
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
@@ -219,18 +238,49 @@ def optimize_rows(
             raise NonFiniteTargetError(_non_finite("a non-finite loss", loss, step, site))
         now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
         for row in torch.nonzero(active).squeeze(1).tolist():
-            losses[row].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
+            losses[int(rows[row])].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
         active = active & (nll.detach() >= config.early_stop)
         if not active.any():
             break
         _adam_step(opt, delta, loss, active, max_norm)
         if not bool(torch.isfinite(delta).all()):
             raise NonFiniteTargetError(_non_finite("a non-finite δ after its Adam update", delta, step, site))
-        steps += active.long()
+        steps[rows] += active.long()
         if progress is not None:
             progress(step + 1, config.steps, "target steps")
+        frozen = int((~active).sum())
+        if (
+            isinstance(scorer, NarrowingScorer)
+            and frozen
+            and 4 * frozen >= len(rows)
+            and step + 1 < config.steps
+        ):
+            final[rows] = delta.detach()
+            keep = torch.nonzero(active).squeeze(1)
+            scorer = scorer.narrow(keep)
+            owner, rows = scorer.owner, rows[keep]
+            delta, opt = _carry_adam(opt, delta, keep, config.lr)
+            logp0, v0_norm, max_norm = logp0[keep], v0_norm[keep], max_norm[keep]
+            active = active[keep]
+    final[rows] = delta.detach()
     assert first is not None  # config.steps ≥ 1, so the loop ran at least once
-    return RowsOutcome(delta.detach(), tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+    return RowsOutcome(final, tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+
+
+def _carry_adam(
+    opt: torch.optim.Adam, delta: torch.Tensor, keep: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.optim.Adam]:
+    """A new δ of the rows ``keep`` with a fresh Adam that continues exactly where theirs was."""
+    kept = delta.detach()[keep].clone().requires_grad_(True)
+    carried = torch.optim.Adam([kept], lr=lr)
+    old = opt.state[delta]
+    # Adam is element-wise, so the kept rows' moments and the shared step count are all it needs.
+    carried.state[kept] = {
+        "step": old["step"].clone(),
+        "exp_avg": old["exp_avg"][keep].clone(),
+        "exp_avg_sq": old["exp_avg_sq"][keep].clone(),
+    }
+    return kept, carried
 
 
 class NonFiniteTargetError(MemlocError):
@@ -321,20 +371,20 @@ class SuffixScorer:
     Row i of the suffix holds tokens ``subject_last[i] ..`` of row i; the tokens before it
     enter as keys/values from the clean pass (masked per row), at their true positions,
     through `core.lm.prefix_runner`. One batch may hold ``n_facts`` facts (MEMIT): each
-    fact's rewrite rows in turn, then one KL row per fact (`edit.memit` builds it). δ is
+    fact's rewrite rows in turn, then one KL row per fact (`facts_batch` builds it). δ is
     (D,) for one fact, with KL log-probabilities (V,); or (facts, D), with (facts, V).
+    `narrow` keeps some of the facts, so finished facts stop costing steps.
     """
 
     def __init__(
         self, lm: LM, batch: RewriteBatch, site: Site, trace_sites: Iterable[Site] = (), n_facts: int = 1
     ) -> None:
         model, adapter = lm.model, lm.adapter
-        self.lm, self.batch, self.site, self.n_facts = lm, batch, site, n_facts
         resid = Site(site.layer, "resid.post")
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
         with torch.no_grad(), trace(model, adapter, sites) as seen:
-            self.kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
+            kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
         # Padding positions are left out: a fully masked row may be NaN by design in some kernels.
         real = out.logits[batch.attention_mask.bool()]
         inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
@@ -345,34 +395,89 @@ class SuffixScorer:
         self.clean = {s: seen[s][_on(rows[:n], seen[s]), _on(batch.subject_last[:n], seen[s])] for s in sites}
 
         starts = batch.subject_last
-        self.prefix = int(starts.max())
+        prefix = int(starts.max())
         width = int((batch.lengths - starts).max())
         k = torch.arange(width, device=starts.device)
         pos = starts[:, None] + k  # (B, S) true positions of the suffix tokens
         valid = k[None] < (batch.lengths - starts)[:, None]
         safe = torch.where(valid, pos, torch.zeros_like(pos))
         resid_seen = seen[resid]
-        self.base = resid_seen[_on(rows[:, None], resid_seen), _on(safe, resid_seen)]  # (B, S, D) into l+1
+        base = resid_seen[_on(rows[:, None], resid_seen), _on(safe, resid_seen)]  # (B, S, D) into l+1
         suffix_ids = torch.where(valid, batch.ids[rows[:, None], safe], batch.ids[:, -1:].expand_as(safe))
-        before = torch.arange(self.prefix, device=starts.device)[None] < starts[:, None]
+        before = torch.arange(prefix, device=starts.device)[None] < starts[:, None]
         mask = torch.cat([before, valid], dim=1).long()
+        facts = torch.arange(n_facts, device=starts.device)
+        fact_of_row = torch.cat([facts.repeat_interleave(n // n_facts), facts])
+        offsets = batch.target_pos - starts[batch.target_rows]  # where each target token's logits are
+        self._setup(lm, site, kv, base, suffix_ids, mask, pos, fact_of_row, batch.target_rows, offsets)
+        self.target_ids, self.n_facts = batch.target_ids, n_facts
+
+    def _setup(
+        self,
+        lm: LM,
+        site: Site,
+        kv: PrefixCache,
+        base: torch.Tensor,
+        suffix_ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        fact_of_row: torch.Tensor,
+        target_rows: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> None:
+        """The suffix rows' state, and the block runner probed on exactly these rows."""
+        self.lm, self.site, self.kv, self.base = lm, site, kv, base
+        self.suffix_ids, self.mask, self.pos = suffix_ids, mask, pos
+        self.fact_of_row, self.target_rows, self.offsets = fact_of_row, target_rows, offsets
+        self.prefix, self.width = mask.shape[1] - suffix_ids.shape[1], suffix_ids.shape[1]
         # The probe pass over the suffix records how the model calls each block above the site
         # (masks, rotary embeddings, positions), so the steps can call them directly.
         self.runner = BlockRunner(
             lm,
-            range(site.layer + 1, adapter.n_layers),
+            range(site.layer + 1, lm.adapter.n_layers),
             input_ids=suffix_ids,
             attention_mask=mask,
             position_ids=pos,
-            **cache_inputs(model, self.kv.fresh(length=self.prefix)),
+            **cache_inputs(lm.model, kv.fresh(length=self.prefix)),
         )
-
-        facts = torch.arange(n_facts, device=starts.device)
-        self.fact_of_row = torch.cat([facts.repeat_interleave(n // n_facts), facts])
+        n_rewrite = len(fact_of_row) - int(fact_of_row.max()) - 1
         # Where logits are needed, as indices into the flattened (B·S) suffix: target tokens, then KL rows.
-        self.target_index = batch.target_rows * width + (batch.target_pos - starts[batch.target_rows])
-        self.picked = torch.cat([self.target_index, (n + facts) * width])
-        self.width = width
+        self.target_index = target_rows * self.width + offsets
+        kl_rows = torch.arange(n_rewrite, len(fact_of_row), device=fact_of_row.device)
+        self.picked = torch.cat([self.target_index, kl_rows * self.width])
+
+    @property
+    def owner(self) -> torch.Tensor:
+        """(tokens,): the fact each scored target token belongs to."""
+        return self.fact_of_row[self.target_rows]
+
+    def narrow(self, facts: torch.Tensor) -> SuffixScorer:
+        """The scorer of just ``facts`` (indices, ascending), in that order; ``clean`` is not kept.
+
+        The clean pass is reused; only the probe pass over the kept rows runs again.
+        """
+        keep = torch.isin(self.fact_of_row, facts)
+        rows = torch.nonzero(keep).squeeze(1)
+        renumber = torch.full_like(self.fact_of_row, -1)
+        renumber[facts] = torch.arange(len(facts), device=facts.device)
+        new_row = torch.cumsum(keep.long(), 0) - 1
+        tokens = keep[self.target_rows]
+        narrowed = object.__new__(SuffixScorer)
+        kv = PrefixCache(tuple((k[rows], v[rows]) for k, v in self.kv.kv), self.kv.config)
+        narrowed._setup(
+            self.lm,
+            self.site,
+            kv,
+            self.base[rows],
+            self.suffix_ids[rows],
+            self.mask[rows],
+            self.pos[rows],
+            renumber[self.fact_of_row[rows]],
+            new_row[self.target_rows[tokens]],
+            self.offsets[tokens],
+        )
+        narrowed.target_ids, narrowed.n_facts, narrowed.clean = self.target_ids[tokens], len(facts), {}
+        return narrowed
 
     @property
     def v0(self) -> torch.Tensor:
@@ -394,13 +499,137 @@ class SuffixScorer:
         # The unembedding may sit on another device than δ; the loss is formed on δ's.
         logp = torch.log_softmax(logits.float(), dim=-1).to(delta.device)
         n_tokens = len(self.target_index)
-        token_logp = logp[:n_tokens].gather(1, _on(self.batch.target_ids[:, None], logp))[:, 0]
+        token_logp = logp[:n_tokens].gather(1, _on(self.target_ids[:, None], logp))[:, 0]
         return token_logp, logp[n_tokens] if one else logp[n_tokens:]
 
 
 def _on(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     """``index`` on ``tensor``'s device, for indexing it."""
     return index.to(tensor.device)
+
+
+# --- many facts at once -----------------------------------------------------------------------------
+
+
+def facts_batch(
+    lm: LM, facts: Sequence[Fact], templates: Sequence[str], kl_prompt: str
+) -> tuple[RewriteBatch, list[int]]:
+    """One right-padded batch: every fact's rewrite rows (fact-major), then one KL row per fact.
+
+    Also returns the number of target tokens of each fact.
+    """
+    singles = [rewrite_batch(lm, fact, templates, kl_prompt) for fact in facts]
+    n = singles[0].n_rewrite
+    width = max(b.ids.shape[1] for b in singles)
+
+    def rows(b: RewriteBatch, which: slice) -> torch.Tensor:
+        # The filler is masked out (``lengths``); any token id will do.
+        ids = b.ids[which]
+        return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=int(b.ids[0, 0]))
+
+    rewrite, kl = slice(0, n), slice(n, n + 1)
+    parts = [(b, rewrite) for b in singles] + [(b, kl) for b in singles]
+    shift = [i * n for i in range(len(singles))]
+    batch = RewriteBatch(
+        ids=torch.cat([rows(b, which) for b, which in parts]).to(lm.device),
+        lengths=torch.cat([b.lengths[which] for b, which in parts]),
+        subject_last=torch.cat([b.subject_last[which] for b, which in parts]),
+        target_rows=torch.cat([b.target_rows + k for b, k in zip(singles, shift, strict=True)]),
+        target_pos=torch.cat([b.target_pos for b in singles]),
+        target_ids=torch.cat([b.target_ids for b in singles]),
+        n_rewrite=n * len(singles),
+        # One fact keeps its count; several may differ (see the returned counts).
+        n_target=singles[0].n_target if len(singles) == 1 else 0,
+    )
+    return batch, [b.n_target for b in singles]
+
+
+def optimize_targets_batched(
+    lm: LM,
+    facts: Sequence[Fact],
+    site: Site,
+    config: TargetConfig,
+    templates: Sequence[str],
+    *,
+    facts_per_batch: int = 16,
+    trace_sites: Iterable[Site] = (),
+    progress: Progress | None = None,
+) -> list[TargetResult]:
+    """v* of each fact at ``site``, optimised ``facts_per_batch`` facts at a time, one row each.
+
+    Each fact gets the `TargetResult` it would get alone (`optimize_target`) up to float
+    rounding: `optimize_rows` keeps the rows' losses, clamps and early stops apart, and
+    the `SuffixScorer` masks every fact's rows to its own tokens. ``trace_sites`` as in
+    `optimize_target`. ``progress(facts done, facts, "targets")`` follows the facts; with
+    one fact it follows the steps instead.
+
+        results = optimize_targets_batched(lm, facts, Site(6, "mlp.out"), TargetConfig(), ("{}",))
+        v_stars = torch.stack([r.target for r in results])
+    """
+    if facts_per_batch < 1:
+        raise MemlocError(f"facts_per_batch must be at least 1, got {facts_per_batch}")
+    for fact in facts:
+        check_target_inputs(lm, fact, site)
+    # Facts of like lengths share a batch, so few padded tokens are computed.
+    order = sorted(range(len(facts)), key=lambda i: _row_shape(lm, facts[i]))
+    results: dict[int, TargetResult] = {}
+    for start in range(0, len(facts), facts_per_batch):
+        chunk = order[start : start + facts_per_batch]
+        # One fact: its steps; several: the steps of each chunk under the facts done so far.
+        steps = progress if len(facts) == 1 else within(progress, start, len(facts), "targets")
+        found = _optimize_chunk(
+            lm, [facts[i] for i in chunk], site, config, templates, tuple(trace_sites), steps
+        )
+        results.update(zip(chunk, found, strict=True))
+        if progress is not None and len(facts) > 1:
+            progress(start + len(chunk), len(facts), "targets")
+    return [results[i] for i in range(len(facts))]
+
+
+def _row_shape(lm: LM, fact: Fact) -> tuple[int, int]:
+    """(suffix tokens, prefix tokens) of the fact's bare rewrite prompt: what padding a batch to it costs."""
+    enc = encode(lm.tokenizer, fact.prompt, fact.subject, fact.target_new)
+    return len(enc.ids) + len(enc.target) - 1 - enc.last_subject, enc.last_subject
+
+
+def _optimize_chunk(
+    lm: LM,
+    facts: Sequence[Fact],
+    site: Site,
+    config: TargetConfig,
+    templates: Sequence[str],
+    trace_sites: tuple[Site, ...],
+    progress: Progress | None,
+) -> list[TargetResult]:
+    """One batch of `optimize_targets_batched`: every fact a row of one `optimize_rows` loop."""
+    batch, n_tokens = facts_batch(lm, facts, templates, config.kl_prompt)
+    scorer = SuffixScorer(lm, batch, site, trace_sites, n_facts=len(facts))
+    n = len(templates)
+    counts = [m * n for m in n_tokens]  # scored tokens per fact, prompt-major within a fact
+    # One fact needs no owner: the plain mean is exactly the one-fact loss.
+    owner = scorer.owner if len(facts) > 1 else None
+    v0s = scorer.v0s()
+    out = optimize_rows(scorer, v0s, owner, config, progress, site=site)
+    with torch.no_grad():
+        after, _ = scorer(out.delta)
+    results, offset = [], 0
+    for i, m in enumerate(n_tokens):
+        tokens = slice(offset, offset + counts[i])
+        offset += counts[i]
+        results.append(
+            TargetResult(
+                site=site,
+                target=v0s[i] + out.delta[i],
+                delta=out.delta[i],
+                v0=v0s[i],
+                losses=out.losses[i],
+                steps=out.steps[i],
+                p_new_before=_p_new(out.first_token_logp[tokens], m),
+                p_new_after=_p_new(after[tokens], m),
+                clean={s: scorer.clean[s][i * n : (i + 1) * n] for s in scorer.clean},
+            )
+        )
+    return results
 
 
 def optimize_target(
@@ -417,22 +646,9 @@ def optimize_target(
 
     ``trace_sites`` are extra sites whose clean activations at the subject's last token of
     every rewrite prompt come back in ``TargetResult.clean`` (ROME reads its keys there).
+    The one-fact case of `optimize_targets_batched`.
     """
-    check_target_inputs(lm, fact, site)
-    batch = rewrite_batch(lm, fact, templates, config.kl_prompt)
-    scorer = SuffixScorer(lm, batch, site, trace_sites)
-    v0 = scorer.v0
-    delta, losses, steps, p_before, p_after = optimize_delta(
-        scorer, v0, batch.n_target, config, progress, site=site
+    (result,) = optimize_targets_batched(
+        lm, [fact], site, config, list(templates), trace_sites=trace_sites, progress=progress
     )
-    return TargetResult(
-        site=site,
-        target=v0 + delta,
-        delta=delta,
-        v0=v0,
-        losses=tuple(losses),
-        steps=steps,
-        p_new_before=p_before,
-        p_new_after=p_after,
-        clean=dict(scorer.clean),
-    )
+    return result
