@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -427,87 +427,112 @@ def evaluate_edits(
     """
     if mode not in MODES:
         raise MemlocError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    total = len(facts) + 2
-    done = 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, "editing")
-
-    pre = measure(lm, facts, config, within(progress, 0, total, "measuring before the edits"))
-    step()
-    post: list[FactScores] = []
-    handles: list[Applied] = []
-    unedited: list[str] = []
+    run = _EvalRun(lm, editor, config, len(facts) + 2, progress)
+    pre = measure(lm, facts, config, within(progress, 0, run.total, "measuring before the edits"))
+    run.step()
     curve: list[CurvePoint] = []
-    edit_seconds = 0.0
-
-    def edit(chosen: Sequence[Fact], delta: WeightDelta | None = None) -> Applied:
-        delta = editor(chosen) if delta is None else delta
-        unedited.extend(delta.unedited_cases())
-        return apply(lm.model, lm.adapter, delta)
-
     try:
         if mode == "batch":
-            start = time.perf_counter()
-            handles.append(edit(facts))
-            edit_seconds += time.perf_counter() - start
-            done += len(facts) - 1
-            step()
-            post = measure(lm, facts, config, within(progress, done, total, "measuring after the edit"))
+            post = _edit_batch(run, facts)
         elif mode == "sequential":
-            marks = set(sequential.checkpoints(len(facts)))
-            for start_at in range(0, len(facts), sequential.batch_size):
-                chunk = facts[start_at : start_at + sequential.batch_size]
-                start = time.perf_counter()
-                handles.append(edit(chunk))
-                edit_seconds += time.perf_counter() - start
-                done += len(chunk) - 1
-                step()
-                edited = start_at + len(chunk)
-                if edited in marks:
-                    after = within(progress, done, total, f"measuring after {edited} edits")
-                    post = measure(lm, facts[:edited], config, after)
-                    curve.append(_curve_point(edited, post, sequential.retention_facts))
+            post, curve = _edit_sequential(run, facts, sequential)
         else:
-            start = time.perf_counter()
-            ready = independent(facts) if independent is not None else None
-            edit_seconds += time.perf_counter() - start
-            if ready is not None and len(ready) != len(facts):
-                raise MemlocError(
-                    f"the editor gave {len(ready)} deltas for {len(facts)} facts; it must give one per fact"
-                )
-            for i, fact in enumerate(facts):
-                start = time.perf_counter()
-                handle = edit([fact], None if ready is None else ready[i])
-                edit_seconds += time.perf_counter() - start
-                try:
-                    post.extend(measure(lm, [fact], config))
-                finally:
-                    handle.restore()
-                step()
+            post = _edit_single(run, facts, independent)
     finally:
-        for handle in reversed(handles):
+        for handle in reversed(run.handles):
             handle.restore()
-    step()
+    run.step()
     rows = tuple(FactRow.of(a, b) for a, b in zip(pre, post, strict=True))
-    seconds = edit_seconds / max(len(facts), 1)
     return EvalResult(
         mode,
         len(facts),
         summarize(pre),
         summarize(post),
-        seconds,
+        run.edit_seconds / max(len(facts), 1),
         rows,
-        tuple(unedited),
+        tuple(run.unedited),
         asdict(config),
         neighborhood_rule=neighborhood_rule(facts),
         curve=tuple(curve),
         protocol=sequential.describe() if mode == "sequential" else "",
         batch_size=sequential.batch_size if mode == "sequential" else None,
     )
+
+
+@dataclass
+class _EvalRun:
+    """One evaluation's editing state: progress, the edits in place, timing, facts left unedited."""
+
+    lm: LM
+    editor: Editor
+    config: EvalConfig
+    total: int
+    progress: Progress | None
+    done: int = 0
+    edit_seconds: float = 0.0
+    handles: list[Applied] = field(default_factory=list)  # edits kept in place until the end
+    unedited: list[str] = field(default_factory=list)
+
+    def step(self, units: int = 1) -> None:
+        self.done += units
+        if self.progress is not None:
+            self.progress(self.done, self.total, "editing")
+
+    def edit(self, chosen: Sequence[Fact], delta: WeightDelta | None = None) -> Applied:
+        """Compute (unless given) and apply the edit of ``chosen``, timing both."""
+        start = time.perf_counter()
+        delta = self.editor(chosen) if delta is None else delta
+        self.unedited.extend(delta.unedited_cases())
+        handle = apply(self.lm.model, self.lm.adapter, delta)
+        self.edit_seconds += time.perf_counter() - start
+        return handle
+
+    def measure(self, facts: Sequence[Fact], what: str) -> list[FactScores]:
+        return measure(self.lm, facts, self.config, within(self.progress, self.done, self.total, what))
+
+
+def _edit_batch(run: _EvalRun, facts: Sequence[Fact]) -> list[FactScores]:
+    run.handles.append(run.edit(facts))
+    run.step(len(facts))
+    return run.measure(facts, "measuring after the edit")
+
+
+def _edit_sequential(
+    run: _EvalRun, facts: Sequence[Fact], sequential: SequentialConfig
+) -> tuple[list[FactScores], list[CurvePoint]]:
+    marks = set(sequential.checkpoints(len(facts)))
+    post: list[FactScores] = []
+    curve: list[CurvePoint] = []
+    for start_at in range(0, len(facts), sequential.batch_size):
+        chunk = facts[start_at : start_at + sequential.batch_size]
+        run.handles.append(run.edit(chunk))
+        run.step(len(chunk))
+        edited = start_at + len(chunk)
+        if edited in marks:
+            post = run.measure(facts[:edited], f"measuring after {edited} edits")
+            curve.append(_curve_point(edited, post, sequential.retention_facts))
+    return post, curve
+
+
+def _edit_single(
+    run: _EvalRun, facts: Sequence[Fact], independent: IndependentEditor | None
+) -> list[FactScores]:
+    start = time.perf_counter()
+    ready = independent(facts) if independent is not None else None
+    run.edit_seconds += time.perf_counter() - start
+    if ready is not None and len(ready) != len(facts):
+        raise MemlocError(
+            f"the editor gave {len(ready)} deltas for {len(facts)} facts; it must give one per fact"
+        )
+    post: list[FactScores] = []
+    for i, fact in enumerate(facts):
+        handle = run.edit([fact], None if ready is None else ready[i])
+        try:
+            post.extend(measure(run.lm, [fact], run.config))
+        finally:
+            handle.restore()
+        run.step()
+    return post
 
 
 def _curve_point(edits: int, scores: list[FactScores], retention_facts: int) -> CurvePoint:
