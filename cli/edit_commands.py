@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from memloc.core.lm.facts import Fact
     from memloc.core.lm.model import LM
     from memloc.edit.editors import EditPlan
+    from memloc.edit.evaluate import EvalResult
     from memloc.edit.probe_result import LayerProbe
 
 PROBE = "memloc.edit.probe_result:ProbeConfig"
@@ -320,61 +321,67 @@ def apply_command(
     stderr.print(f"edited model and ledger: {out}  (undo: memloc edit undo {out} --out <folder>)")
 
 
+EvalMethodOpt = Annotated[
+    Method | None,
+    typer.Option("--method", help="Edit with this method, then measure.", rich_help_panel=METHOD_PANEL),
+]
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        help="single: edit one fact, measure it, restore it, then the next; batch: edit all facts at "
+        "once, then measure; sequential: edit the facts one batch of --batch-size after another "
+        "without restoring, measuring every fact edited so far every --every batches.",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size", help="Sequential mode: facts per batch of edits.", rich_help_panel=METHOD_PANEL
+    ),
+]
+EveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--every",
+        help="Sequential mode: measure every fact edited so far after this many batches (and after the last).",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
+FluencyTokensOpt = Annotated[
+    int, typer.Option("--fluency-tokens", help="Tokens generated per fluency prompt.")
+]
+EvalOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="Folder for eval_report.json and the report.", rich_help_panel=OUTPUT_PANEL),
+]
+
+
 @lm_options
 def eval_command(
     lm: LMOptions,
     facts: FactsOpt,
-    method: Annotated[
-        Method | None,
-        typer.Option("--method", help="Edit with this method, then measure.", rich_help_panel=METHOD_PANEL),
-    ] = None,
-    mode: Annotated[
-        Mode,
-        typer.Option(
-            "--mode",
-            help="single: edit one fact, measure it, restore it, then the next; batch: edit all facts at "
-            "once, then measure; sequential: edit the facts one batch of --batch-size after another "
-            "without restoring, measuring every fact edited so far every --every batches.",
-            rich_help_panel=METHOD_PANEL,
-        ),
-    ] = Mode.single,
+    method: EvalMethodOpt = None,
+    mode: ModeOpt = Mode.single,
     layers: EditLayersOpt = None,
     corpus: CorpusOpt = config_default(STATS, "corpus"),
     samples: SamplesOpt = config_default(STATS, "samples"),
     null_space: NullSpaceOpt = False,
     null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size", help="Sequential mode: facts per batch of edits.", rich_help_panel=METHOD_PANEL
-        ),
-    ] = 1,
-    every: Annotated[
-        int,
-        typer.Option(
-            "--every",
-            help="Sequential mode: measure every fact edited so far after this many batches (and after the last).",
-            rich_help_panel=METHOD_PANEL,
-        ),
-    ] = 1,
+    batch_size: BatchSizeOpt = 1,
+    every: EveryOpt = 1,
     probe_layers: ProbeLayersOpt = None,
     probe_facts: ProbeFactsOpt = config_default(PROBE, "facts"),
-    fluency_tokens: Annotated[
-        int, typer.Option("--fluency-tokens", help="Tokens generated per fluency prompt.")
-    ] = config_default(EVAL, "generation_tokens"),
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Folder for eval_report.json and the report.", rich_help_panel=OUTPUT_PANEL
-        ),
-    ] = None,
+    fluency_tokens: FluencyTokensOpt = config_default(EVAL, "generation_tokens"),
+    out: EvalOutOpt = None,
     limit: LimitFactsOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
     from memloc.edit.eval_report import save_eval_report
-    from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig
+    from memloc.edit.evaluate import EvalConfig
     from memloc.edit.sequential import SequentialConfig
     from memloc.edit.session import evaluate_folder, evaluate_plan
 
@@ -396,15 +403,7 @@ def eval_command(
     model = lm.load()
     if plan is not None:
         _warn_probe_cost(model, plan, loaded)
-    if (
-        method in (Method.rome, Method.memit, Method.alphaedit)
-        and model.device.type == "cpu"
-        and samples >= LONG_ON_CPU
-    ):
-        stderr.print(
-            f"memloc: warning: key statistics over {samples} texts take long on CPU the first time "
-            "(then they are cached); --samples 100 is enough to try"
-        )
+    _warn_stats_cost(model, method, samples)
     with progress_bar("eval") as update:
         if plan is not None:
             result = evaluate_plan(
@@ -418,6 +417,24 @@ def eval_command(
     if fmt is Format.json:
         emit_json(result.to_dict())
         return
+    _print_eval(result)
+
+
+def _warn_stats_cost(model: LM, method: Method | None, samples: int) -> None:
+    if (
+        method in (Method.rome, Method.memit, Method.alphaedit)
+        and model.device.type == "cpu"
+        and samples >= LONG_ON_CPU
+    ):
+        stderr.print(
+            f"memloc: warning: key statistics over {samples} texts take long on CPU the first time "
+            "(then they are cached); --samples 100 is enough to try"
+        )
+
+
+def _print_eval(result: EvalResult) -> None:
+    from memloc.edit.evaluate import METRIC_MEANINGS, METRICS
+
     _show_probe(result.layer_probe)
     emit_table(
         "CounterFact metrics",
