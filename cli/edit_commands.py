@@ -380,11 +380,12 @@ def eval_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """CounterFact scores before and after editing (or of an edited model folder and its base)."""
-    from memloc.edit.eval_report import save_eval_report
+    from memloc.edit.eval_report import check_eval_out, save_eval_report
     from memloc.edit.evaluate import EvalConfig
     from memloc.edit.sequential import SequentialConfig
     from memloc.edit.session import evaluate_folder, evaluate_plan
 
+    out = out if out is None else check_eval_out(out)
     loaded = _edit_facts(facts, limit)
     config = EvalConfig(generation_tokens=fluency_tokens)
     sequential = SequentialConfig(batch_size=batch_size, every=every)

@@ -23,11 +23,10 @@ from matplotlib.figure import Figure
 from memloc.core.errors import MemlocError
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report
-from memloc.edit.eval_report import eval_section
+from memloc.edit.eval_report import EVAL_FILE, eval_section
 from memloc.edit.evaluate import EvalResult
 from memloc.locate.lm.memorized_text_report import result_label, results_below
 
-EVAL_FILE = "eval_report.json"
 SUMMARY = ("ES", "PS", "NS", "S", "fluency")
 # (panel title, what it reads from a curve point); fluency gets the unedited model's line too.
 CURVES = (

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from memloc.core.errors import MemlocError
 from memloc.core.lm.facts import NEIGHBOR_RULES
 from memloc.core.render import Section, write_report
 from memloc.core.report import Report, provenance
 from memloc.edit.evaluate import METRIC_MEANINGS, METRICS, EvalConfig, EvalResult
 
 SHOWN = ("ES", "PS", "NS", "S", "EA", "PA", "NA")
+
+EVAL_FILE = "eval_report.json"
 
 
 def metrics_figure(result: EvalResult) -> Figure:
@@ -112,6 +115,27 @@ def eval_section(result: EvalResult, label: str = "") -> Section:
     return section
 
 
+def check_eval_out(out: Path) -> Path:
+    """Refuse, before any work, an ``--out`` that cannot be written or already holds an evaluation.
+
+    An evaluation can take hours; a second one must not overwrite the first (a folder of
+    several runs, each in its own subfolder, is what `memloc report` compares).
+
+    Example::
+
+        out = check_eval_out(Path("eval/rome"))
+    """
+    from memloc.core.paths import writable_folder
+
+    out = writable_folder(out)
+    if (out / EVAL_FILE).exists():
+        raise MemlocError(
+            f"--out {out} already holds an evaluation ({EVAL_FILE}); choose another folder or remove it",
+            field="out",
+        )
+    return out
+
+
 def save_eval_report(
     out: Path, model: str, result: EvalResult, config: EvalConfig, seed: int, facts: Path
 ) -> Path:
@@ -137,6 +161,6 @@ def save_eval_report(
         {"pre": record["pre"], "post": record["post"]},
         provenance(seed, {"facts": facts}),
     )
-    report.save(out / "eval_report.json")
+    report.save(out / EVAL_FILE)
     _, page = write_report(out, f"memloc edit evaluation: {model}", [eval_section(result)])
     return page

@@ -322,3 +322,21 @@ def test_edit_eval_warns_before_long_key_statistics_on_cpu(capsys, monkeypatch):
     assert code == 130 and "--samples 100 is enough to try" in " ".join(err.split()), err
     code, _, err = run_cli(capsys, *args, "--samples", "50")
     assert code == 130 and "warning" not in err, err
+
+
+def test_edit_eval_refuses_an_out_it_would_overwrite_or_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):
+    import memloc.edit.session as session
+
+    monkeypatch.setattr(session, "evaluate_plan", interrupt)  # any work would show as exit 130
+    model, facts = ROOT / "fixtures" / "fixture-lm", ROOT / "fixtures" / "fixture-facts.json"
+    args = ("edit", "eval", "--model", model, "--facts", facts, "--device", "cpu", "--method", "kn")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "eval_report.json").write_text('{"kept": true}')
+    code, _, err = run_cli(capsys, *args, "--out", done)
+    assert code == 1 and "already holds an evaluation" in last_line(err), err
+    assert (done / "eval_report.json").read_text() == '{"kept": true}'
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code, _, err = run_cli(capsys, *args, "--out", a_file)
+    assert code == 1 and "is a file" in last_line(err), err
