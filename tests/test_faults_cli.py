@@ -324,7 +324,9 @@ def test_edit_eval_warns_before_long_key_statistics_on_cpu(capsys, monkeypatch):
     assert code == 130 and "warning" not in err, err
 
 
-def test_edit_eval_refuses_an_out_it_would_overwrite_or_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):
+def test_edit_eval_refuses_an_out_it_would_overwrite_or_cannot_write_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
     import memloc.edit.session as session
 
     monkeypatch.setattr(session, "evaluate_plan", interrupt)  # any work would show as exit 130
