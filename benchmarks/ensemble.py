@@ -2,12 +2,13 @@
 
 Usage: python benchmarks/ensemble.py [--models 16] [--epochs 150] [--width W] [--check-epochs 10]
                                      [--ray-models 4] [--cnn-models 8] [--cnn-epochs 40]
-                                     [--skip-ray] [--skip-cnn] [--device cpu|cuda]
+                                     [--skip-ray] [--skip-cnn] [--device cpu|cuda] [--threads 1]
 
 Three measurements, each against a baseline timed in the same process:
-  ray     - K digits CNNs on a local Ray with 2 workers against the sequential executor.
-            The logits must be identical. Ray is started and its workers warmed (torch
-            imported) before the clock starts; its start-up is printed.
+  ray     - K digits CNNs (--ray-width to widen them) on a local Ray with 2 workers against
+            the sequential executor. The logits must be identical. Ray is started and its
+            workers warmed (the member job's modules imported, the data loaded) before the
+            clock starts; its start-up is printed.
   batched, BatchNorm CNN - --cnn-models digits CNNs (BatchNorm: each step runs one forward
             per group of members whose chunks have the same length) trained by the batched
             executor against separate `fit` runs, checked in float64 like the MLPs below.
@@ -17,8 +18,10 @@ Three measurements, each against a baseline timed in the same process:
             float32 rounding differs between the two and long training amplifies it, so the
             float32 gap is printed, and the check that both compute the same thing replays
             --check-epochs epochs of both in float64: their logits must agree to 1e-4.
-It exits non-zero when the computations disagree. The last line is the MLP batched figure
-(targets: batched >= 4x on CPU, ray >= 1.7x on 2 cores).
+--threads sets torch's threads of the batched trainer (default 1). The separate fits run on
+one thread whatever it says: one small model is fastest there (a second thread only adds
+synchronisation), while the batched model can use more cores. It exits non-zero when the computations disagree. The last line is
+the MLP batched figure (targets: batched >= 4x on CPU, ray >= 1.7x on 2 cores).
 """
 
 from __future__ import annotations
@@ -127,14 +130,20 @@ def batched_vs_separate(
     device: torch.device,
 ) -> tuple[float, bool]:
     """Speed-up of the batched trainer over separate fits, and whether float64 replays agree."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # separate fits of one small model are fastest on one thread
     plain_s, plain = separate_fits(run, config, device)
+    torch.set_num_threads(threads)
     out = root / f"batched-{run.root.name}"
     start = time.perf_counter()
     train_ensemble(run, config, BatchedExecutor(), device, out=out)
     batched_s = time.perf_counter() - start
     batched = load_ensemble(out, run).train_logits
     epochs = plan_ensemble(run, config).fit.epochs
-    print(f"batched: {what} x {epochs} epochs: separate fits {plain_s:.1f}s, batched {batched_s:.1f}s")
+    print(
+        f"batched: {what} x {epochs} epochs: separate fits {plain_s:.1f}s (1 thread), "
+        f"batched {batched_s:.1f}s ({threads} thread{'s' if threads > 1 else ''})"
+    )
     same_pred = float((batched.argmax(-1) == plain.argmax(-1)).mean())
     print(
         f"batched: float32 logits differ by up to {np.abs(batched - plain).max():.2e} "
@@ -150,7 +159,10 @@ def batched_vs_separate(
 
 
 def _warm(run_dir: str) -> int:
-    """A Ray task that imports and loads what members need, so worker start-up stays off the clock."""
+    """A Ray task that imports and loads what members need, so worker start-up stays off the clock:
+    the member job's modules (a cold worker imports them on its first job) and the run's data."""
+    import memloc.core.ensemble.members  # noqa: F401
+
     RunData.load(RunFolder.open(run_dir), CPU)
     return os.getpid()
 
@@ -158,7 +170,7 @@ def _warm(run_dir: str) -> int:
 def bench_ray(root: Path, args: argparse.Namespace) -> tuple[float, bool]:
     import ray
 
-    run = make_run(root, "cnn", 1)
+    run = make_run(root, "cnn", 1, args.ray_width)
     config = EnsembleConfig(models=args.ray_models, keep=0.5, seed=0, epochs=args.cnn_epochs)
     start = time.perf_counter()
     train_ensemble(run, config, SequentialExecutor(), CPU, out=root / "sequential")
@@ -177,7 +189,7 @@ def bench_ray(root: Path, args: argparse.Namespace) -> tuple[float, bool]:
     a, b = load_ensemble(root / "sequential", run), load_ensemble(root / "ray", run)
     same = np.array_equal(a.train_logits, b.train_logits) and np.array_equal(a.test_logits, b.test_logits)
     print(
-        f"ray: {args.ray_models} CNNs x {args.cnn_epochs} epochs: sequential {sequential_s:.1f}s, "
+        f"ray: {args.ray_models} CNNs (width {args.ray_width}) x {args.cnn_epochs} epochs: sequential {sequential_s:.1f}s, "
         f"ray {ray_s:.1f}s on {len(pids)} workers (start-up {startup:.1f}s not counted)"
     )
     print(f"ray: logits {'identical' if same else 'DIFFER'}")
@@ -191,11 +203,18 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=None, help="MLP width (default: the zoo's)")
     parser.add_argument("--check-epochs", type=int, default=10, help="epochs of the float64 check")
     parser.add_argument("--ray-models", type=int, default=4)
+    parser.add_argument(
+        "--ray-width",
+        type=float,
+        default=None,
+        help="width of the Ray measurement's CNN (a model too big to batch)",
+    )
     parser.add_argument("--cnn-epochs", type=int, default=40)
     parser.add_argument("--cnn-models", type=int, default=8, help="models of the batched CNN measurement")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-cnn", action="store_true", help="skip the batched BatchNorm CNN measurement")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the batched measurements")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="memloc-ensemble-bench-"))
@@ -205,6 +224,7 @@ def main() -> None:
         ratio, ok = bench_ray(root, args)
         figures.append(f"ray ensemble (2 workers): {ratio:.1f}x")
         failed += [] if ok else ["ray logits differ from sequential ones"]
+    torch.set_num_threads(args.threads)
     if not args.skip_cnn:
         ratio, ok = bench_batched_cnn(root, args, torch.device(args.device))
         figures.append(f"batched ensemble, BatchNorm CNN: {ratio:.1f}x")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from memloc.core.classifier.runs import RunFolder
 from memloc.core.ensemble import engine
-from memloc.core.ensemble.batched import BatchedExecutor, check_batchable
+from memloc.core.ensemble.batched import BatchedExecutor, StoredInGradientOrder, check_batchable
 from memloc.core.ensemble.config import EnsembleConfig, member_seed, plan_ensemble
 from memloc.core.ensemble.engine import train_ensemble
 from memloc.core.ensemble.folder import EnsembleFolder, load_ensemble
@@ -126,6 +126,33 @@ def test_batched_training_equals_separate_training(digits_run, reference, tmp_pa
     assert np.allclose(ens.train_logits, full.train_logits, atol=1e-4, rtol=0)
     assert np.allclose(ens.test_logits, full.test_logits, atol=1e-4, rtol=0)
     assert not np.array_equal(ens.train_logits[0], ens.train_logits[1])  # members differ
+
+
+def test_stacked_weights_take_their_gradients_over_without_a_copy():
+    """Weights stored in their gradients' memory order: same values, contiguous gradients, no copy."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [
+        torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)) for _ in range(4)
+    ]
+    params, buffers = stack_module_state(models)
+    base = models[0].to("meta")
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+    x = torch.randn(4, 7, 6)
+
+    def loss(p: dict) -> torch.Tensor:
+        return forward(p, buffers, x).square().sum()
+
+    expected = torch.autograd.grad(loss(params), list(params.values()))
+    layout = StoredInGradientOrder.probe(params, loss)
+    views = layout.views()
+    assert all(torch.equal(views[name], params[name]) for name in params)
+    assert views["0.weight"].stride() != params["0.weight"].stride()  # vmap's weight gradient is (K, in, out)
+    loss(views).backward()
+    for (name, stored), grad in zip(layout.stored.items(), expected, strict=True):
+        assert stored.is_contiguous() and stored.grad.is_contiguous(), name
+        torch.testing.assert_close(stored.grad.permute(layout.back[name]), grad)
 
 
 def test_kept_weights_give_the_logits(digits_run, reference, tmp_path):

@@ -118,19 +118,24 @@ def _train_pass(ctx: MemberContext, chunk: Sequence[int], models: list[nn.Module
 
     forward = vmap(one)
     step_loss = _grouped_loss if normalizes(base) else _padded_loss
-    optimizer = _adam(list(params.values()), plan.fit.lr, plan.fit.weight_decay)
+    first = [epoch_batches(s, f.seed, 1, steps)[0] for s, f in zip(subsets, fits, strict=True)]
+    layout = StoredInGradientOrder.probe(
+        params, lambda p: step_loss(forward, p, _copies(buffers), first, ctx)
+    )
+    optimizer = _adam(list(layout.stored.values()), plan.fit.lr, plan.fit.weight_decay)
     total = steps * plan.fit.epochs
     for epoch in range(1, plan.fit.epochs + 1):
         batches = [epoch_batches(s, f.seed, epoch, steps) for s, f in zip(subsets, fits, strict=True)]
         for i in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine(plan.fit.lr, (epoch - 1) * steps + i, total)
-            loss = step_loss(forward, params, buffers, [b[i] for b in batches], ctx)
+            loss = step_loss(forward, layout.views(), buffers, [b[i] for b in batches], ctx)
             check_finite_loss(loss, epoch, i)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # the gradients take their weights' layout, as the fused Adam needs
             optimizer.step()
         report(epoch)
+    params = layout.views()
     with torch.no_grad():
         for j, model in enumerate(models):
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
@@ -175,6 +180,56 @@ def _grouped_loss(
             for name, b in buffers.items():
                 b[idx] = group_buffers[name]
     return loss
+
+
+def _copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.clone() for name, t in tensors.items()}
+
+
+@dataclass(frozen=True)
+class StoredInGradientOrder:
+    """Stacked parameters kept contiguous in the memory order their gradients arrive in.
+
+    vmap's batched matrix products return a (K, out, in) weight's gradient in (K, in, out)
+    order. Kept as (K, out, in), autograd would copy every gradient into that order at
+    every step (a strided copy costing as much as the backward's matrix products), and a
+    permuted, non-contiguous weight would slow the fused Adam instead. So each weight is
+    stored as the contiguous tensor of the gradient's order, its logical (K, out, in)
+    shape a permuted view of it: the gradient is taken over as it is and Adam runs on
+    contiguous memory. One probe gradient (on copies of the buffers, no step taken)
+    reads each gradient's order. Values are unchanged.
+    """
+
+    stored: dict[str, torch.Tensor]
+    back: dict[str, list[int]]
+
+    @classmethod
+    def probe(
+        cls, params: dict[str, torch.Tensor], loss: Callable[[dict], torch.Tensor]
+    ) -> StoredInGradientOrder:
+        grads = torch.autograd.grad(loss(params), list(params.values()), allow_unused=True)
+        stored, back = {}, {}
+        for (name, p), g in zip(params.items(), grads, strict=True):
+            order = _memory_order(g) if g is not None else list(range(p.dim()))
+            stored[name] = p.detach().permute(order).contiguous().requires_grad_(p.requires_grad)
+            back[name] = _inverse(order)
+        return cls(stored, back)
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """The parameters in their logical shapes (views: gradients flow to ``stored``)."""
+        return {name: t.permute(self.back[name]) for name, t in self.stored.items()}
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """Dimensions from the outermost in memory to the innermost (ties keep their order)."""
+    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for position, d in enumerate(order):
+        inverse[d] = position
+    return inverse
 
 
 def _adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
