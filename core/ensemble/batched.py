@@ -222,7 +222,8 @@ class StoredInGradientOrder:
 
 def _memory_order(t: torch.Tensor) -> list[int]:
     """Dimensions from the outermost in memory to the innermost (ties keep their order)."""
-    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    strides = t.stride()
+    return sorted(range(t.dim()), key=lambda d: -strides[d])
 
 
 def _inverse(order: list[int]) -> list[int]:
