@@ -20,8 +20,9 @@ Three measurements, each against a baseline timed in the same process:
             --check-epochs epochs of both in float64: their logits must agree to 1e-4.
 --threads sets torch's threads of the batched trainer (default 1). The separate fits run on
 one thread whatever it says: one small model is fastest there (a second thread only adds
-synchronisation), while the batched model can use more cores. It exits non-zero when the computations disagree. The last line is
-the MLP batched figure (targets: batched >= 4x on CPU, ray >= 1.7x on 2 cores).
+synchronisation), while the batched model can use more cores. It exits non-zero when the
+computations disagree. The last line is the MLP batched figure (targets: batched >= 4x on
+CPU, ray >= 1.7x on 2 cores).
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def bench_ray(root: Path, args: argparse.Namespace) -> tuple[float, bool]:
     a, b = load_ensemble(root / "sequential", run), load_ensemble(root / "ray", run)
     same = np.array_equal(a.train_logits, b.train_logits) and np.array_equal(a.test_logits, b.test_logits)
     print(
-        f"ray: {args.ray_models} CNNs (width {args.ray_width}) x {args.cnn_epochs} epochs: sequential {sequential_s:.1f}s, "
+        f"ray: {args.ray_models} CNNs (width {args.ray_width or 'of the zoo'}) x {args.cnn_epochs} epochs: "
+        f"sequential {sequential_s:.1f}s, "
         f"ray {ray_s:.1f}s on {len(pids)} workers (start-up {startup:.1f}s not counted)"
     )
     print(f"ray: logits {'identical' if same else 'DIFFER'}")
