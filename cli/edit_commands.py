@@ -30,11 +30,15 @@ from memloc.cli.options import (
 from memloc.core.errors import MemlocError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from memloc.core.lm.facts import Fact
     from memloc.core.lm.model import LM
     from memloc.edit.editors import EditPlan
     from memloc.edit.evaluate import EvalResult
+    from memloc.edit.monitor import MonitorConfig
     from memloc.edit.probe_result import LayerProbe
+    from memloc.edit.session import SavedEdits
 
 PROBE = "memloc.edit.probe_result:ProbeConfig"
 
@@ -138,7 +142,7 @@ NullThresholdOpt = Annotated[
 ]
 
 
-def _edit_facts(facts: Path, limit: int | None) -> list:
+def _edit_facts(facts: Path, limit: int | None) -> list[Fact]:
     """The facts to edit, checked before the model loads, so bad facts fail fast."""
     from memloc.core.lm.facts import load_facts, require_edit_targets
 
@@ -272,9 +276,8 @@ def apply_command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Edit facts and write the edited model to a NEW folder with a ledger (undo with 'edit undo')."""
-    from memloc.core.lm.loading import quiet_transformers
     from memloc.core.paths import writable_folder
-    from memloc.edit.session import monitor_for, require_new_folder, save_edits
+    from memloc.edit.session import monitor_for, require_new_folder
 
     loaded = _edit_facts(facts, limit)
     monitor = monitor_for(method.value, max_update_ratio)
@@ -283,11 +286,26 @@ def apply_command(
     require_new_folder(writable_folder(out))
     model = lm.load()
     _warn_probe_cost(model, plan, loaded)
+    saved = _save_with_progress(model, loaded, plan, monitor, out, pool)
+    if fmt is Format.json:
+        emit_json(saved.to_dict())
+        return
+    _show_probe(saved.outcome.choice.probe)
+    _show_saved(saved)
+
+
+def _save_with_progress(
+    model: LM, facts: list[Fact], plan: EditPlan, monitor: MonitorConfig, out: Path, pool: Sequence[Fact]
+) -> SavedEdits:
+    """`save_edits` under a progress bar, with refusals as warnings and a total refusal's advice in flags."""
+    from memloc.core.lm.loading import quiet_transformers
+    from memloc.edit.session import save_edits
+
     try:
-        with progress_bar(f"edit {method.value}") as update, quiet_transformers():
-            saved = save_edits(
+        with progress_bar(f"edit {plan.method}") as update, quiet_transformers():
+            return save_edits(
                 model,
-                loaded,
+                facts,
                 plan,
                 monitor,
                 out,
@@ -299,26 +317,26 @@ def apply_command(
         if exc.field is not None:
             raise
         raise MemlocError(with_flags(str(exc), ADVICE_FIELDS)) from exc
-    result = saved.to_dict()
-    if fmt is Format.json:
-        emit_json(result)
-        return
-    _show_probe(saved.outcome.choice.probe)
+
+
+def _show_saved(saved: SavedEdits) -> None:
+    """The rewrite prompts' probabilities before and after, and where the edited model went."""
+    choice = saved.outcome.choice
     emit_table(
-        f"{method.value} edits at layers {result['layers']} (rewrite prompt)",
+        f"{choice.method} edits at layers {list(choice.layers)} (rewrite prompt)",
         [
             {
-                "case_id": r["case_id"],
-                "prompt": r["prompt"],
-                "P(true) before": r["p_true"],
-                "P(new) before": r["p_new"],
-                "P(true) after": r["p_true_after"],
-                "P(new) after": r["p_new_after"],
+                "case_id": b.case_id,
+                "prompt": b.prompt,
+                "P(true) before": b.p_true,
+                "P(new) before": b.p_new,
+                "P(true) after": a.p_true,
+                "P(new) after": a.p_new,
             }
-            for r in result["facts"]
+            for b, a in zip(saved.before, saved.after, strict=True)
         ],
     )
-    stderr.print(f"edited model and ledger: {out}  (undo: memloc edit undo {out} --out <folder>)")
+    stderr.print(f"edited model and ledger: {saved.out}  (undo: memloc edit undo {saved.out} --out <folder>)")
 
 
 EvalMethodOpt = Annotated[

@@ -215,56 +215,106 @@ def optimize_rows(
         z = v0s + out.delta
     """
     k = v0.shape[0]
-    v0 = v0.to(torch.promote_types(v0.dtype, torch.float32))
-    rows = torch.arange(k, device=v0.device)  # the original rows still scored
-    final = torch.zeros_like(v0)
-    delta = torch.zeros_like(v0, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=config.lr)
-    v0_norm = v0.norm(dim=1)
-    max_norm = config.clamp * v0_norm
-    active = torch.ones(k, dtype=torch.bool, device=v0.device)
+    state = _ScoredRows.start(scorer, owner, v0, config)
+    final = torch.zeros_like(state.delta)
     steps = torch.zeros(k, dtype=torch.long, device=v0.device)
     losses: list[list[dict[str, float]]] = [[] for _ in range(k)]
-    logp0 = first = None
+    first = None
     for step in range(config.steps):
-        token_logp, kl_logp = scorer(delta)
-        if logp0 is None:
-            logp0, first = kl_logp.detach(), token_logp.detach()
-        nll = _mean_nll(token_logp, owner, len(rows))
-        kl = torch.sum(kl_logp.exp() * (kl_logp - logp0), dim=1)
-        decay = delta.norm(dim=1) / v0_norm**2
-        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        token_logp, loss, nll = state.loss(config, losses)
+        if first is None:
+            first = token_logp.detach()
         if not torch.isfinite(loss).all():
             raise NonFiniteTargetError(_non_finite("a non-finite loss", loss, step, site))
-        now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
-        for row in torch.nonzero(active).squeeze(1).tolist():
-            losses[int(rows[row])].append(dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True)))
-        active = active & (nll.detach() >= config.early_stop)
-        if not active.any():
+        state.active = state.active & (nll.detach() >= config.early_stop)
+        if not state.active.any():
             break
-        _adam_step(opt, delta, loss, active, max_norm)
-        if not bool(torch.isfinite(delta).all()):
-            raise NonFiniteTargetError(_non_finite("a non-finite δ after its Adam update", delta, step, site))
-        steps[rows] += active.long()
+        _adam_step(state.opt, state.delta, loss, state.active, state.max_norm)
+        if not bool(torch.isfinite(state.delta).all()):
+            raise NonFiniteTargetError(
+                _non_finite("a non-finite δ after its Adam update", state.delta, step, site)
+            )
+        steps[state.rows] += state.active.long()
         if progress is not None:
             progress(step + 1, config.steps, "target steps")
-        frozen = int((~active).sum())
-        if (
-            isinstance(scorer, NarrowingScorer)
-            and frozen
-            and 4 * frozen >= len(rows)
-            and step + 1 < config.steps
-        ):
-            final[rows] = delta.detach()
-            keep = torch.nonzero(active).squeeze(1)
-            scorer = scorer.narrow(keep)
-            owner, rows = scorer.owner, rows[keep]
-            delta, opt = _carry_adam(opt, delta, keep, config.lr)
-            logp0, v0_norm, max_norm = logp0[keep], v0_norm[keep], max_norm[keep]
-            active = active[keep]
-    final[rows] = delta.detach()
+        if step + 1 < config.steps and state.worth_narrowing():
+            final[state.rows] = state.delta.detach()
+            state = state.narrowed(config.lr)
+    final[state.rows] = state.delta.detach()
     assert first is not None  # config.steps ≥ 1, so the loop ran at least once
     return RowsOutcome(final, tuple(tuple(rows) for rows in losses), tuple(steps.tolist()), first)
+
+
+@dataclass
+class _ScoredRows:
+    """`optimize_rows`' state for the rows still scored: their δ, Adam, norms and which still move."""
+
+    scorer: Scorer | NarrowingScorer
+    owner: torch.Tensor | None
+    rows: torch.Tensor  # the original row of each row still scored
+    delta: torch.Tensor
+    opt: torch.optim.Adam
+    v0_norm: torch.Tensor
+    max_norm: torch.Tensor
+    active: torch.Tensor
+    logp0: torch.Tensor | None = None  # the KL reference, read at δ = 0
+
+    @classmethod
+    def start(
+        cls,
+        scorer: Scorer | NarrowingScorer,
+        owner: torch.Tensor | None,
+        v0: torch.Tensor,
+        config: TargetConfig,
+    ) -> _ScoredRows:
+        v0 = v0.to(torch.promote_types(v0.dtype, torch.float32))
+        delta = torch.zeros_like(v0, requires_grad=True)
+        v0_norm = v0.norm(dim=1)
+        k = v0.shape[0]
+        active = torch.ones(k, dtype=torch.bool, device=v0.device)
+        rows = torch.arange(k, device=v0.device)
+        opt = torch.optim.Adam([delta], lr=config.lr)
+        return cls(scorer, owner, rows, delta, opt, v0_norm, config.clamp * v0_norm, active)
+
+    def loss(
+        self, config: TargetConfig, history: list[list[dict[str, float]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token log-probabilities, per-row loss, per-row NLL); the active rows' terms go to ``history``."""
+        token_logp, kl_logp = self.scorer(self.delta)
+        if self.logp0 is None:
+            self.logp0 = kl_logp.detach()
+        nll = _mean_nll(token_logp, self.owner, len(self.rows))
+        kl = torch.sum(kl_logp.exp() * (kl_logp - self.logp0), dim=1)
+        decay = self.delta.norm(dim=1) / self.v0_norm**2
+        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        now = torch.stack([loss, nll, kl, decay], dim=1).tolist()
+        for row in torch.nonzero(self.active).squeeze(1).tolist():
+            terms = dict(zip(("total", "nll", "kl", "decay"), now[row], strict=True))
+            history[int(self.rows[row])].append(terms)
+        return token_logp, loss, nll
+
+    def worth_narrowing(self) -> bool:
+        """Drop frozen rows once they are a quarter of those scored, if the scorer can."""
+        frozen = int((~self.active).sum())
+        return isinstance(self.scorer, NarrowingScorer) and frozen > 0 and 4 * frozen >= len(self.rows)
+
+    def narrowed(self, lr: float) -> _ScoredRows:
+        """The active rows alone, their Adam state carried over."""
+        assert isinstance(self.scorer, NarrowingScorer) and self.logp0 is not None
+        keep = torch.nonzero(self.active).squeeze(1)
+        scorer = self.scorer.narrow(keep)
+        delta, opt = _carry_adam(self.opt, self.delta, keep, lr)
+        return _ScoredRows(
+            scorer,
+            scorer.owner,
+            self.rows[keep],
+            delta,
+            opt,
+            self.v0_norm[keep],
+            self.max_norm[keep],
+            self.active[keep],
+            self.logp0[keep],
+        )
 
 
 def _carry_adam(
