@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -172,6 +173,31 @@ def test_trie_scores_equal_scoring_every_candidate_in_full(arch):
     assert trie.shape == rows.shape == (1000,)
     assert (trie - rows).abs().max() < 1e-4
     assert rows.std() > 0.1  # the candidates really differ
+
+
+def test_the_trie_runs_each_distinct_prefix_as_one_token():
+    """Depth first on its parents' caches, every proper prefix of the candidates' tokens is run once,
+    as one new token: the work grows with the trie's nodes, not with their lengths."""
+    from memloc.locate.lm.exposure import _Scorer, trie_scores
+
+    lm = tiny_lm("llama", seed=2)
+    space = CanarySpace.parse(BIG)
+    scorer = _Scorer.build(lm, space, ExposureConfig(batch_size=16))
+    rows = scorer.rest_ids(range(space.size))
+    prefixes = {tuple(r[:t]) for r in rows for t in range(1, len(r))}
+    seen: list[tuple[int, int]] = []
+    forward = lm.model.forward
+
+    @functools.wraps(forward)  # keeps the signature memloc reads the cache keyword from
+    def counting(*args, **kwargs):
+        seen.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    lm.model.forward = counting
+    trie_scores(scorer)
+    assert seen[0] == (1, len(scorer.prefix_ids))  # the fixed start, once
+    assert all(width == 1 and n <= 16 for n, width in seen[1:])
+    assert sum(n for n, _ in seen[1:]) == len(prefixes) >= 111
 
 
 def test_an_estimate_never_exceeds_the_most_exposure_a_space_allows():

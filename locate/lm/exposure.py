@@ -42,7 +42,7 @@ from memloc.core.lm.canaries import Canary
 from memloc.core.lm.canary_space import CanarySpace
 from memloc.core.lm.decoding import pad_id
 from memloc.core.lm.model import LM, added_prefix, document_start_id
-from memloc.core.lm.prefix_runner import PrefixCache, cache_inputs
+from memloc.core.lm.prefix_runner import PrefixCache, cache_inputs, cache_of
 from memloc.core.progress import Progress
 from memloc.core.validation import at_least
 
@@ -163,45 +163,92 @@ class _Scorer:
         return -(token_logp * valid).sum(-1).cpu() / math.log(2)
 
 
+@dataclass(frozen=True)
+class _TrieLevel:
+    """The distinct t-token prefixes (after the fixed start) of the candidates longer than t.
+
+    ``nodes`` are sorted, so the children of a run of parents are a run of nodes; ``parent``
+    is each node's index one level up (0, the fixed start, at t = 1); each candidate in
+    ``members`` adds the log-probability of its token t at node ``member_node``.
+    """
+
+    nodes: np.ndarray  # (n, t) token ids
+    parent: np.ndarray  # (n,)
+    members: np.ndarray  # candidates, grouped by node
+    bounds: np.ndarray  # members[bounds[i]:bounds[i + 1]] are node i's
+
+
+def _trie_levels(grid: np.ndarray, lengths: np.ndarray) -> list[_TrieLevel]:
+    levels: list[_TrieLevel] = []
+    above: dict[tuple[int, ...], int] = {(): 0}
+    for t in range(1, grid.shape[1]):
+        alive = np.flatnonzero(lengths > t)
+        if alive.size == 0:
+            break
+        nodes, inverse = np.unique(grid[alive, :t], axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        parent = np.array([above[tuple(row[:-1])] for row in nodes.tolist()], dtype=np.int64)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(nodes) + 1))
+        levels.append(_TrieLevel(nodes, parent, alive[order], bounds))
+        above = {tuple(row): i for i, row in enumerate(nodes.tolist())}
+    return levels
+
+
 @torch.no_grad()
 def trie_scores(scorer: _Scorer, progress: Progress | None = None) -> torch.Tensor:
-    """Px in bits of EVERY candidate of the space, each distinct token prefix run only once.
+    """Px in bits of EVERY candidate of the space, each trie node run as one token on its parent's cache.
 
     Candidates of a dense space share their leading tokens ("my PIN is 1 2 _" for ten
-    of them), and a token's probability depends only on the tokens before it. So for
-    each depth t the distinct t-token prefixes (after the fixed start) run once, as
-    rows of equal length on the fixed start's cache, and each candidate adds the
-    log-probability of its own next token at its prefix. For 3 digits that is 111
-    prefixes instead of 1,000 rows of 4 tokens; the scores equal `_Scorer.score`'s up
-    to float rounding.
+    of them), and a token's probability depends only on the tokens before it. So the
+    distinct token prefixes form a trie, walked depth first: a batch of nodes runs just
+    its last token on a cache copied from its parents' rows, and each candidate adds
+    the log-probability of its own next token at its prefix. For 6 digits that is
+    111,110 one-token rows instead of 10^6 rows of 6 tokens, and memory holds one batch
+    per depth; the scores equal `_Scorer.score`'s up to float rounding.
     """
-    device, model = scorer.lm.device, scorer.lm.model
     rows = scorer.rest_ids(range(scorer.space.size))
     lengths = np.array([len(r) for r in rows])
     grid = np.full((len(rows), int(lengths.max())), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         grid[i, : len(row)] = row
+    device, model = scorer.lm.device, scorer.lm.model
     cache, out = PrefixCache.run(model, input_ids=torch.tensor([scorer.prefix_ids], device=device))
     first = out.logits[0, -1].double().log_softmax(-1).cpu().numpy()
-    total = first[grid[:, 0]].copy()
-    depths = range(1, grid.shape[1])
-    for t in depths:
-        alive = np.flatnonzero(lengths > t)
-        if alive.size == 0:
-            break
-        nodes, inverse = np.unique(grid[alive, :t], axis=0, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(nodes) + 1))
-        for start in range(0, len(nodes), scorer.config.batch_size):
-            stop = min(start + scorer.config.batch_size, len(nodes))
-            ids = torch.from_numpy(nodes[start:stop]).to(device)
-            logits = model(input_ids=ids, **cache_inputs(model, cache.fresh(rows=stop - start))).logits[:, -1]
-            logp = logits.double().log_softmax(-1).cpu().numpy()
-            members = alive[order[bounds[start] : bounds[stop]]]
-            total[members] += logp[inverse[order[bounds[start] : bounds[stop]]] - start, grid[members, t]]
-        if progress:
-            progress(t, len(depths), f"scoring prefixes of {t} tokens")
-    return torch.from_numpy(-total / math.log(2))
+    walk = _TrieWalk(scorer, grid, _trie_levels(grid, lengths), first[grid[:, 0]].copy(), progress)
+    walk.expand(0, 0, 1, cache)
+    return torch.from_numpy(-walk.total / math.log(2))
+
+
+@dataclass
+class _TrieWalk:
+    scorer: _Scorer
+    grid: np.ndarray
+    levels: list[_TrieLevel]
+    total: np.ndarray  # each candidate's log-probability so far, natural log
+    progress: Progress | None
+    done: int = 0
+
+    def expand(self, depth: int, lo: int, hi: int, cache: PrefixCache) -> None:
+        """Score the children of nodes ``lo:hi`` at ``depth`` (``cache`` holds their rows), then theirs."""
+        if depth == len(self.levels):
+            return
+        level, model = self.levels[depth], self.scorer.lm.model
+        first, last = np.searchsorted(level.parent, [lo, hi])
+        for start in range(int(first), int(last), self.scorer.config.batch_size):
+            stop = min(start + self.scorer.config.batch_size, int(last))
+            rows = torch.from_numpy(level.parent[start:stop] - lo)
+            ids = torch.from_numpy(level.nodes[start:stop, -1:]).to(self.scorer.lm.device)
+            step = cache.fresh(rows=dict.fromkeys(range(len(cache.kv)), rows))
+            out = model(input_ids=ids, **cache_inputs(model, step))
+            logp = out.logits[:, -1].double().log_softmax(-1).cpu().numpy()
+            members = level.members[level.bounds[start] : level.bounds[stop]]
+            node = np.repeat(np.arange(stop - start), np.diff(level.bounds[start : stop + 1]))
+            self.total[members] += logp[node, self.grid[members, depth + 1]]
+            self.done += stop - start
+            if self.progress:
+                self.progress(self.done, sum(len(v.nodes) for v in self.levels), "scoring the prefix trie")
+            self.expand(depth + 1, start, stop, PrefixCache.of(cache_of(out), cache.config))
 
 
 def exposure_from_rank(size: int, rank: int) -> float:
