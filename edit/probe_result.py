@@ -74,6 +74,9 @@ class ProbeConfig:
 def default_candidates(n_layers: int, most: int = 8) -> tuple[int, ...]:
     """Every layer of a model of at most ``most`` layers; else ``most`` spread from 10% to 50% of the depth.
 
+    A band too short to hold ``most`` layers is widened upwards, so a deeper model is never
+    probed at fewer layers than a shallower one (9 layers: 1-8, not 1-4).
+
     Where edits work best lies in that band for the models editing papers report: ROME's
     GPT-2 XL layer 17 of 48, GPT-J 5 of 28 (Meng et al. 2022), MEMIT's spans 3-8 of 28 and
     13-17 of 48 (Meng et al. 2023). Probing every layer of a 30-layer model costs 30 ×
@@ -83,7 +86,8 @@ def default_candidates(n_layers: int, most: int = 8) -> tuple[int, ...]:
     """
     if n_layers <= most:
         return tuple(range(n_layers))
-    low, high = round(0.1 * n_layers), round(0.5 * n_layers)
+    low = round(0.1 * n_layers)
+    high = min(n_layers - 1, max(round(0.5 * n_layers), low + most - 1))
     band = list(range(low, high + 1))
     if len(band) <= most:
         return tuple(band)

@@ -229,3 +229,13 @@ def test_default_candidates_spread_over_the_lower_half_and_keep_tiny_models_whol
     assert 5 in default_candidates(28)  # GPT-J's ROME layer (Meng et al. 2022)
     assert ProbeConfig(candidates=(4,)).layers_for(30) == (4,)
     assert ProbeConfig(max_default=2).layers_for(30) == (3, 15)
+
+
+def test_a_deeper_model_never_gets_fewer_default_candidates():
+    """9 layers used to probe 4 (the band 10%-50% holds only layers 1-4) where 8 layers probed all 8."""
+    from memloc.edit.probe_result import default_candidates
+
+    for n in range(1, 61):
+        picks = default_candidates(n)
+        assert len(picks) == min(n, 8), n
+        assert list(picks) == sorted(set(picks)) and picks[0] >= 0 and picks[-1] < n
