@@ -20,6 +20,7 @@ knowledge-neuron edit, so it goes through the collapse monitor, the ledger and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,8 +69,18 @@ def localize(
 
 
 def localizer_config(config: UnlearnConfig) -> Any:
-    """The localizer's own frozen config for ``config`` (see `make_config`)."""
-    return make_config(config.method, config.settings, config.seed)
+    """The localizer's own frozen config for ``config`` (see `make_config`).
+
+    A mask localizer (Slimming, Hard Concrete) learns the ``drop`` objective here unless the
+    settings name one: unlearning wants the neurons whose removal raises the sequence's loss
+    while other text keeps its own, not MemPi's neurons the sequence needs (``keep``, the
+    localizers' default), which include the ones every text needs.
+    """
+    settings = dict(config.settings)
+    fields = {f.name for f in dataclasses.fields(localizer(config.method).config_type)}
+    if "objective" in fields:
+        settings.setdefault("objective", "drop")
+    return make_config(config.method, tuple(settings.items()), config.seed)
 
 
 def select_neurons(attribution: NeuronAttribution, budget: float) -> tuple[Neuron, ...]:

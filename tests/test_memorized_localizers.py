@@ -55,8 +55,18 @@ def _weights(model):
         lambda lm, b, n: localize_hard_concrete(
             lm.model, lm.adapter, b, HardConcreteConfig(steps=30, penalty=1e-4, init=1.0, batch_size=n)
         ),
+        # The drop objective is the one that reads the other text in chunks of batch_size.
+        lambda lm, b, n: localize_slimming(
+            lm.model, lm.adapter, b, SlimmingConfig(steps=20, penalty=1e-4, batch_size=n, objective="drop")
+        ),
+        lambda lm, b, n: localize_hard_concrete(
+            lm.model,
+            lm.adapter,
+            b,
+            HardConcreteConfig(steps=30, penalty=1e-4, init=1.0, batch_size=n, objective="drop"),
+        ),
     ],
-    ids=["zero_out", "activations", "ig", "slimming", "hard_concrete"],
+    ids=["zero_out", "activations", "ig", "slimming", "hard_concrete", "slimming_drop", "hard_concrete_drop"],
 )
 def test_planted_neuron_ranks_first_and_batch_size_does_not_matter(toy, run):
     lm, batch = toy

@@ -93,6 +93,23 @@ def test_inj_ranks_zero_out_above_random_and_is_seeded(lm, new_sequences, tmp_pa
     assert load_dataclass(InjResult, tmp_path / "inj") == result
 
 
+def test_slimming_and_hard_concrete_recall_the_planted_neurons_with_mempis_objective(
+    lm, new_sequences, injection
+):
+    """MemPi's masks keep the fewest neurons a sequence needs, and in INJ those are the planted ones.
+    The drop objective (raise the sequence's loss), their default before, recalled 0.07 of them with
+    Slimming and 0.45 with Hard Concrete."""
+    from memloc.locate.lm.memorized.hard_concrete import HardConcreteConfig, localize_hard_concrete
+    from memloc.locate.lm.memorized.slimming import SlimmingConfig, localize_slimming
+
+    batch = SequenceBatch(new_sequences)
+    planted = injection.planted
+    slim = localize_slimming(injection.model, lm.adapter, batch, SlimmingConfig(steps=40))
+    concrete = localize_hard_concrete(injection.model, lm.adapter, batch, HardConcreteConfig(steps=40))
+    recalls = [inj_recall(found, planted, BUDGET) for found in (slim, concrete)]
+    assert min(recalls) > 0.45, recalls
+
+
 def test_del_drops_the_target_more_than_the_others(lm, new_sequences, injection):
     plain = tuple(tuple(lm.tokenizer(t)["input_ids"]) for t in ("Gafou is a country .",))
     model, adapter = injection.model, lm.adapter

@@ -125,6 +125,17 @@ def test_config_refuses_bad_values(field, value):
     assert info.value.field == field
 
 
+def test_unlearning_masks_learn_to_drop_unless_told_and_other_localizers_are_untouched():
+    """The locate commands default to MemPi's keep objective; unlearning asks for the drop one."""
+    from memloc.edit.unlearn import UnlearnConfig, localizer_config
+
+    for method in ("slimming", "hard_concrete"):
+        assert localizer_config(UnlearnConfig(method=method)).objective == "drop"
+        told = UnlearnConfig(method=method, settings=(("objective", "keep"), ("steps", 7)))
+        assert localizer_config(told).objective == "keep" and localizer_config(told).steps == 7
+    assert not hasattr(localizer_config(UnlearnConfig(method="zero_out")), "objective")
+
+
 def test_compute_refuses_out_of_range_and_empty_neurons():
     lm = tiny_lm("gpt2")
     with pytest.raises(NeuronEditError, match="out of range"):

@@ -2,16 +2,25 @@
 
 Each neuron of every layer's ``mlp.post`` gets a gate z = min(1, max(0, s (zeta - gamma) + gamma))
 with s = sigmoid((log u - log(1 - u) + log_alpha) / beta), u ~ U(0, 1), beta = 2/3 and the
-stretch (gamma, zeta) = (-0.1, 1.1). As for Slimming (slimming.py), the gates learn to DROP
-the fewest neurons needed to raise the memorized sequence's loss while keeping the other text's:
+stretch (gamma, zeta) = (-0.1, 1.1); P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta)).
+The two objectives are Slimming's (slimming.py):
 
-    minimise  -CE(sequence; z) + CE(other; z) + lambda * mean(1 - P(z != 0))
+- ``keep`` (MemPi's): the gates KEEP the fewest neurons the sequence needs,
 
-with P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta)). Noise is drawn from a
-generator seeded by ``seed``. The score is -log_alpha: it orders neurons as 1 - the
-deterministic gate min(1, max(0, sigmoid(log_alpha) (zeta - gamma) + gamma)) does, but
-without the clamp, which ties every gate that is still fully open (log_alpha above
-about 2.4, where training starts) at score 0 and leaves their order to the tie-break.
+      minimise  CE(sequence; z) + lambda * mean(P(z != 0))
+
+  and the score is log_alpha (higher = more open).
+- ``drop``: the gates DROP the fewest neurons needed to raise the sequence's loss while
+  keeping the other text's,
+
+      minimise  -CE(sequence; z) + CE(other; z) + lambda * mean(1 - P(z != 0))
+
+  and the score is -log_alpha (higher = more closed).
+
+Either score orders neurons as the deterministic gate min(1, max(0, sigmoid(log_alpha)
+(zeta - gamma) + gamma)) does, but without the clamp, which ties every gate still fully
+open or shut at the same value and leaves their order to the tie-break. Noise is drawn
+from a generator seeded by ``seed``.
 
     result = localize_hard_concrete(model, adapter, batch, HardConcreteConfig(steps=100, seed=0))
 """
@@ -25,8 +34,8 @@ import torch
 from memloc.core.adapters import TransformerAdapter
 from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.progress import Progress, offset
-from memloc.core.validation import at_least, finite, positive
-from memloc.locate.lm.memorized.slimming import masked_loss
+from memloc.core.validation import at_least, finite, one_of, positive
+from memloc.locate.lm.memorized.slimming import OBJECTIVES, masked_loss
 from memloc.locate.lm.memorized.types import NeuronAttribution, SequenceBatch, model_device, sequence_tensor
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
@@ -45,12 +54,14 @@ class HardConcreteConfig:
     init: float = 3.0
     seed: int = 0
     batch_size: int = 8
+    objective: str = "keep"  # keep: MemPi's (the neurons the sequence needs); drop: see the module
 
     def __post_init__(self) -> None:
         at_least(self, 1, "steps", "batch_size")
         at_least(self, 0, "seed")
         positive(self, "lr", "penalty")
         finite(self, "init")
+        one_of(self, "objective", OBJECTIVES)
 
 
 def localize_hard_concrete(
@@ -61,7 +72,7 @@ def localize_hard_concrete(
     *,
     progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, -log_alpha of the learned gates (layers, d_mlp): higher = more closed.
+    """Per sequence, log_alpha of the learned gates (keep) or -log_alpha (drop), (layers, d_mlp).
 
     ``progress`` follows the gate steps.
     """
@@ -75,7 +86,8 @@ def localize_hard_concrete(
             log_alpha.requires_grad_(True)
             steps = offset(progress, s * config.steps, total)
             _train(model, adapter, log_alpha, ids, batch.other, config, generator, steps)
-            scores.append(-log_alpha.detach().double().cpu().numpy())
+            opened = log_alpha.detach().double().cpu().numpy()
+            scores.append(opened if config.objective == "keep" else -opened)
     return NeuronAttribution("hard_concrete", tuple(scores))
 
 
@@ -104,9 +116,12 @@ def _train(
         # One gate sample per step, shared by the sequence and every other text.
         gate = sample_gate(log_alpha, generator)
         open_prob = torch.sigmoid(log_alpha - shift)
-        penalty = config.penalty * (1.0 - open_prob).mean()
-        loss = penalty - masked_loss(model, adapter, gate, sequence_tensor(ids, device))
-        for start in range(0, len(other), config.batch_size):
+        sequence_loss = masked_loss(model, adapter, gate, sequence_tensor(ids, device))
+        if config.objective == "keep":  # MemPi's: the sequence alone, other text plays no part
+            loss = sequence_loss + config.penalty * open_prob.mean()
+        else:
+            loss = config.penalty * (1.0 - open_prob).mean() - sequence_loss
+        for start in range(0, len(other) if config.objective == "drop" else 0, config.batch_size):
             for text in other[start : start + config.batch_size]:
                 loss = loss + masked_loss(model, adapter, gate, sequence_tensor(text, device)) / len(other)
         loss.backward()

@@ -1,14 +1,24 @@
 """Slimming: a learned continuous neuron mask with an L1 penalty (Chang et al. 2024, MemPi).
 
 A mask m over every layer's ``mlp.post`` neurons starts at 1 and is clamped to [0, 1]
-after each Adam step (lr 1e-2). As issue #15 words the objective ("lower the memorized
-sequence's likelihood while keeping other text's"), the mask learns to DROP the
-fewest neurons needed to raise the sequence's loss while keeping the other text's:
+after each Adam step (lr 1e-2, lambda = 1000 as in the reference). Two objectives:
 
-    minimise  -CE(sequence; m) + CE(other; m) + lambda * mean(1 - m)
+- ``keep`` (MemPi's): the mask learns to KEEP the fewest neurons the sequence needs,
 
-with CE the mean next-token cross-entropy and lambda = 1000 as in the reference. The
-score is 1 - m: higher means dropping that neuron hurts the sequence more.
+      minimise  CE(sequence; m) + lambda * mean(m)
+
+  and the score is m. This is the localizer MemPi's INJ and DEL figures are for.
+- ``drop`` (issue #15's wording, "lower the memorized sequence's likelihood while
+  keeping other text's"): the mask learns to DROP the fewest neurons needed to raise
+  the sequence's loss while keeping the other text's,
+
+      minimise  -CE(sequence; m) + CE(other; m) + lambda * mean(1 - m)
+
+  and the score is 1 - m. Its -CE is unbounded, so it finds neurons whose loss hurts the
+  sequence most, generic ones included; the other text only partly offsets that.
+
+CE is the mean next-token cross-entropy. Higher scores mean the neuron matters more to
+the sequence.
 
     result = localize_slimming(model, adapter, batch, SlimmingConfig(steps=100, seed=0))
 """
@@ -24,7 +34,7 @@ from memloc.core.classifier.gradients import frozen_parameters
 from memloc.core.hooks import patch
 from memloc.core.progress import Progress, offset
 from memloc.core.sites import Site
-from memloc.core.validation import at_least, positive
+from memloc.core.validation import at_least, one_of, positive
 from memloc.locate.lm.memorized.types import (
     NeuronAttribution,
     SequenceBatch,
@@ -32,6 +42,8 @@ from memloc.locate.lm.memorized.types import (
     sequence_tensor,
     token_losses,
 )
+
+OBJECTIVES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,13 @@ class SlimmingConfig:
     penalty: float = 1000.0
     seed: int = 0
     batch_size: int = 8
+    objective: str = "keep"  # keep: MemPi's (the neurons the sequence needs); drop: see the module
 
     def __post_init__(self) -> None:
         at_least(self, 1, "steps", "batch_size")
         at_least(self, 0, "seed")
         positive(self, "lr", "penalty")
+        one_of(self, "objective", OBJECTIVES)
 
 
 def localize_slimming(
@@ -58,7 +72,7 @@ def localize_slimming(
     *,
     progress: Progress | None = None,
 ) -> NeuronAttribution:
-    """Per sequence, 1 - the learned mask (layers, d_mlp); ``progress`` follows the mask steps."""
+    """Per sequence, the learned mask (keep) or 1 - it (drop), (layers, d_mlp); ``progress`` follows the steps."""
     scores = []
     total = len(batch.sequences) * config.steps
     with frozen_parameters(model):
@@ -66,7 +80,8 @@ def localize_slimming(
             torch.manual_seed(config.seed)
             mask = torch.ones(adapter.n_layers, adapter.d_mlp, device=model_device(model), requires_grad=True)
             _train(model, adapter, mask, ids, batch.other, config, offset(progress, s * config.steps, total))
-            scores.append(1.0 - mask.detach().double().cpu().numpy())
+            kept = mask.detach().double().cpu().numpy()
+            scores.append(kept if config.objective == "keep" else 1.0 - kept)
     return NeuronAttribution("slimming", tuple(scores))
 
 
@@ -83,9 +98,12 @@ def _train(
     optimizer = torch.optim.Adam([mask], lr=config.lr)
     for step in range(config.steps):
         optimizer.zero_grad()
-        penalty = config.penalty * (1.0 - mask).abs().mean()
-        (penalty - masked_loss(model, adapter, mask, sequence_tensor(ids, device))).backward()
-        for start in range(0, len(other), config.batch_size):
+        sequence_loss = masked_loss(model, adapter, mask, sequence_tensor(ids, device))
+        if config.objective == "keep":  # MemPi's: the sequence alone, other text plays no part
+            (sequence_loss + config.penalty * mask.abs().mean()).backward()
+        else:
+            (config.penalty * (1.0 - mask).abs().mean() - sequence_loss).backward()
+        for start in range(0, len(other) if config.objective == "drop" else 0, config.batch_size):
             for text in other[start : start + config.batch_size]:
                 # Each other text weighs 1/len(other), however they are chunked.
                 loss = masked_loss(model, adapter, mask, sequence_tensor(text, device))
