@@ -46,7 +46,11 @@ def memorized_neurons_command(
     ] = 0.005,
     other: Annotated[
         Path | None,
-        typer.Option("--other", help="Other text whose likelihood the localizer keeps (same formats)."),
+        typer.Option(
+            "--other",
+            help="Other text whose likelihood the localizer keeps (same formats): activations and "
+            "the masks' objective=drop read it; the masks' default, MemPi's keep objective, does not.",
+        ),
     ] = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Tokens per text (longer ones are cut).")

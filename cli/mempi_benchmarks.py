@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 INJECT = "memloc.locate.lm.memorized.inject:InjectConfig"
 DROP = "memloc.locate.lm.memorized.drop:DelConfig"
+OTHER_HELP = (
+    "Other text the localizers keep: activations and the masks' objective=drop read it; "
+    "the masks' default, MemPi's keep objective, does not."
+)
 
 SequencesOpt = Annotated[
     Path,
@@ -74,7 +78,7 @@ def _tokens(lm: LM, path: Path | None) -> tuple[tuple[int, ...], ...]:
 def inj_command(
     lm: LMOptions,
     sequences: SequencesOpt,
-    other: Annotated[Path | None, typer.Option("--other", help="Other text the localizers keep.")] = None,
+    other: Annotated[Path | None, typer.Option("--other", help=OTHER_HELP)] = None,
     methods: MethodsOpt = None,
     budget: BudgetOpt = 0.005,
     ratio: Annotated[
@@ -124,9 +128,7 @@ def inj_command(
 def del_command(
     lm: LMOptions,
     sequences: SequencesOpt,
-    other: Annotated[
-        Path, typer.Option("--other", help="Other text the localizers keep.", show_default=False)
-    ],
+    other: Annotated[Path, typer.Option("--other", help=OTHER_HELP, show_default=False)],
     plain: Annotated[
         Path, typer.Option("--plain", help="Plain text whose accuracy drop is measured.", show_default=False)
     ],

@@ -34,6 +34,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -168,8 +169,8 @@ class _TrieLevel:
     """The distinct t-token prefixes (after the fixed start) of the candidates longer than t.
 
     ``nodes`` are sorted, so the children of a run of parents are a run of nodes; ``parent``
-    is each node's index one level up (0, the fixed start, at t = 1); each candidate in
-    ``members`` adds the log-probability of its token t at node ``member_node``.
+    is each node's index one level up (0, the fixed start, at t = 1); the candidates in
+    ``members[bounds[i]:bounds[i + 1]]`` add the log-probability of their token t at node i.
     """
 
     nodes: np.ndarray  # (n, t) token ids
@@ -229,6 +230,11 @@ class _TrieWalk:
     progress: Progress | None
     done: int = 0
 
+    @cached_property
+    def nodes(self) -> int:
+        """Trie nodes to run, the progress bar's end."""
+        return sum(len(level.nodes) for level in self.levels)
+
     def expand(self, depth: int, lo: int, hi: int, cache: PrefixCache) -> None:
         """Score the children of nodes ``lo:hi`` at ``depth`` (``cache`` holds their rows), then theirs."""
         if depth == len(self.levels):
@@ -247,7 +253,7 @@ class _TrieWalk:
             self.total[members] += logp[node, self.grid[members, depth + 1]]
             self.done += stop - start
             if self.progress:
-                self.progress(self.done, sum(len(v.nodes) for v in self.levels), "scoring the prefix trie")
+                self.progress(self.done, self.nodes, "scoring the prefix trie")
             self.expand(depth + 1, start, stop, PrefixCache.of(cache_of(out), cache.config))
 
 

@@ -109,6 +109,7 @@ def _train(
     progress: Progress | None = None,
 ) -> None:
     device = log_alpha.device
+    kept_text = other if config.objective == "drop" else ()  # keep: the sequence alone, as MemPi's
     optimizer = torch.optim.Adam([log_alpha], lr=config.lr)
     shift = BETA * math.log(-GAMMA / ZETA)
     for step in range(config.steps):
@@ -117,13 +118,15 @@ def _train(
         gate = sample_gate(log_alpha, generator)
         open_prob = torch.sigmoid(log_alpha - shift)
         sequence_loss = masked_loss(model, adapter, gate, sequence_tensor(ids, device))
-        if config.objective == "keep":  # MemPi's: the sequence alone, other text plays no part
+        if config.objective == "keep":
             loss = sequence_loss + config.penalty * open_prob.mean()
         else:
             loss = config.penalty * (1.0 - open_prob).mean() - sequence_loss
-        for start in range(0, len(other) if config.objective == "drop" else 0, config.batch_size):
-            for text in other[start : start + config.batch_size]:
-                loss = loss + masked_loss(model, adapter, gate, sequence_tensor(text, device)) / len(other)
+        for start in range(0, len(kept_text), config.batch_size):
+            for text in kept_text[start : start + config.batch_size]:
+                loss = loss + masked_loss(model, adapter, gate, sequence_tensor(text, device)) / len(
+                    kept_text
+                )
         loss.backward()
         optimizer.step()
         if progress is not None:

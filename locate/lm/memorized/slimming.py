@@ -14,8 +14,8 @@ after each Adam step (lr 1e-2, lambda = 1000 as in the reference). Two objective
 
       minimise  -CE(sequence; m) + CE(other; m) + lambda * mean(1 - m)
 
-  and the score is 1 - m. Its -CE is unbounded, so it finds neurons whose loss hurts the
-  sequence most, generic ones included; the other text only partly offsets that.
+  and the score is 1 - m. Its -CE is unbounded, so it finds the neurons whose removal
+  hurts the sequence most, generic ones included; the other text only partly offsets that.
 
 CE is the mean next-token cross-entropy. Higher scores mean the neuron matters more to
 the sequence.
@@ -95,19 +95,20 @@ def _train(
     progress: Progress | None = None,
 ) -> None:
     device = mask.device
+    kept_text = other if config.objective == "drop" else ()  # keep: the sequence alone, as MemPi's
     optimizer = torch.optim.Adam([mask], lr=config.lr)
     for step in range(config.steps):
         optimizer.zero_grad()
         sequence_loss = masked_loss(model, adapter, mask, sequence_tensor(ids, device))
-        if config.objective == "keep":  # MemPi's: the sequence alone, other text plays no part
+        if config.objective == "keep":
             (sequence_loss + config.penalty * mask.abs().mean()).backward()
         else:
             (config.penalty * (1.0 - mask).abs().mean() - sequence_loss).backward()
-        for start in range(0, len(other) if config.objective == "drop" else 0, config.batch_size):
-            for text in other[start : start + config.batch_size]:
-                # Each other text weighs 1/len(other), however they are chunked.
+        for start in range(0, len(kept_text), config.batch_size):
+            for text in kept_text[start : start + config.batch_size]:
+                # Each other text weighs 1/len(kept_text), however they are chunked.
                 loss = masked_loss(model, adapter, mask, sequence_tensor(text, device))
-                (loss / len(other)).backward()
+                (loss / len(kept_text)).backward()
         optimizer.step()
         with torch.no_grad():
             mask.clamp_(0.0, 1.0)
