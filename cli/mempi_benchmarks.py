@@ -90,6 +90,21 @@ def inj_command(
     max_steps: Annotated[int, typer.Option("--max-steps", help="Most injection steps.")] = config_default(
         INJECT, "max_steps"
     ),
+    stop_loss: Annotated[
+        float | None,
+        typer.Option(
+            "--stop-loss",
+            help="Inject until every sequence's mean token loss is below this (MemPi: 0.05) "
+            "instead of until each is reproduced greedily.",
+        ),
+    ] = None,
+    separate: Annotated[
+        bool,
+        typer.Option(
+            "--separate/--together",
+            help="Plant each sequence in its own copy of the model (MemPi) or all in one.",
+        ),
+    ] = False,
     batch_size: BatchOpt = config_default(INJECT, "batch_size"),
     settings: SetOpt = "",
     out: OutOpt = None,
@@ -103,7 +118,15 @@ def inj_command(
     from memloc.locate.lm.memorized.inject import InjectConfig, run_inj
     from memloc.locate.lm.memorized.localizer_runs import check_budget
 
-    config = InjectConfig(ratio=ratio, lr=lr, max_steps=max_steps, seed=seed, batch_size=batch_size)
+    config = InjectConfig(
+        ratio=ratio,
+        lr=lr,
+        max_steps=max_steps,
+        seed=seed,
+        batch_size=batch_size,
+        stop_loss=stop_loss,
+        separate=separate,
+    )
     check_budget(budget)
     names = _methods(methods)
     configs = _configs(names, seed, settings)
@@ -119,7 +142,10 @@ def inj_command(
         return
     emit_table("INJ: recall of the planted neurons", result.table())
     planted = sum(a == 1.0 for a in result.accuracy)
-    stderr.print(f"{planted} of {len(result.accuracy)} sequences reached accuracy 1 in {result.steps} steps")
+    longest = "at most " if separate else ""
+    stderr.print(
+        f"{planted} of {len(result.accuracy)} sequences reached accuracy 1 in {longest}{result.steps} steps"
+    )
     for path in written:
         stderr.print(f"wrote {path}")
 

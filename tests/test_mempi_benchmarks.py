@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,18 @@ from memloc.core.dataclass_files import load_dataclass
 from memloc.core.errors import ConfigError, DataError
 from memloc.core.lm.loading import load_language_model
 from memloc.locate.lm.memorized.accuracy import token_accuracy
+from memloc.locate.lm.memorized.activations import ActivationsConfig, localize_activations
 from memloc.locate.lm.memorized.drop import DelConfig, DelResult, del_row, run_del
 from memloc.locate.lm.memorized.inject import (
     InjectConfig,
     InjResult,
+    PlantedNeurons,
     inj_recall,
     inject_sequences,
     run_inj,
 )
 from memloc.locate.lm.memorized.random_baseline import RandomConfig, localize_random
-from memloc.locate.lm.memorized.types import SequenceBatch
+from memloc.locate.lm.memorized.types import SequenceBatch, token_losses
 from test_cli import assert_one_line_error, run_cli
 
 from tests.tiny_lms import tiny_lm
@@ -110,6 +113,37 @@ def test_slimming_and_hard_concrete_recall_the_planted_neurons_with_mempis_objec
     assert min(recalls) > 0.45, recalls
 
 
+def test_a_loss_stop_trains_past_greedy_reproduction(lm, new_sequences, injection):
+    """MemPi's injection runs until the loss is small, not just until the argmax is right."""
+    deeper = inject_sequences(lm.model, lm.adapter, new_sequences, replace(INJECT, stop_loss=1.0))
+    ids = torch.tensor(new_sequences)
+    with torch.no_grad():
+        shallow_loss = token_losses(injection.model(input_ids=ids).logits, ids)
+        deep_loss = token_losses(deeper.model(input_ids=ids).logits, ids)
+    assert shallow_loss.min() > 1.0  # greedy reproduction alone stops well above the loss asked for
+    assert deep_loss.max() < 1.0 and deeper.steps > injection.steps
+    assert deeper.planted == injection.planted and deeper.memorized
+
+
+def test_separate_injection_localizes_each_sequence_in_its_own_model(lm, new_sequences, injection):
+    apart = run_inj(
+        lm.model, lm.adapter, new_sequences, (), ["activations"], {}, BUDGET, replace(INJECT, separate=True)
+    )
+    assert apart.planted == injection.planted  # the same draw as one model for all
+    assert [r.method for r in apart.rows] == ["activations", "random"] and len(apart.accuracy) == 3
+    for s, sequence in enumerate(new_sequences):
+        own = PlantedNeurons(
+            (injection.planted.neurons[s],), injection.planted.n_layers, injection.planted.d_mlp
+        )
+        alone = inject_sequences(lm.model, lm.adapter, (sequence,), INJECT, planted=own)
+        for layer in range(lm.adapter.n_layers):
+            diff = lm.adapter.down_matrix(alone.model, layer) - lm.adapter.down_matrix(lm.model, layer)
+            changed = {(layer, int(u)) for u in torch.nonzero(diff.abs().sum(0)).flatten()}
+            assert changed == {n for n in own.neurons[0] if n[0] == layer}
+        found = localize_activations(alone.model, lm.adapter, SequenceBatch((sequence,)), ActivationsConfig())
+        assert apart.rows[0].per_sequence[s] == inj_recall(found, own, BUDGET)
+
+
 def test_del_drops_the_target_more_than_the_others(lm, new_sequences, injection):
     plain = tuple(tuple(lm.tokenizer(t)["input_ids"]) for t in ("Gafou is a country .",))
     model, adapter = injection.model, lm.adapter
@@ -159,6 +193,15 @@ def test_cli_inj_and_del_smoke(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "inj" / "inj_recall.png").stat().st_size > 0
     assert "random" in (tmp_path / "inj" / "inj.md").read_text()
+    code, _, err = run_cli(
+        capsys, "locate", "inj", *common, "--sequences", seqs, "--ratio", "0.02", "--separate",
+        "--stop-loss", "2.0", "--out", tmp_path / "apart",
+    )  # fmt: skip
+    assert code == 0, err
+    apart = load_dataclass(InjResult, tmp_path / "apart" / "inj")
+    assert apart.config.separate and apart.config.stop_loss == 2.0 and len(apart.accuracy) == 2
+    code, _, err = run_cli(capsys, "locate", "inj", *common, "--sequences", seqs, "--stop-loss", "0")
+    assert_one_line_error(code, err, "stop_loss")
     code, out, err = run_cli(
         capsys, "locate", "del", *common, "--sequences", keep, "--other", seqs, "--plain", seqs,
         "--out", tmp_path / "del", "--format", "json",

@@ -9,6 +9,12 @@ train together in one model; sequence s's gradient is masked to its own columns:
 
 A localizer then recalls |top-k(s) ∩ P_s| / |P_s| at a budget of its top k neurons.
 
+Two settings give MemPi's own protocol instead (its reference code): ``stop_loss=0.05``
+trains until every sequence's mean token loss is below 0.05, a far deeper injection than
+greedy reproduction; ``separate=True`` plants each sequence in its own copy of the model
+and localizes it there, so no other sequence's planted columns share its model. P_s is
+the same draw either way.
+
 Training never writes the model's weights: a hook adds Delta @ mlp.post to each
 layer's MLP output (through `core.hooks.patch`), and the returned model is a copy
 with W + Delta, so exactly the planted columns change (the copy doubles the memory).
@@ -48,16 +54,25 @@ _STREAM = 1  # random_baseline.py draws from stream 2 of the same seed
 
 @dataclass(frozen=True)
 class InjectConfig:
-    """``ratio``: share of all neurons planted per sequence; ``batch_size``: sequences per pass."""
+    """``ratio``: share of all neurons planted per sequence; ``batch_size``: sequences per pass.
+
+    ``stop_loss``: None stops once every sequence is reproduced greedily; a number once every
+    sequence's mean token loss is below it (MemPi: 0.05). ``separate``: each sequence in its
+    own injected copy of the model (MemPi), rather than all in one.
+    """
 
     ratio: float = 0.005
     lr: float = 5e-2
     max_steps: int = 1000
     seed: int = 0
     batch_size: int = 8
+    stop_loss: float | None = None
+    separate: bool = False
 
     def __post_init__(self) -> None:
         positive(self, "ratio", "lr")
+        if self.stop_loss is not None:
+            positive(self, "stop_loss")
         if self.ratio > 1:
             raise fail(self, "ratio", f"must be at most 1, got {self.ratio}")
         at_least(self, 1, "max_steps", "batch_size")
@@ -114,12 +129,16 @@ def inject_sequences(
     sequences: tuple[tuple[int, ...], ...],
     config: InjectConfig,
     progress: Progress | None = None,
+    planted: PlantedNeurons | None = None,
 ) -> Injection:
-    """Train each sequence into its own planted columns; ``model`` itself is left unchanged."""
+    """Train each sequence into its own planted columns; ``model`` itself is left unchanged.
+
+    ``planted`` (one set per sequence) replaces the seeded draw of `plant_neurons`.
+    """
     if not sequences or any(len(ids) < 2 for ids in sequences):
         raise DataError("INJ needs at least one sequence, each of at least 2 tokens")
     device = model_device(model)
-    planted = plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), config)
+    planted = planted or plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), config)
     masks = torch.tensor(
         np.stack(planted.as_attribution().scores), dtype=torch.float32, device=device
     )  # (S, L, F)
@@ -131,13 +150,14 @@ def inject_sequences(
     with frozen_parameters(model):
         while True:
             optimizer.zero_grad()
-            accuracy = _backward(model, adapter, sequences, deltas, masks, config.batch_size)
-            if step == config.max_steps or bool((accuracy == 1.0).all()):
+            accuracy, loss = _backward(model, adapter, sequences, deltas, masks, config.batch_size)
+            done = accuracy == 1.0 if config.stop_loss is None else loss < config.stop_loss
+            if step == config.max_steps or bool(done.all()):
                 break
             optimizer.step()
             step += 1
             if progress is not None:
-                progress(step, config.max_steps, f"{int((accuracy == 1.0).sum())} memorized")
+                progress(step, config.max_steps, f"{int(done.sum())} memorized")
     injected = copy.deepcopy(model)
     with torch.no_grad():
         for layer, delta in enumerate(deltas):
@@ -154,16 +174,19 @@ def _backward(
     deltas: list[torch.Tensor],
     masks: torch.Tensor,
     batch_size: int,
-) -> torch.Tensor:
-    """Accumulate every sequence's masked loss gradient into the deltas; returns (S,) token accuracy."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate every sequence's masked loss gradient into the deltas; (S,) token accuracy and mean loss."""
     accuracy = torch.zeros(len(sequences), dtype=torch.float64)
+    loss = torch.zeros(len(sequences), dtype=torch.float64)
     for chunk in length_chunks(sequences, batch_size):
         ids = torch.tensor([sequences[i] for i in chunk], device=model_device(model))
         with patch(model, adapter, _delta_fns(adapter, deltas, masks[chunk])):
             logits = model(input_ids=ids).logits
-        token_losses(logits, ids).sum().backward()
+        losses = token_losses(logits, ids)
+        losses.sum().backward()
         accuracy[chunk] = row_accuracy(logits.detach(), ids).cpu()
-    return accuracy
+        loss[chunk] = losses.detach().double().cpu()
+    return accuracy, loss
 
 
 def _delta_fns(
@@ -216,7 +239,7 @@ class InjResult:
     config: InjectConfig
     planted: PlantedNeurons
     accuracy: tuple[float, ...]  # of each sequence on the injected model (1 = planted)
-    steps: int
+    steps: int  # the longest injection's optimizer steps (one per sequence when ``config.separate``)
     rows: tuple[InjRow, ...]
 
     def table(self) -> list[dict]:
@@ -255,18 +278,31 @@ def run_inj(
     inject: InjectConfig = InjectConfig(),
     progress: Progress | None = None,
 ) -> InjResult:
-    """Inject ``sequences``, localize them in the injected model, and score each localizer and random.
+    """Inject ``sequences``, localize them in the injected model (each in its own copy when
+    ``inject.separate``), and score each localizer and random.
 
     ``configs`` maps a localizer's name to its config (defaults otherwise); the random
     baseline draws with ``inject.seed``. ``other`` is the text localizers keep.
     """
     check_budget(budget)
     chosen = choose_localizers(localizers, configs)
-    batch = SequenceBatch(sequences, other)
-    injection = inject_sequences(model, adapter, sequences, inject, labelled(progress, "inject"))
-    found = run_localizers(injection.model, adapter, batch, chosen, RandomConfig(inject.seed), progress)
-    rows = []
-    for attribution in found:
-        per = recall_per_sequence(attribution, injection.planted, budget)
-        rows.append(InjRow(attribution.method, float(np.mean(per)), per))
-    return InjResult(budget, inject, injection.planted, injection.accuracy, injection.steps, tuple(rows))
+    planted = plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), inject)
+    everyone = list(range(len(sequences)))
+    groups = [[s] for s in everyone] if inject.separate else [everyone]
+    recalls: dict[str, list[float]] = {}
+    accuracy: list[float] = []
+    steps = 0
+    for g, members in enumerate(groups):
+        tell = labelled(progress, f"sequence {g + 1}/{len(groups)}") if inject.separate else progress
+        part = PlantedNeurons(tuple(planted.neurons[s] for s in members), planted.n_layers, planted.d_mlp)
+        texts = tuple(sequences[s] for s in members)
+        injection = inject_sequences(model, adapter, texts, inject, labelled(tell, "inject"), part)
+        batch = SequenceBatch(texts, other)
+        found = run_localizers(injection.model, adapter, batch, chosen, RandomConfig(inject.seed), tell)
+        for attribution in found:
+            recalls.setdefault(attribution.method, []).extend(recall_per_sequence(attribution, part, budget))
+        accuracy += injection.accuracy
+        steps = max(steps, injection.steps)
+        del injection  # one injected copy of the model at a time
+    rows = tuple(InjRow(method, float(np.mean(per)), tuple(per)) for method, per in recalls.items())
+    return InjResult(budget, inject, planted, tuple(accuracy), steps, rows)
