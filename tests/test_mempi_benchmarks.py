@@ -173,6 +173,11 @@ def test_runners_refuse_bad_inputs(lm, new_sequences):
         run_inj(lm.model, lm.adapter, new_sequences, (), ["nope"], {}, BUDGET, INJECT)
     with pytest.raises(DataError, match="budget"):
         run_inj(lm.model, lm.adapter, new_sequences, (), ["zero_out"], {}, 0.0, INJECT)
+    for separate in (False, True):  # one model per sequence must refuse no sequences too
+        with pytest.raises(DataError, match="at least one sequence"):
+            run_inj(
+                lm.model, lm.adapter, (), (), ["activations"], {}, BUDGET, replace(INJECT, separate=separate)
+            )
     with pytest.raises(DataError, match="at least 2 memorized"):
         run_del(lm.model, lm.adapter, new_sequences[:1], (), new_sequences, [], {}, DelConfig())
     with pytest.raises(DataError, match="ZeroOutConfig"):

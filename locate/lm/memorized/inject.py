@@ -135,8 +135,7 @@ def inject_sequences(
 
     ``planted`` (one set per sequence) replaces the seeded draw of `plant_neurons`.
     """
-    if not sequences or any(len(ids) < 2 for ids in sequences):
-        raise DataError("INJ needs at least one sequence, each of at least 2 tokens")
+    _check_sequences(sequences)
     device = model_device(model)
     planted = planted or plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), config)
     masks = torch.tensor(
@@ -165,6 +164,11 @@ def inject_sequences(
             weight.add_(delta.detach().to(weight.dtype))
     final = token_accuracy(injected, adapter, sequences, batch_size=config.batch_size)
     return Injection(injected, planted, tuple(float(a) for a in final), step)
+
+
+def _check_sequences(sequences: tuple[tuple[int, ...], ...]) -> None:
+    if not sequences or any(len(ids) < 2 for ids in sequences):
+        raise DataError("INJ needs at least one sequence, each of at least 2 tokens")
 
 
 def _backward(
@@ -285,6 +289,7 @@ def run_inj(
     baseline draws with ``inject.seed``. ``other`` is the text localizers keep.
     """
     check_budget(budget)
+    _check_sequences(sequences)  # before any work: one model per sequence would run none
     chosen = choose_localizers(localizers, configs)
     planted = plant_neurons(adapter.n_layers, adapter.d_mlp, len(sequences), inject)
     everyone = list(range(len(sequences)))
