@@ -56,6 +56,10 @@ def test_exposure_is_exact_on_a_hand_set_model():
         rank = sum(v <= px[secret] for v in px.values())
         assert got.rank == rank
         assert got.exposure == pytest.approx(math.log2(24) - math.log2(rank), abs=1e-12)
+        # The other planted secrets are candidates too; how many of them the rank counts:
+        above = sum(px[other] <= px[secret] for other in secrets if other != secret)
+        assert got.others_above == above
+        assert got.exposure_alone == pytest.approx(math.log2(24) - math.log2(rank - above), abs=1e-12)
         constant = -float(log2p[lm.tokenizer.convert_tokens_to_ids("and")])
         assert got.log_perplexity == pytest.approx(px[secret] + constant, abs=1e-4)
     best = min(px, key=px.__getitem__)

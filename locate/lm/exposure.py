@@ -12,7 +12,10 @@ model's most likely candidate.
   candidates with a Px at most the secret's, so a secret tied with others takes the
   worst rank of the tie and exposure never overstates memorization (a model that
   cannot tell the candidates apart gets exposure 0). Canaries of one template share
-  one scoring of R.
+  one scoring of R. The other canaries of the file are candidates of R too, and a
+  trained model ranks them high, so a canary's rank can be held down by them alone:
+  ``others_above`` counts them, and ``exposure_alone`` is the exposure the canary would
+  have had without them (as if it were the only one planted).
 - Estimated (``estimate=True``, needed above the limit): ``samples`` candidates drawn
   uniformly (seeded) are scored, a skew-normal is fitted to their Px (scipy.stats.skewnorm,
   maximum likelihood) and exposure ~= -log2 P(Px <= Px(secret)) under the fit, at most
@@ -76,6 +79,14 @@ class CanaryExposure:
     rank: int | None  # exact rank (1 = most likely); None when estimated
     estimated: bool
     scored: int  # candidates scored
+    others_above: int | None = None  # the file's other canaries counted in ``rank``; None when estimated
+
+    @property
+    def exposure_alone(self) -> float | None:
+        """The exact exposure with the file's other canaries left out of R's ranking."""
+        if self.rank is None or self.others_above is None:
+            return None
+        return exposure_from_rank(self.space_size, self.rank - self.others_above)
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,9 @@ class ExposureResult:
                 "|R|": c.space_size,
                 "log_perplexity": round(c.log_perplexity, 3),
                 "rank": "estimated" if c.rank is None else c.rank,
+                "canaries above": "-" if c.others_above is None else c.others_above,
                 "exposure": round(c.exposure, 3),
+                "alone": "-" if c.exposure_alone is None else round(c.exposure_alone, 3),
                 "max": round(math.log2(c.space_size), 3),
             }
             for c in self.canaries
@@ -265,12 +278,17 @@ def _exact(scorer: _Scorer, canaries: list[Canary], progress) -> list[CanaryExpo
     size = scorer.space.size
     use_trie = scorer.config.trie and scorer.config.shared_prefix
     scores = trie_scores(scorer, progress) if use_trie else scorer.score(range(size), progress)
+    secrets = {scorer.space.index(c.secret) for c in canaries}
     out = []
     for c in canaries:
-        px = float(scores[scorer.space.index(c.secret)])
+        own = scorer.space.index(c.secret)
+        px = float(scores[own])
         rank = int((scores <= px).sum())
+        above = sum(1 for i in secrets if i != own and float(scores[i]) <= px)
         out.append(
-            CanaryExposure(c.text, c.repeats, size, px, exposure_from_rank(size, rank), rank, False, size)
+            CanaryExposure(
+                c.text, c.repeats, size, px, exposure_from_rank(size, rank), rank, False, size, above
+            )
         )
     return out
 
