@@ -103,6 +103,15 @@ ProbeFactsOpt = Annotated[
         rich_help_panel=METHOD_PANEL,
     ),
 ]
+ProbeStepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--probe-steps",
+        help="--layers auto: target-optimisation steps of each probe edit (the real edits keep their own); "
+        "more rate the layers that need them fairly, at that much more probe time.",
+        rich_help_panel=METHOD_PANEL,
+    ),
+]
 CorpusOpt = Annotated[
     str,
     typer.Option(
@@ -219,6 +228,7 @@ def _plan(
     threshold: float = 1e-2,
     probe_layers: list[str] | None = None,
     probe_facts: int = 3,
+    probe_steps: int = 10,
 ) -> EditPlan:
     from memloc.edit.editors import EditPlan
     from memloc.edit.null_space import NullSpaceConfig
@@ -234,10 +244,12 @@ def _plan(
     chosen = None if not layers or layers in (["auto"], ["trace"]) else tuple(parse_layers(layers))
     if probe_layers and (chosen is not None or rule == "trace"):
         raise MemlocError("--probe-layers belongs to --layers auto")
+    if probe_steps != ProbeConfig.steps and (chosen is not None or rule == "trace"):
+        raise MemlocError("--probe-steps belongs to --layers auto")
     candidates = tuple(dict.fromkeys(parse_layers(probe_layers))) if probe_layers else ()
     space = NullSpaceConfig(threshold=threshold) if null_space or method is Method.alphaedit else None
     stats = StatsConfig(corpus=corpus, samples=samples, seed=seed)
-    probe = ProbeConfig(facts=probe_facts, candidates=candidates)
+    probe = ProbeConfig(facts=probe_facts, candidates=candidates, steps=probe_steps)
     return EditPlan(method.value, chosen, layer_rule=rule, probe=probe, stats=stats, null_space=space)
 
 
@@ -271,6 +283,7 @@ def apply_command(
     null_threshold: NullThresholdOpt = config_default(NULL_SPACE, "threshold"),
     probe_layers: ProbeLayersOpt = None,
     probe_facts: ProbeFactsOpt = config_default(PROBE, "facts"),
+    probe_steps: ProbeStepsOpt = config_default(PROBE, "steps"),
     limit: LimitFactsOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
@@ -281,7 +294,18 @@ def apply_command(
 
     loaded = _edit_facts(facts, limit)
     monitor = monitor_for(method.value, max_update_ratio)
-    plan = _plan(method, layers, corpus, samples, seed, null_space, null_threshold, probe_layers, probe_facts)
+    plan = _plan(
+        method,
+        layers,
+        corpus,
+        samples,
+        seed,
+        null_space,
+        null_threshold,
+        probe_layers,
+        probe_facts,
+        probe_steps,
+    )
     pool = _pool(facts, plan)
     require_new_folder(writable_folder(out))
     model = lm.load()
@@ -391,6 +415,7 @@ def eval_command(
     every: EveryOpt = 1,
     probe_layers: ProbeLayersOpt = None,
     probe_facts: ProbeFactsOpt = config_default(PROBE, "facts"),
+    probe_steps: ProbeStepsOpt = config_default(PROBE, "steps"),
     fluency_tokens: FluencyTokensOpt = config_default(EVAL, "generation_tokens"),
     out: EvalOutOpt = None,
     limit: LimitFactsOpt = None,
@@ -413,7 +438,16 @@ def eval_command(
         None
         if method is None
         else _plan(
-            method, layers, corpus, samples, seed, null_space, null_threshold, probe_layers, probe_facts
+            method,
+            layers,
+            corpus,
+            samples,
+            seed,
+            null_space,
+            null_threshold,
+            probe_layers,
+            probe_facts,
+            probe_steps,
         )
     )
     pool = [] if plan is None else _pool(facts, plan)

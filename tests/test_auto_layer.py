@@ -218,6 +218,17 @@ def test_cli_prints_the_probe_and_stores_it(lm, cache, tmp_path, capsys, monkeyp
     assert_one_line_error(code, err, "--probe-layers belongs to --layers auto")
     code, _, err = run_cli(capsys, "edit", "eval", *args, *common, "--probe-layers", "9")
     assert_one_line_error(code, err, "9")
+    code, _, err = run_cli(capsys, "edit", "apply", *args, *common[:-2], "--layers", "1", "--probe-steps", "20",
+                           "--out", tmp_path / "fixed")  # fmt: skip
+    assert_one_line_error(code, err, "--probe-steps belongs to --layers auto")
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_probe_steps_reach_the_edit_plan():
+    from memloc.cli.edit_commands import Method, _plan
+
+    assert _plan(Method.rome, ["auto"], "generated", 8, 0, probe_steps=20).probe.steps == 20
+    assert _plan(Method.rome, None, "generated", 8, 0).probe.steps == ProbeConfig().steps
 
 
 def test_default_candidates_spread_over_the_lower_half_and_keep_tiny_models_whole():
