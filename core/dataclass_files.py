@@ -58,7 +58,12 @@ def load_dataclass(cls: type[T], stem: str | Path) -> T:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise RunFolderError(f"{js} cannot be read ({exc}); remove it to recompute") from exc
-    return _decode(cls, plain, arrays)
+    try:
+        return _decode(cls, plain, arrays)
+    except (KeyError, TypeError) as exc:
+        raise RunFolderError(
+            f"{js} cannot be read as {cls.__name__} (missing {exc}); remove it to recompute"
+        ) from exc
 
 
 def from_plain(cls: type[T], plain: Any) -> T:
@@ -114,8 +119,21 @@ def _decode(tp: Any, value: Any, arrays: dict[str, np.ndarray]) -> Any:
         return _decode(chosen[0], value, arrays)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp)
-        fields = {f.name: _decode(hints[f.name], value[f.name], arrays) for f in dataclasses.fields(tp)}
-        return tp(**{k: v for k, v in fields.items() if k in value or v is not None})
+        # A field absent from the file takes its default, so files written before the field
+        # was added still read; one without a default is named in the error.
+        for f in dataclasses.fields(tp):
+            if (
+                f.name not in value
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
+                raise KeyError(f"{tp.__name__}.{f.name}")
+        fields = {
+            f.name: _decode(hints[f.name], value[f.name], arrays)
+            for f in dataclasses.fields(tp)
+            if f.name in value
+        }
+        return tp(**fields)
     if origin is tuple:
         inner = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
         if inner is not None:

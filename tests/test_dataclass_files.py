@@ -52,3 +52,46 @@ def test_a_damaged_file_says_how_to_recover(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="remove it to recompute"):
         load_dataclass(Curve, tmp_path / "c")
+
+
+@dataclass(frozen=True)
+class Grown:
+    """A result type that gained a field with a default after files of it were written."""
+
+    name: str
+    rank: int
+    added_later: int | None = None
+
+
+def test_a_file_from_before_a_field_was_added_reads_with_its_default(tmp_path):
+    import json
+
+    from memloc.core.dataclass_files import read_dataclass_json
+
+    (tmp_path / "old.json").write_text(json.dumps({"name": "canary", "rank": 3}))
+    assert read_dataclass_json(Grown, tmp_path / "old.json") == Grown("canary", 3)
+    save_dataclass(Curve("x", 1.0, np.ones(2)), tmp_path / "c")
+    (tmp_path / "c.json").write_text(json.dumps({"name": "x"}))  # lacks a field that has no default
+    with pytest.raises(RunFolderError, match="auc"):
+        load_dataclass(Curve, tmp_path / "c")
+    (tmp_path / "bad.json").write_text(json.dumps({"rank": 3}))
+    with pytest.raises(RunFolderError, match="name"):
+        read_dataclass_json(Grown, tmp_path / "bad.json")
+
+
+def test_an_exposure_result_written_before_others_above_still_reads(tmp_path):
+    import json
+
+    from memloc.core.dataclass_files import read_dataclass_json
+    from memloc.locate.lm.exposure import ExposureResult
+
+    canary = {"text": "my PIN is 042450", "repeats": 1, "space_size": 10**6, "log_perplexity": 7.98,
+              "exposure": 17.12, "rank": 7, "estimated": False, "scored": 10**6}  # fmt: skip
+    config = {"batch_size": 256, "estimate": False, "samples": 10000, "seed": 0, "exact_limit": 10**6,
+              "shared_prefix": True, "trie": True}  # fmt: skip
+    (tmp_path / "exposure.json").write_text(
+        json.dumps({"canaries": [canary], "config": config, "model": "m"})
+    )
+    back = read_dataclass_json(ExposureResult, tmp_path / "exposure.json").canaries[0]
+    assert back.rank == 7 and back.others_above is None and back.exposure_alone is None
+    assert back.exposure == 17.12
