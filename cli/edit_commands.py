@@ -242,10 +242,13 @@ def _plan(
         )
     rule = "trace" if layers == ["trace"] else "probe"
     chosen = None if not layers or layers in (["auto"], ["trace"]) else tuple(parse_layers(layers))
-    if probe_layers and (chosen is not None or rule == "trace"):
-        raise MemlocError("--probe-layers belongs to --layers auto")
-    if probe_steps != ProbeConfig.steps and (chosen is not None or rule == "trace"):
-        raise MemlocError("--probe-steps belongs to --layers auto")
+    if chosen is not None or rule == "trace":
+        for given, flag in (
+            (probe_layers, "--probe-layers"),
+            (probe_steps != ProbeConfig.steps, "--probe-steps"),
+        ):
+            if given:
+                raise MemlocError(f"{flag} belongs to --layers auto")
     candidates = tuple(dict.fromkeys(parse_layers(probe_layers))) if probe_layers else ()
     space = NullSpaceConfig(threshold=threshold) if null_space or method is Method.alphaedit else None
     stats = StatsConfig(corpus=corpus, samples=samples, seed=seed)
