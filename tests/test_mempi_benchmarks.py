@@ -142,6 +142,11 @@ def test_separate_injection_localizes_each_sequence_in_its_own_model(lm, new_seq
             assert changed == {n for n in own.neurons[0] if n[0] == layer}
         found = localize_activations(alone.model, lm.adapter, SequenceBatch((sequence,)), ActivationsConfig())
         assert apart.rows[0].per_sequence[s] == inj_recall(found, own, BUDGET)
+    # Each sequence's random draw is its own, as in one model for all (not the first's, repeated).
+    together = run_inj(lm.model, lm.adapter, new_sequences, (), [], {}, BUDGET, INJECT)
+    assert apart.rows[-1].per_sequence == together.rows[-1].per_sequence
+    drawn = localize_random(lm.model, lm.adapter, SequenceBatch(new_sequences), RandomConfig(seed=0))
+    assert len({s.tobytes() for s in drawn.scores}) == len(new_sequences)
 
 
 def test_del_drops_the_target_more_than_the_others(lm, new_sequences, injection):
@@ -164,8 +169,9 @@ def test_configs_and_inputs_are_refused():
     for bad in ({"budget": 0.0}, {"budget": 2.0}, {"batch_size": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             DelConfig(**bad)
-    with pytest.raises(ConfigError, match="seed"):
-        RandomConfig(seed=-1)
+    for bad in ({"seed": -1}, {"first": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            RandomConfig(**bad)
 
 
 def test_runners_refuse_bad_inputs(lm, new_sequences):

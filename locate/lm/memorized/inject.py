@@ -303,7 +303,8 @@ def run_inj(
         texts = tuple(sequences[s] for s in members)
         injection = inject_sequences(model, adapter, texts, inject, labelled(tell, "inject"), part)
         batch = SequenceBatch(texts, other)
-        found = run_localizers(injection.model, adapter, batch, chosen, RandomConfig(inject.seed), tell)
+        draws = RandomConfig(inject.seed, first=members[0])  # each sequence's own random draw
+        found = run_localizers(injection.model, adapter, batch, chosen, draws, tell)
         for attribution in found:
             recalls.setdefault(attribution.method, []).extend(recall_per_sequence(attribution, part, budget))
         accuracy += injection.accuracy
