@@ -433,10 +433,14 @@ class SuffixScorer:
         resid = Site(site.layer, "resid.post")
         sites = {resid, site, *trace_sites}
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+        # The base model stops at the final norm: (rows, tokens, vocab) logits here would grow
+        # with the batch and no loss reads them; the steps form logits only where one does.
         with torch.no_grad(), trace(model, adapter, sites) as seen:
-            kv, out = PrefixCache.run(model, input_ids=batch.ids, attention_mask=batch.attention_mask)
+            kv, out = PrefixCache.run(
+                model.base_model, input_ids=batch.ids, attention_mask=batch.attention_mask
+            )
         # Padding positions are left out: a fully masked row may be NaN by design in some kernels.
-        real = out.logits[batch.attention_mask.bool()]
+        real = out.last_hidden_state[batch.attention_mask.bool()]
         inputs = {"input_ids": batch.ids, "attention_mask": batch.attention_mask}
         require_finite(model, adapter, real, "the rewrite prompts' clean run", **inputs)
         # Clean activations at the subject's last token of each rewrite prompt.

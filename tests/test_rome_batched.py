@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from memloc.core.errors import MemlocError
+from memloc.core.hooks import patch
 from memloc.core.lm.facts import Fact, load_facts
 from memloc.core.lm.loading import load_language_model
 from memloc.core.lm.model import encode
@@ -168,3 +169,38 @@ def test_a_narrowed_scorer_scores_its_facts_as_the_full_one_does(arch):
     torch.testing.assert_close(got_kl, kl[keep], rtol=1e-5, atol=1e-5)
     assert narrowed.owner.tolist() == [0] * counts[0] + [1] * counts[2]
     assert narrowed.narrow(torch.tensor([1]))(delta[2:])[0].shape == (counts[2],)
+
+
+def test_the_clean_pass_forms_no_logits_a_loss_does_not_read(fixture_lm, fixture_facts, monkeypatch):
+    """The clean pass over every fact's rewrite prompts needs keys, values and activations,
+    not (rows, tokens, vocab) logits: those grew with the batch (GBs at 16 SmolLM2 facts)."""
+    lm = fixture_lm
+    unembed = lm.model.get_output_embeddings()
+    rows: list[int] = []
+    plain = unembed.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        rows.append(x[..., 0].numel())
+        return plain(x)
+
+    monkeypatch.setattr(unembed, "forward", counting)
+    facts = fixture_facts[:3]
+    config = RomeConfig(layer=0, target=TargetConfig(steps=2, early_stop=0.0))
+    compute_rome_batch(lm, facts, identity(lm), config, TEMPLATES, facts_per_batch=3)
+    batch, _ = facts_batch(lm, facts, TEMPLATES, config.target.kl_prompt)
+    scored = len(batch.target_ids) + len(facts)  # target tokens, then one KL row per fact
+    assert rows and max(rows) <= scored < batch.attention_mask.sum()
+
+
+def test_a_non_finite_clean_pass_is_caught_naming_its_site(fixture_lm, fixture_facts):
+    lm = fixture_lm
+    before = weights_hash(lm.model)
+    config = RomeConfig(layer=0, target=TargetConfig(steps=2))
+    with (
+        patch(lm.model, lm.adapter, {Site(1, "mlp.out"): lambda act: act + float("inf")}),
+        pytest.raises(
+            MemlocError, match=r"the rewrite prompts' clean run gives non-finite activations, first at"
+        ),
+    ):
+        compute_rome_batch(lm, fixture_facts[:2], identity(lm), config, TEMPLATES)
+    assert weights_hash(lm.model) == before

@@ -181,8 +181,9 @@ class BlockRunner:
         self.lm = lm
         self.layers = tuple(layers)
         sites = [Site(j, "resid.pre") for j in self.layers]
+        # The base model stops at the final norm: the probe reads the blocks' arguments, not logits.
         with torch.no_grad(), capture_calls(lm.model, lm.adapter, sites) as calls:
-            lm.model(**probe)
+            lm.model.base_model(**probe)
         self.calls = {j: calls[Site(j, "resid.pre")] for j in self.layers}
         self._blocks = lm.adapter.blocks(lm.model)
 
