@@ -12,12 +12,13 @@ The deltas must agree to float tolerance and each fact's edit must give the same
 line is ``rome_batched: <ratio>x``: one-at-a-time over batched CPU seconds per edit (one
 thread, so CPU time is the work done even on a shared machine).
 
-Why it is not faster on one thread (SmolLM2-135M, layer 6, 16 facts: 0.8x): the work is
+Why it is not faster on one thread (SmolLM2-135M, layer 6, 16 facts: 0.9x; 0.8x before the
+clean pass ran the base model instead of forming (rows, tokens, vocab) logits): the work is
 matrix products whose size is set by each fact's own tokens (its 21 rewrite prompts'
 suffixes, ~150 tokens), and one core already runs those near its peak (a 150-row product
 with the MLP's weights reaches 80 GFLOP/s, a 2,400-row one 93), so batching saves at most
 ~15% of the products, while padding every fact's rows to the batch's longest prompt
-costs more: the clean pass ~4.0 s per fact batched against 2.8 s alone, a step ~1.17 s
+costs more: the clean pass ~4.0 s per fact batched against 2.8 s alone (with the logits), a step ~1.17 s
 per fact against 1.05 s (``--batch 4``, facts of like lengths together, pads less: 0.94x).
 Batching pays where one fact leaves the hardware idle: many threads or a GPU.
 
