@@ -281,7 +281,7 @@ def _fast(
     sites = [Site(layer, "mlp.post") for layer in layers]
     prefix, last = ids[:, :-1], ids[:, -1:]
     with torch.no_grad():
-        kv = _prefix_cache(model, prefix)
+        kv = _prefix_cache(lm, prefix)
         with trace(model, adapter, sites) as seen:
             logits = model(input_ids=last, **_cache_kwargs(model, kv, 1), logits_to_keep=1).logits
         require_finite(model, adapter, logits, "the prompt's clean run", input_ids=ids)
@@ -344,11 +344,14 @@ def _score(logits: torch.Tensor, target: int, log_prob: bool) -> torch.Tensor:
 # --- key/value cache of the prefix --------------------------------------------------------
 
 
-def _prefix_cache(model: torch.nn.Module, prefix: torch.Tensor) -> PrefixCache | None:
-    """The prefix's keys and values (one row); None without a prefix."""
+def _prefix_cache(lm: LM, prefix: torch.Tensor) -> PrefixCache | None:
+    """The prefix's keys and values (one row); None without a prefix.
+
+    The base model stops at the final norm: only the cache is kept, so no logits are formed.
+    """
     if prefix.shape[1] == 0:
         return None
-    return PrefixCache.run(model, input_ids=prefix)[0]
+    return PrefixCache.run(lm.model.base_model, input_ids=prefix)[0]
 
 
 def _cache_kwargs(model: torch.nn.Module, kv: PrefixCache | None, rows: int) -> dict:
